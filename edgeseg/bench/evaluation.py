@@ -1,0 +1,51 @@
+"""``edgeseg eval``: metrics of any model on a dataset or the built-in synthetic set (layer 3)."""
+from __future__ import annotations
+
+from edgeseg.bench.slices import read_slices, slice_report
+from edgeseg.data.datasets import builtin_source, open_source
+from edgeseg.metrics import SegMetrics
+from edgeseg.runtime.evaluate import predict_source
+from edgeseg.runtime.loader import open_model
+from edgeseg.ui import console, print_table
+
+
+def evaluate_model(model: str | None, *, data_root: str | None = None, split: str = "val", count: int = 200,
+                   slices_file: str | None = None, pick: str | None = None) -> dict:
+    """mIoU, per-class IoU, pixel accuracy, Boundary IoU (and slices) as a JSON-ready dict."""
+    runner, view = open_model(model, pick=pick)
+    with runner:
+        if data_root is None:
+            source = builtin_source("eval", view.task, count, view.input_size)
+            slices = {source.get(i)[2]: source.attrs(i) for i in range(len(source))}
+        else:
+            source = open_source(data_root, split, classes=view.classes)
+            slices = {}
+        if slices_file:
+            slices = read_slices(slices_file)
+        preds, masks, ids, _ = predict_source(runner.run, source, view.input_size)
+    if masks is None:
+        from edgeseg.errors import DataError
+
+        raise DataError(f"{data_root}: split '{split}' has images without masks; cannot evaluate")
+    metrics = SegMetrics(len(view.classes), view.classes)
+    metrics.update(preds, masks)
+    result = {"model": view.source, "format": view.format, "precision": view.precision,
+              "data": data_root or f"built-in synthetic {view.task} eval set", **metrics.summary()}
+    if slices:
+        result["slices"] = slice_report(preds, masks, ids, slices, view.classes)
+    return result
+
+
+def print_eval(result: dict) -> None:
+    """Print the metrics (and slice table) of ``evaluate_model``."""
+    console.print(f"[bold]{result['model']}[/] on {result['data']} ({result['images']} images)")
+    rows = [["mIoU", result["miou"]], ["pixel accuracy", result["pixel_accuracy"]], ["boundary IoU", result["boundary_iou"]]]
+    rows += [[f"IoU {k}", v] for k, v in result["per_class_iou"].items()]
+    print_table("metrics", ["metric", "value"], [[k, _fmt(v)] for k, v in rows])
+    for attr, rep in result.get("slices", {}).items():
+        print_table(f"slice: {attr} (worst {rep['worst']}, gap {_fmt(rep['gap'])})", ["value", "images", "IoU"],
+                    [[v, rep["images"][v], _fmt(x)] for v, x in rep["iou"].items()])
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -1,0 +1,78 @@
+"""Parity of an exported file against the PyTorch fp32 reference (layer 3).
+
+Shared by the export gate and ``edgeseg bench``: both call ``reference_set`` once and
+``check_parity`` per Runner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeseg.metrics import SegMetrics, agreement_miou
+from edgeseg.runtime.base import Runner
+from edgeseg.runtime.evaluate import model_inputs
+
+DEFAULT_THRESHOLDS = {"fp32": 0.999, "fp16": 0.995, "int8": 0.98, "pal6": 0.98}
+DEFAULT_MAX_GT_DROP = 1.0  # mIoU points
+
+
+@dataclass
+class ReferenceSet:
+    """Parity images, their labels (if any) and the PyTorch fp32 logits on them."""
+
+    images: np.ndarray  # uint8 [N, H, W, 3] at the model's input size
+    masks: np.ndarray | None  # uint8 [N, H, W]
+    ids: list[str]
+    logits: np.ndarray  # float32 [N, C, H, W]
+    classes: tuple[str, ...]
+    description: str
+
+    @property
+    def argmax(self) -> np.ndarray:
+        return self.logits.argmax(1).astype(np.uint8)
+
+    def gt_miou(self, preds: np.ndarray) -> float | None:
+        if self.masks is None:
+            return None
+        m = SegMetrics(len(self.classes), self.classes)
+        m.update(preds, self.masks, boundary=False)
+        return m.miou()
+
+
+def reference_set(reference: Runner, source, size: tuple[int, int], count: int, classes, description: str) -> ReferenceSet:
+    """Run the PyTorch reference over the first ``count`` images of ``source``."""
+    items = list(model_inputs(source, size, count))
+    images = np.stack([p for p, _, _ in items])
+    masks = None if any(m is None for _, m, _ in items) else np.stack([m for _, m, _ in items])
+    logits = np.concatenate([reference.run(img[None]) for img in images])
+    return ReferenceSet(images, masks, [i for _, _, i in items], logits, tuple(classes), description)
+
+
+def run_all(runner: Runner, images: np.ndarray) -> np.ndarray:
+    """Logits of a runner for each image (batch 1, as phones run)."""
+    return np.concatenate([runner.run(img[None]) for img in images])
+
+
+def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_drop: float = DEFAULT_MAX_GT_DROP) -> dict:
+    """The manifest ``parity`` block for one runner: agreement/GT mIoU, max |Δlogit|, pass/fail."""
+    logits = run_all(runner, ref.images)
+    preds = logits.argmax(1).astype(np.uint8)
+    agreement = agreement_miou(preds, ref.argmax, len(ref.classes))
+    gt = ref.gt_miou(preds)
+    ref_gt = ref.gt_miou(ref.argmax)
+    passed = agreement >= threshold
+    if gt is not None and ref_gt is not None:
+        passed = passed and (ref_gt - gt) * 100 <= max_gt_drop
+    return {
+        "reference": "pytorch-fp32", "runtime": runner.runtime, "images": int(len(ref.images)), "data": ref.description,
+        "agreement_miou": round(float(agreement), 6), "gt_miou": None if gt is None else round(gt, 6),
+        "reference_gt_miou": None if ref_gt is None else round(ref_gt, 6),
+        "max_abs_logit_diff": round(float(np.abs(logits - ref.logits).max()), 6),
+        "threshold": threshold, "max_gt_drop_points": max_gt_drop, "passed": bool(passed),
+    }
+
+
+def skipped(reason: str, threshold: float) -> dict:
+    """The parity block when no runtime for the file exists here."""
+    return {"skipped": reason, "threshold": threshold, "passed": None}

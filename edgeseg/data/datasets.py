@@ -1,0 +1,193 @@
+"""Dataset layouts and in-memory sources (layer 1).
+
+Layouts: (a) folder pairs ``images/<id>.<ext>`` + ``masks/<id>.png`` (optionally under
+``<split>/``), (b) Pascal VOC (``JPEGImages/``, ``SegmentationClass/``,
+``ImageSets/Segmentation/<split>.txt``). A *source* yields (image uint8 HWC, mask uint8 HW, id).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from edgeseg.data import synth
+from edgeseg.data.images import IMAGE_SUFFIXES, load_image, load_mask
+from edgeseg.errors import DataError
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+class Source(Protocol):
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int: ...
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray, str]: ...
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    image: Path
+    mask: Path | None
+
+
+def read_classes(root: Path) -> tuple[str, ...] | None:
+    """Class names from ``root/classes.txt`` (one per line), or None if absent."""
+    f = root / "classes.txt"
+    if not f.is_file():
+        return None
+    names = tuple(line.strip() for line in f.read_text().splitlines() if line.strip())
+    if len(names) < 2:
+        raise DataError(f"{f}: needs at least two class names, found {len(names)}")
+    return names
+
+
+def _images_in(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _folder_pairs(base: Path, need_masks: bool) -> list[Pair]:
+    images = _images_in(base / "images")
+    masks_dir = base / "masks"
+    masks = {p.stem: p for p in sorted(masks_dir.glob("*.png"))} if masks_dir.is_dir() else {}
+    if need_masks:
+        if not masks_dir.is_dir():
+            raise DataError(f"{base}: has images/ but no masks/ folder")
+        for stem in images:
+            if stem not in masks:
+                raise DataError(f"{images[stem]}: no mask {masks_dir / (stem + '.png')}")
+        for stem in masks:
+            if stem not in images:
+                raise DataError(f"{masks[stem]}: no image named {stem}.* in {base / 'images'}")
+    return [Pair(s, images[s], masks.get(s)) for s in sorted(images)]
+
+
+def _voc_pairs(root: Path, split: str) -> list[Pair]:
+    listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not listing.is_file():
+        raise DataError(f"{root}: VOC layout has no split file {listing}")
+    ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    pairs = []
+    for i in ids:
+        img, mask = root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png"
+        if not img.is_file():
+            raise DataError(f"{listing}: lists {i} but {img} is missing")
+        if not mask.is_file():
+            raise DataError(f"{listing}: lists {i} but {mask} is missing")
+        pairs.append(Pair(i, img, mask))
+    return pairs
+
+
+def detect_layout(root: Path) -> str:
+    """'voc' or 'folder'; DataError if neither layout is present."""
+    if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
+        return "voc"
+    if (root / "images").is_dir() or any((root / s / "images").is_dir() for s in ("train", "val", "test")):
+        return "folder"
+    raise DataError(f"{root}: not a dataset folder (expected images/ + masks/, <split>/images/, or VOC JPEGImages/ + SegmentationClass/)")
+
+
+def discover_pairs(root: str | Path, split: str, *, val_fraction: float = 0.1, need_masks: bool = True) -> list[Pair]:
+    """The (image, mask) pairs of ``split`` in a dataset folder; DataError if empty or broken.
+
+    A folder layout without split sub-folders is split deterministically: every k-th id
+    (sorted) goes to 'val' where k = round(1 / val_fraction).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    if detect_layout(root) == "voc":
+        pairs = _voc_pairs(root, split)
+    elif (root / split / "images").is_dir():
+        pairs = _folder_pairs(root / split, need_masks)
+    elif (root / "images").is_dir():
+        pairs = _folder_pairs(root, need_masks)
+        if split in ("train", "val") and 0 < val_fraction < 1:
+            k = max(2, round(1 / val_fraction))
+            pairs = [p for i, p in enumerate(pairs) if (i % k == k - 1) == (split == "val")]
+    else:
+        raise DataError(f"{root}: no '{split}' split (looked for {root / split / 'images'} and {root / 'images'})")
+    if not pairs:
+        raise DataError(f"{root}: split '{split}' is empty")
+    return pairs
+
+
+class FileSource:
+    """Image/mask pairs read from disk, validated on read."""
+
+    def __init__(self, pairs: list[Pair], classes: tuple[str, ...]):
+        self.pairs = pairs
+        self.classes = tuple(classes)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+        p = self.pairs[i]
+        image = load_image(p.image)
+        if p.mask is None:
+            return image, None, p.id
+        mask = load_mask(p.mask, len(self.classes))
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"{p.mask}: mask size {mask.shape[1]}x{mask.shape[0]} != image size {image.shape[1]}x{image.shape[0]} ({p.image.name})")
+        return image, mask, p.id
+
+    def validate(self) -> None:
+        """Read every pair once so a bad file fails before training starts."""
+        for i in range(len(self)):
+            self.get(i)
+
+
+class SynthSource:
+    """The built-in synthetic set, rendered deterministically and cached in memory."""
+
+    def __init__(self, task: str, count: int, size: tuple[int, int], seed: int):
+        if task not in synth.TASKS:
+            raise DataError(f"unknown synthetic task {task!r}; choose one of {', '.join(synth.TASKS)}")
+        self.task, self.count, self.size, self.seed = task, count, tuple(size), seed
+        self.classes = tuple(synth.TASKS[task])
+        self._cache: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray, str]:
+        if i not in self._cache:
+            s = synth.render(self.task, self.size, synth.sample_seed(self.seed, i))
+            self._cache[i] = (s.image, s.mask, f"synth_{i:06d}", s.attrs)
+        image, mask, sid, _ = self._cache[i]
+        return image, mask, sid
+
+    def attrs(self, i: int) -> dict:
+        """Slice attributes (skin tone, lighting, hair type, background) of sample i."""
+        self.get(i)
+        return self._cache[i][3]
+
+
+# Fixed seeds of the built-in sets; train, calibration and evaluation never overlap.
+SYNTH_SEEDS = {"train": 0, "val": 1, "eval": 12345, "calib": 777}
+
+
+def builtin_source(split: str, task: str = "portrait", count: int = 64, size: tuple[int, int] = (256, 256)) -> SynthSource:
+    """The deterministic built-in synthetic set for 'train' | 'val' | 'eval' | 'calib'."""
+    return SynthSource(task, count, size, SYNTH_SEEDS[split])
+
+
+def open_source(root: str | Path | None, split: str, *, classes: tuple[str, ...] | None = None, task: str = "portrait",
+                count: int = 64, size: tuple[int, int] = (256, 256), val_fraction: float = 0.1,
+                need_masks: bool = True) -> Source:
+    """A dataset folder's split, or the built-in synthetic set when ``root`` is None."""
+    if root is None:
+        return builtin_source(split, task, count, size)
+    root = Path(root)
+    pairs = discover_pairs(root, split, val_fraction=val_fraction, need_masks=need_masks)
+    names = classes or read_classes(root) or (VOC_CLASSES if detect_layout(root) == "voc" else None)
+    if names is None:
+        raise DataError(f"{root}: no classes.txt; list the class names in the recipe (data.classes)")
+    return FileSource(pairs, tuple(names))

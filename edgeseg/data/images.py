@@ -1,0 +1,71 @@
+"""Reading images and masks robustly (layer 1).
+
+Any problem (missing, unreadable, wrong mode) raises DataError naming the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edgeseg.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({str(exc).splitlines()[0][:120] or exc.__class__.__name__})") from None
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """uint8 RGB [H, W, 3] from any PIL mode: 16-bit and 32-bit gray are rescaled, alpha dropped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.repeat((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    if img.mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if a.max() > 255 else 255.0
+        g = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image as uint8 RGB [H, W, 3], applying its EXIF orientation."""
+    path = Path(path)
+    img = _open(path)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, TypeError):
+        pass  # broken EXIF: keep the stored orientation
+    return to_rgb_array(img)
+
+
+def load_mask(path: str | Path, num_classes: int | None = None) -> np.ndarray:
+    """Read a class-index mask [H, W] uint8 (palette or gray PNG; 255 = ignore).
+
+    Values outside 0..num_classes-1 (other than 255) raise DataError naming the file.
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode in ("P", "L"):
+        mask = np.asarray(img, dtype=np.uint8)
+    elif img.mode in ("I", "I;16"):
+        mask = np.asarray(img)
+        if mask.max() > 255:
+            raise DataError(f"{path}: mask values up to {int(mask.max())}; expected class indices 0..255")
+        mask = mask.astype(np.uint8)
+    else:
+        raise DataError(f"{path}: mask has mode {img.mode}; expected a single-channel (L or P) PNG of class indices")
+    if num_classes is not None:
+        bad = np.unique(mask[(mask >= num_classes) & (mask != 255)])
+        if bad.size:
+            raise DataError(f"{path}: mask value {int(bad[0])} is outside the class range 0..{num_classes - 1} (255 = ignore)")
+    return mask

@@ -1,0 +1,26 @@
+"""Core ML export: mlprogram .mlpackage with an RGB ImageType input (layer 4)."""
+from __future__ import annotations
+
+from edgeseg.errors import require
+from edgeseg.export.base import ExportJob, artifact_for, check_precision, register_exporter
+from edgeseg.manifest import Artifact
+
+
+@register_exporter("coreml")
+class CoreMLExporter:
+    format = "coreml"
+    precisions = ("fp32", "fp16", "int8", "pal6")
+    extra = "coreml"
+
+    def export(self, job: ExportJob) -> Artifact:
+        check_precision(self, job.precision)
+        require("coremltools", "coreml", "Core ML export")
+        from edgeseg.export.coreml_convert import convert_coreml
+
+        h, w = job.info.input_size
+        dest = job.out_dir / f"{job.stem}.mlpackage"
+        result = convert_coreml(job.model, height=h, width=w, mean=list(job.info.mean), std=list(job.info.std),
+                                labels=list(job.info.classes), precision=job.precision, dest=dest,
+                                description=f"edgeseg {job.info.arch} segmenter ({job.precision})", metadata=job.metadata)
+        return artifact_for(job, "coreml", input=dict(result.input), output=dict(result.output), quantized=result.quantized,
+                            details={"minimum_deployment_target": "iOS16"})

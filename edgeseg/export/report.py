@@ -1,0 +1,41 @@
+"""The table ``edgeseg export`` prints, and its option parsing (layer 4)."""
+from __future__ import annotations
+
+from edgeseg.errors import EdgesegError
+from edgeseg.ui import console, print_table
+
+
+def parse_thresholds(items) -> dict:
+    """('int8=0.97', ...) -> {'int8': 0.97}."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise EdgesegError(f"--threshold expects PRECISION=NUMBER, got {item!r}") from None
+    return out
+
+
+def _f(v, digits=4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def export_table(result) -> None:
+    """Format, precision, size, agreement mIoU, GT mIoU (drop vs PyTorch), max |Δlogit|, pass/fail."""
+    rows = []
+    for a in result.manifest.artifacts:
+        p = a.parity
+        if "skipped" in p:
+            rows.append([a.format, a.precision, f"{a.bytes / 1024:.0f} KB", "-", "-", "-", "skipped: " + p["skipped"]])
+            continue
+        gt = p.get("gt_miou")
+        drop = None if gt is None or p.get("reference_gt_miou") is None else (p["reference_gt_miou"] - gt) * 100
+        gt_txt = "n/a" if gt is None else f"{gt:.4f} ({-drop:+.2f} pt)"
+        rows.append([a.format, a.precision, f"{a.bytes / 1024:.0f} KB", _f(p["agreement_miou"]), gt_txt,
+                     _f(p["max_abs_logit_diff"], 3), f"{'PASS' if p['passed'] else 'FAIL'} ({p['runtime']})"])
+    print_table(f"export -> {result.out_dir}", ["format", "precision", "size", "agreement mIoU", "GT mIoU (vs PyTorch)",
+                                               "max |Δlogit|", "parity"], rows)
+    ref = next((a.parity.get("reference_gt_miou") for a in result.manifest.artifacts if a.parity.get("reference_gt_miou") is not None), None)
+    if ref is not None:
+        console.print(f"PyTorch fp32 reference GT mIoU: {ref:.4f}")

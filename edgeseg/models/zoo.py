@@ -1,0 +1,69 @@
+"""The built-in architectures, registered once on import."""
+from __future__ import annotations
+
+from functools import partial
+
+from edgeseg.errors import RecipeError
+from edgeseg.models.lraspp import build_lraspp
+from edgeseg.models.registry import ArchSpec, register
+from edgeseg.models.unet import UNetSegmenter
+
+# timm encoder variant per width multiplier
+_TIMM_WIDTHS = {
+    "mobilenetv3_small": {0.5: "mobilenetv3_small_050", 0.75: "mobilenetv3_small_075", 1.0: "mobilenetv3_small_100"},
+    "mobilenetv3_large": {0.75: "mobilenetv3_large_075", 1.0: "mobilenetv3_large_100"},
+    "mobilenetv4_conv_small": {0.35: "mobilenetv4_conv_small_035", 0.5: "mobilenetv4_conv_small_050", 1.0: "mobilenetv4_conv_small"},
+}
+
+
+def timm_encoder_name(family: str, width: float) -> str:
+    """The timm model name for an encoder family at a width multiplier."""
+    widths = _TIMM_WIDTHS[family]
+    if width not in widths:
+        raise RecipeError(f"model.width {width} is not available for {family}; choose one of {sorted(widths)}")
+    return widths[width]
+
+
+def build_unet(family: str, *, num_classes: int, width: float, decoder_channels) -> UNetSegmenter:
+    """U-Net decoder over a timm features_only encoder (random init; weights load from a file)."""
+    import timm
+
+    encoder = timm.create_model(timm_encoder_name(family, width), pretrained=False, features_only=True)
+    return UNetSegmenter(encoder, encoder.feature_info.channels(), tuple(decoder_channels), num_classes)
+
+
+_TIMM_PREFIX = (("", "encoder."),)  # timm classification checkpoint -> encoder
+_TV_PREFIX = (("features.", "backbone."),)  # torchvision ImageNet MobileNetV3 -> LR-ASPP backbone
+
+
+def _register_all() -> None:
+    unet_options = {"width": 1.0, "decoder_channels": (64, 48, 32, 16)}
+    register(ArchSpec(
+        "unet_mobilenet_v3_small", partial(build_unet, "mobilenetv3_small"), (256, 256), 32,
+        "U-Net skips over timm MobileNetV3-Small (crisp portrait edges)",
+        options={**unet_options, "width": 0.75, "decoder_channels": (48, 32, 24, 16)}, weight_prefixes=_TIMM_PREFIX,
+    ))
+    register(ArchSpec(
+        "unet_mobilenetv4_conv_small", partial(build_unet, "mobilenetv4_conv_small"), (256, 256), 32,
+        "U-Net skips over timm MobileNetV4-Conv-Small",
+        options={**unet_options, "width": 0.5, "decoder_channels": (48, 32, 24, 16)}, weight_prefixes=_TIMM_PREFIX,
+    ))
+    register(ArchSpec(
+        "unet_mobilenet_v3_large", partial(build_unet, "mobilenetv3_large"), (256, 256), 32,
+        "U-Net skips over timm MobileNetV3-Large",
+        options=unet_options, weight_prefixes=_TIMM_PREFIX,
+    ))
+    lraspp_options = {"width": 1.0, "inter_channels": 128}
+    register(ArchSpec(
+        "lraspp_mobilenet_v3_large", partial(build_lraspp, "large"), (512, 512), 16,
+        "torchvision LR-ASPP MobileNetV3-Large (loads torchvision COCO-VOC / ImageNet weights)",
+        options=lraspp_options, weight_prefixes=_TV_PREFIX,
+    ))
+    register(ArchSpec(
+        "lraspp_mobilenet_v3_small", partial(build_lraspp, "small"), (512, 512), 16,
+        "torchvision LR-ASPP MobileNetV3-Small (loads torchvision ImageNet weights)",
+        options=lraspp_options, weight_prefixes=_TV_PREFIX,
+    ))
+
+
+_register_all()

@@ -1,0 +1,203 @@
+"""Training/export recipes: frozen dataclasses loaded from YAML (layer 1).
+
+Unknown keys are errors naming the key; ``--set a.b=v`` overrides any field. Model options
+left unset (None) take the architecture's defaults; mean/std unset take the encoder's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgeseg.errors import RecipeError
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    arch: str = "unet_mobilenet_v3_small"
+    width: float | None = None
+    decoder_channels: tuple[int, ...] | None = None
+    inter_channels: int | None = None
+    weights: str | None = None  # local file: torchvision/timm/edgeseg checkpoint
+
+    def options(self) -> dict:
+        """Architecture options that the recipe sets explicitly."""
+        names = ("width", "decoder_channels", "inter_channels")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+@dataclass(frozen=True)
+class AugmentCfg:
+    hflip: bool = True
+    scale: tuple[float, float] = (0.7, 1.3)
+    rotate: float = 10.0
+    color: float = 0.3
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    root: str | None = None  # folder-pairs or VOC layout; None = built-in synthetic set
+    task: str = "portrait"  # synthetic task when root is None: portrait | parts
+    classes: tuple[str, ...] | None = None  # else classes.txt or the synthetic task's
+    input_size: tuple[int, int] = (256, 256)
+    mean: tuple[float, float, float] | None = None  # 0-255 pixel units
+    std: tuple[float, float, float] | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    val_fraction: float = 0.1  # folder layout without split folders
+    synth_train: int = 2000
+    synth_val: int = 200
+    seed: int = 0
+    augment: AugmentCfg = field(default_factory=AugmentCfg)
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    dice_weight: float = 1.0
+    steps_per_epoch: int | None = None  # None = one pass over the training set
+    workers: int = 0
+    seed: int = 0
+    amp: bool = True  # used on CUDA only
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ExportCfg:
+    formats: tuple[str, ...] = ("onnx", "tflite", "coreml")
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    calib_count: int = 32
+    parity_images: int = 16
+    thresholds: dict = field(default_factory=lambda: {"fp32": 0.999, "fp16": 0.995, "int8": 0.98, "pal6": 0.98})
+    max_gt_drop: float = 1.0  # mIoU points
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "custom"
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    export: ExportCfg = field(default_factory=ExportCfg)
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists for tuples), safe for YAML, JSON and weights_only checkpoints."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise RecipeError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecipeError(f"recipe key '{where}' must be a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"recipe key '{where}' must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise RecipeError(f"recipe key '{where}' needs {len(item_types)} values, got {len(value)}")
+        return tuple(_coerce(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(item_types, value)))
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"recipe key '{where}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"recipe key '{where}' must be true/false, got {value!r}")
+        return value
+    if tp in (int, float, str):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise RecipeError(f"recipe key '{where}' must be {tp.__name__}, got {value!r}")
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"recipe key '{where}' must be {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != out:
+            raise RecipeError(f"recipe key '{where}' must be an integer, got {value!r}")
+        return out
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise RecipeError(f"unknown recipe key '{where}'; known keys here: {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {dotted}: '{k}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``a.b=value`` (value in YAML syntax) into (path, value)."""
+    if "=" not in text:
+        raise RecipeError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--set {key}: value {raw!r} is not valid YAML ({exc.__class__.__name__})") from None
+
+
+def recipe_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Build a Recipe from a plain dict plus ``a.b=v`` overrides; unknown keys are errors."""
+    tree = _plain(values or {})
+    for text in overrides:
+        _set_path(tree, *parse_override(text))
+    return _build(Recipe, tree)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a YAML recipe file; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    values.setdefault("name", path.stem)
+    try:
+        return recipe_from_dict(values, overrides)
+    except RecipeError as exc:
+        raise RecipeError(f"{path}: {exc}") from None

@@ -1,0 +1,53 @@
+"""The Runner contract: one class per runtime, shared by parity and latency code (layer 2).
+
+``run(images)`` takes uint8 RGB NHWC pixels and returns float32 NCHW logits at the model's
+input resolution. Layout and normalization live inside each Runner, so callers never branch
+on format. Runners do no timing.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+
+
+class Runner(ABC):
+    """Runs one model; subclasses register a ``runtime`` name and the formats they load."""
+
+    runtime: str = ""
+    formats: tuple[str, ...] = ()
+    threads: int | None = None
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """(True, '') when this runtime can run here, else (False, why not)."""
+        return True, ""
+
+    @abstractmethod
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] RGB -> float32 logits [N, C, H, W]."""
+
+    def close(self) -> None:
+        """Release native resources (idempotent)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def check_batch(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Validate a uint8 NHWC batch of the model's size; return it contiguous."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise EdgesegError(f"runner input must be uint8 [N,H,W,3], got {images.dtype} {list(images.shape)}")
+    if images.shape[1:3] != (height, width):
+        raise EdgesegError(f"runner input is {images.shape[2]}x{images.shape[1]}, model expects {width}x{height}")
+    return np.ascontiguousarray(images)
+
+
+def normalize_nhwc(images: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 NHWC -> float32 NHWC (pixel - mean) / std."""
+    return (images.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)

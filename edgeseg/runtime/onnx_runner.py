@@ -1,0 +1,52 @@
+"""ONNX Runtime Runner (CPU execution provider)."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeseg.errors import ArtifactError, require
+from edgeseg.manifest import Artifact, Manifest
+from edgeseg.runtime.base import Runner, check_batch, normalize_nhwc
+from edgeseg.runtime.loader import RUNNER_FACTORIES
+
+
+class OnnxRunner(Runner):
+    runtime = "onnxruntime"
+    formats = ("onnx",)
+
+    def __init__(self, path: str, *, input_size, mean, std, expects: str = "normalized", threads: int | None = None):
+        ort = require("onnxruntime", "onnx", "running ONNX models")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types
+            raise ArtifactError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.height, self.width = input_size
+        self.mean, self.std, self.expects, self.threads = mean, std, expects, threads
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        try:
+            import onnxruntime  # noqa: F401
+            return True, ""
+        except ImportError:
+            return False, "onnxruntime is not installed (pip install 'edgeseg[onnx]')"
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        images = check_batch(images, self.height, self.width)
+        x = normalize_nhwc(images, self.mean, self.std) if self.expects == "normalized" else images.astype(np.float32)
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return np.concatenate([self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float32)
+
+
+def _factory(art: Artifact, manifest: Manifest, threads: int | None) -> OnnxRunner:
+    m = manifest.model
+    return OnnxRunner(str(art.file), input_size=(m["input"]["height"], m["input"]["width"]), mean=m["mean"], std=m["std"],
+                      expects=art.input.get("expects", "normalized"), threads=threads)
+
+
+RUNNER_FACTORIES["onnx"] = _factory

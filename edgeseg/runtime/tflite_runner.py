@@ -1,0 +1,68 @@
+"""LiteRT (TFLite) interpreter Runner, XNNPACK on CPU: NHWC in/out, uint8 or float input."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeseg.errors import ArtifactError, require
+from edgeseg.manifest import Artifact, Manifest
+from edgeseg.runtime.base import Runner, check_batch, normalize_nhwc
+from edgeseg.runtime.loader import RUNNER_FACTORIES
+
+
+def _dequantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    if x.dtype == np.float32:
+        return x
+    scale, zero = detail["quantization"]
+    return (x.astype(np.float32) - zero) * scale
+
+
+class TFLiteRunner(Runner):
+    runtime = "litert"
+    formats = ("tflite",)
+
+    def __init__(self, path: str, *, mean, std, threads: int | None = None):
+        litert = require("ai_edge_litert.interpreter", "tflite", "running TFLite models")
+        try:
+            self.interp = litert.Interpreter(model_path=str(path), num_threads=threads or 1)
+            self.interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"{path}: LiteRT cannot load it ({str(exc).splitlines()[0][:160]})") from None
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        _, self.height, self.width, channels = self.inp["shape"]
+        if channels != 3:
+            raise ArtifactError(f"{path}: input shape {list(self.inp['shape'])} is not NHWC RGB")
+        self.mean, self.std, self.threads = mean, std, threads
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+            return True, ""
+        except ImportError:
+            return False, "ai-edge-litert is not installed (pip install 'edgeseg[tflite]')"
+
+    def _feed(self, images: np.ndarray) -> np.ndarray:
+        if self.inp["dtype"] == np.uint8:
+            return images  # raw pixels; normalization is inside the graph
+        return normalize_nhwc(images, self.mean, self.std).astype(self.inp["dtype"])
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        images = check_batch(images, self.height, self.width)
+        x = self._feed(images)
+        outs = []
+        for i in range(len(x)):
+            self.interp.set_tensor(self.inp["index"], x[i:i + 1])
+            self.interp.invoke()
+            outs.append(_dequantize(self.interp.get_tensor(self.out["index"]), self.out))
+        return np.ascontiguousarray(np.concatenate(outs).transpose(0, 3, 1, 2), dtype=np.float32)
+
+    def close(self) -> None:
+        self.interp = None
+
+
+def _factory(art: Artifact, manifest: Manifest, threads: int | None) -> TFLiteRunner:
+    return TFLiteRunner(str(art.file), mean=manifest.model["mean"], std=manifest.model["std"], threads=threads)
+
+
+RUNNER_FACTORIES["tflite"] = _factory

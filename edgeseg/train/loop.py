@@ -1,0 +1,184 @@
+"""The training loop: AdamW + cosine, CE+Dice, AMP on CUDA, DDP under torchrun (layer 3).
+
+Resumable: ``last.pt`` (written atomically at the end of every epoch) holds optimizer,
+scheduler, step and epoch; each epoch's sampling is seeded by (seed, epoch), so a resumed
+run replays the interrupted epoch and ends on the same step count.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from edgeseg.data.transforms import SegDataset, eval_transform, normalize, train_transform
+from edgeseg.errors import CheckpointError
+from edgeseg.models.checkpoint import load_checkpoint, save_checkpoint
+from edgeseg.recipe import Recipe
+from edgeseg.runtime.evaluate import evaluate
+from edgeseg.runtime.torch_runner import TorchRunner
+from edgeseg.train.losses import SegLoss
+from edgeseg.train.setup import build_for_training, model_info, open_splits
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best: dict
+    last: dict
+    steps: int
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _dist_setup(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); initialises the process group when run under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def cosine_lambda(total: int, warmup: int):
+    """LR multiplier: linear warm-up, then cosine decay to 1% at ``total`` steps."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+    return f
+
+
+def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train ``recipe``; writes last.pt, best.pt and metrics.csv into ``out_dir``."""
+    out_dir = Path(out_dir)
+    t = recipe.train
+    device = _device(t.device)
+    rank, world = _dist_setup(device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    train_src, val_src = open_splits(recipe, data_root)
+    info = model_info(recipe, train_src.classes)
+    torch.manual_seed(t.seed)
+    model = build_for_training(info, recipe.model.weights).to(device)
+    d = recipe.data
+    train_ds = SegDataset(train_src, train_transform(info.input_size, hflip=d.augment.hflip, scale=d.augment.scale,
+                                                     rotate=d.augment.rotate, color=d.augment.color))
+    steps_per_epoch = t.steps_per_epoch or max(1, len(train_ds) // (t.batch_size * world))
+    total = steps_per_epoch * t.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, warmup=min(100, total // 10 + 1)))
+    start_epoch, step, best = 0, 0, {"miou": -1.0}
+    last_path = out_dir / "last.pt"
+    if resume:
+        start_epoch, step, best = _restore(last_path, model, opt, sched)
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    use_amp = t.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = SegLoss(t.dice_weight)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    bar = _progress(progress and rank == 0)
+    last_metrics: dict = {}
+    with bar:
+        task = bar.add_task("train", total=total, completed=step, loss=float("nan"), ips=0.0)
+        for epoch in range(start_epoch, t.epochs):
+            loader = _loader(train_ds, t, epoch, steps_per_epoch, world, rank)
+            model.train()
+            seen, t0, losses = 0, time.perf_counter(), []
+            for images, masks in loader:
+                x = normalize(images.to(device), info.mean, info.std)
+                y = masks.to(device)
+                with torch.autocast(device.type, enabled=use_amp):
+                    loss = loss_fn(ddp_model(x), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                step += 1
+                seen += images.shape[0] * world
+                losses.append(loss.item())
+                bar.update(task, advance=1, loss=losses[-1], ips=seen / (time.perf_counter() - t0))
+            if rank == 0:
+                last_metrics = _validate(model, info, val_src)
+                last_metrics.update(epoch=epoch + 1, step=step, train_loss=round(sum(losses) / max(1, len(losses)), 5))
+                _append_csv(out_dir / "metrics.csv", last_metrics, info.classes)
+                rec = recipe.to_dict()
+                if last_metrics["miou"] > best["miou"]:
+                    best = dict(last_metrics)
+                    save_checkpoint(out_dir / "best.pt", model, info, recipe=rec, metrics=best)
+                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
+                         "step": step, "best": best}
+                save_checkpoint(last_path, model, info, recipe=rec, metrics=last_metrics, train_state=state)
+                bar.console.log(f"epoch {epoch + 1}/{t.epochs} step {step} loss {last_metrics['train_loss']:.4f} "
+                                f"val mIoU {last_metrics['miou']:.4f} boundary IoU {last_metrics['boundary_iou']:.4f}")
+            if world > 1:
+                dist.barrier()
+    if world > 1:
+        dist.destroy_process_group()
+    return TrainResult(out_dir, best, last_metrics, step)
+
+
+def _loader(ds, t, epoch: int, steps: int, world: int, rank: int) -> DataLoader:
+    g = torch.Generator().manual_seed(t.seed * 10007 + epoch)
+    torch.manual_seed(t.seed * 10007 + epoch + 1)  # augmentation randomness (workers=0)
+    if world > 1:
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=t.seed)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(ds, replacement=True, num_samples=steps * t.batch_size, generator=g)
+    return DataLoader(ds, batch_size=t.batch_size, sampler=sampler, num_workers=t.workers, drop_last=True,
+                      generator=g, persistent_workers=False)
+
+
+def _restore(path: Path, model, opt, sched) -> tuple[int, int, dict]:
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no {path} to resume from")
+    ckpt = load_checkpoint(path)
+    if not ckpt.train_state:
+        raise CheckpointError(f"{path}: has no training state to resume")
+    model.load_state_dict(ckpt.state_dict)
+    opt.load_state_dict(ckpt.train_state["optimizer"])
+    sched.load_state_dict(ckpt.train_state["scheduler"])
+    return int(ckpt.train_state["epoch"]), int(ckpt.train_state["step"]), dict(ckpt.train_state["best"])
+
+
+def _validate(model, info, val_src) -> dict:
+    model.eval()
+    runner = TorchRunner(model, input_size=info.input_size, mean=info.mean, std=info.std,
+                         device=str(next(model.parameters()).device))
+    metrics = evaluate(runner.run, val_src, info.input_size, info.classes).summary()
+    return {k: metrics[k] for k in ("miou", "pixel_accuracy", "boundary_iou", "per_class_iou")}
+
+
+def _append_csv(path: Path, row: dict, classes) -> None:
+    flat = {k: v for k, v in row.items() if k != "per_class_iou"}
+    flat.update({f"iou_{c}": row["per_class_iou"].get(c) for c in classes})
+    cols = ["epoch", "step", "train_loss", "miou", "pixel_accuracy", "boundary_iou"] + [f"iou_{c}" for c in classes]
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        if new:
+            w.writeheader()
+        w.writerow({c: flat.get(c) for c in cols})
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
+                    TimeRemainingColumn(), disable=not enabled)

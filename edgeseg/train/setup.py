@@ -1,0 +1,52 @@
+"""Turn a Recipe into model, data and preprocessing (layer 3)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeseg.data.datasets import FileSource, open_source
+from edgeseg.errors import RecipeError
+from edgeseg.models.checkpoint import ModelInfo
+from edgeseg.models.registry import check_input_size, get_spec
+from edgeseg.models.weights import load_weights
+from edgeseg.recipe import Recipe
+
+
+def open_splits(recipe: Recipe, data_root: str | None):
+    """(train source, val source) for a recipe; the built-in synthetic set when no data root."""
+    d = recipe.data
+    root = data_root or d.root
+    common = dict(classes=d.classes, task=d.task, size=d.input_size, val_fraction=d.val_fraction)
+    if root is None:
+        from edgeseg.data.datasets import SynthSource
+
+        return (SynthSource(d.task, d.synth_train, d.input_size, d.seed * 2),
+                SynthSource(d.task, d.synth_val, d.input_size, d.seed * 2 + 1))
+    train = open_source(root, d.train_split, **common)
+    val = open_source(root, d.val_split, **common)
+    for src in (train, val):
+        if isinstance(src, FileSource):
+            src.validate()
+    return train, val
+
+
+def model_info(recipe: Recipe, classes: tuple[str, ...]) -> ModelInfo:
+    """Architecture, classes and preprocessing for a recipe (mean/std default to the encoder's)."""
+    spec = get_spec(recipe.model.arch)
+    h, w = recipe.data.input_size
+    check_input_size(spec, h, w)
+    if recipe.data.classes and tuple(recipe.data.classes) != tuple(classes):
+        raise RecipeError(f"data.classes {list(recipe.data.classes)} do not match the dataset's {list(classes)}")
+    options = {**spec.options, **recipe.model.options()}
+    return ModelInfo(
+        name=recipe.name, arch=spec.name, options={k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+        classes=tuple(classes), input_size=(h, w),
+        mean=tuple(recipe.data.mean or spec.mean), std=tuple(recipe.data.std or spec.std),
+    )
+
+
+def build_for_training(info: ModelInfo, weights: str | None):
+    """The model for ``info``, with ``weights`` (a local file) loaded when given."""
+    model = info.build()
+    if weights:
+        load_weights(model, Path(weights), get_spec(info.arch).weight_prefixes)
+    return model
