@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny recipes, a tiny trained checkpoint, a CLI runner with real exit codes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from edgeseg.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "model": {"arch": "unet_mobilenet_v3_small", "width": 0.5, "decoder_channels": [16, 16, 8, 8]},
+    "data": {"task": "portrait", "input_size": [64, 64], "synth_train": 16, "synth_val": 8,
+             "mean": [127.5, 127.5, 127.5], "std": [127.5, 127.5, 127.5]},
+    "train": {"epochs": 1, "batch_size": 4, "steps_per_epoch": 2, "lr": 0.003},
+}
+
+
+def write_recipe(path: Path, overrides: dict | None = None) -> Path:
+    """Write the tiny recipe (deep-merged with ``overrides``) to ``path``."""
+    def merge(a, b):
+        return {k: merge(a.get(k, {}), v) if isinstance(v, dict) else v for k, v in {**a, **b}.items()} if isinstance(a, dict) else b
+    path.write_text(yaml.safe_dump(merge(TINY, overrides or {})))
+    return path
+
+
+@pytest.fixture
+def cli():
+    """Invoke the CLI in-process; returns click's Result (exit_code, output)."""
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return invoke
+
+
+def run_edgeseg(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run the real ``edgeseg`` console entry point in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "edgeseg.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny binary portrait model trained for two steps (64x64)."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    recipe = write_recipe(out / "tiny.yaml")
+    res = CliRunner().invoke(main, ["train", "--recipe", str(recipe), "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_parts_checkpoint(tmp_path_factory) -> Path:
+    """A tiny 5-class parts model trained for two steps (64x64)."""
+    out = tmp_path_factory.mktemp("tiny_parts_run")
+    recipe = write_recipe(out / "tiny_parts.yaml", {"name": "tinyparts", "data": {"task": "parts"}})
+    res = CliRunner().invoke(main, ["train", "--recipe", str(recipe), "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return out / "best.pt"
+
+
+def one_line_error(result_output: str) -> str:
+    """Assert the output is a single 'error: ...' line without a traceback; return it."""
+    lines = [ln for ln in result_output.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in result_output, result_output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result_output
+    return lines[0]

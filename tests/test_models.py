@@ -1,0 +1,103 @@
+"""Model zoo: registry, shapes, input-size checks, weights from torchvision/timm files."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from edgeseg.errors import CheckpointError, EdgesegError, RecipeError
+from edgeseg.models import registry
+from edgeseg.models.registry import ArchSpec, build_model, check_input_size, get_spec, names
+from edgeseg.models.weights import load_weights
+
+REQUIRED = {"lraspp_mobilenet_v3_large", "lraspp_mobilenet_v3_small", "unet_mobilenet_v3_small", "unet_mobilenetv4_conv_small"}
+
+
+def test_registry_lists_required_architectures():
+    assert REQUIRED <= set(names())
+
+
+def test_registering_a_name_twice_raises():
+    spec = get_spec("unet_mobilenet_v3_small")
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(ArchSpec(spec.name, spec.builder, (64, 64), 32, "dup"))
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_forward_returns_logits_at_input_resolution(name):
+    opts = {"width": 0.5} if name.startswith("unet_mobilenet_v3") else {}
+    model = build_model(name, num_classes=3, **opts).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 96))
+    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (1, 3, 64, 96)
+
+
+def test_input_size_not_fitting_stride_names_a_valid_size():
+    with pytest.raises(EdgesegError, match=r"250x250.*256x256"):
+        check_input_size(get_spec("unet_mobilenet_v3_small"), 250, 250)
+    with pytest.raises(EdgesegError, match="multiple of 32"):
+        build_model("unet_mobilenet_v3_small", num_classes=2, input_size=(100, 64))
+
+
+def test_unknown_option_and_architecture_are_errors():
+    with pytest.raises(RecipeError, match="decoder_channels"):
+        build_model("lraspp_mobilenet_v3_small", num_classes=2, decoder_channels=(8, 8))
+    with pytest.raises(RecipeError, match="unknown architecture 'nope'"):
+        get_spec("nope")
+
+
+def test_torchvision_coco_voc_state_dict_loads_with_identical_outputs(tmp_path):
+    ref = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21).eval()
+    path = tmp_path / "lraspp_voc.pth"
+    torch.save(ref.state_dict(), path)
+    ours = build_model("lraspp_mobilenet_v3_large", num_classes=21).eval()
+    assert load_weights(ours, path, get_spec("lraspp_mobilenet_v3_large").weight_prefixes) == "full model"
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x)["out"])
+
+
+def test_torchvision_imagenet_backbone_loads_into_lraspp_backbone(tmp_path):
+    cls = torchvision.models.mobilenet_v3_large(weights=None)
+    path = tmp_path / "mnv3l_imagenet.pth"
+    torch.save(cls.state_dict(), path)
+    ours = build_model("lraspp_mobilenet_v3_large", num_classes=2)
+    used = load_weights(ours, path, get_spec("lraspp_mobilenet_v3_large").weight_prefixes)
+    assert used == "features.* -> backbone.*"
+    assert torch.equal(ours.backbone["0"][0].weight, cls.features[0][0].weight)
+
+
+def test_timm_classifier_checkpoint_loads_into_unet_encoder(tmp_path):
+    import timm
+
+    cls = timm.create_model("mobilenetv3_small_050", pretrained=False)
+    path = tmp_path / "mnv3s050.pth"
+    torch.save(cls.state_dict(), path)
+    ours = build_model("unet_mobilenet_v3_small", num_classes=2, width=0.5)
+    load_weights(ours, path, get_spec("unet_mobilenet_v3_small").weight_prefixes)
+    assert torch.equal(ours.encoder.conv_stem.weight, cls.conv_stem.weight)
+
+
+def test_mismatched_weights_name_keys_and_shapes(tmp_path):
+    ref = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21)
+    path = tmp_path / "voc21.pth"
+    torch.save(ref.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"shape mismatch .*classifier\.(high|low)_classifier"):
+        load_weights(build_model("lraspp_mobilenet_v3_large", num_classes=2), path, get_spec("lraspp_mobilenet_v3_large").weight_prefixes)
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_weights(build_model("unet_mobilenet_v3_small", num_classes=2), path, get_spec("unet_mobilenet_v3_small").weight_prefixes)
+
+
+def test_pickled_module_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save(torch.nn.Conv2d(1, 1, 1), path)  # a whole module needs unpickling code
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_weights(build_model("unet_mobilenet_v3_small", num_classes=2), path)
+
+
+def test_models_command_lists_params_and_macs(cli):
+    res = cli("models")
+    assert res.exit_code == 0
+    for name in REQUIRED:
+        assert name in res.output
+    assert "MACs" in res.output and "M" in res.output

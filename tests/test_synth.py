@@ -1,0 +1,179 @@
+"""Tests for the synthetic portrait / person-parts generator (edgeseg.data.synth)."""
+from __future__ import annotations
+
+import ast
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeseg.data import synth
+from edgeseg.errors import DataError
+
+SIZE = 96
+
+
+def _thin_hair_pixels(mask: np.ndarray) -> int:
+    """Hair pixels whose left and right neighbours are both background."""
+    hair = mask[:, 1:-1] == 1
+    return int((hair & (mask[:, :-2] == 0) & (mask[:, 2:] == 0)).sum())
+
+
+def _seeds_with(hair_type: str, n: int, size: int) -> list[int]:
+    seeds = [
+        s for s in range(200) if synth.render("parts", size, s).attrs["hair_type"] == hair_type
+    ]
+    assert len(seeds) >= n, f"fewer than {n} {hair_type!r} samples in 200 seeds"
+    return seeds[:n]
+
+
+def test_same_seed_gives_identical_bytes():
+    a = synth.render("parts", SIZE, 7)
+    b = synth.render("parts", SIZE, 7)
+    assert a.image.tobytes() == b.image.tobytes()
+    assert a.mask.tobytes() == b.mask.tobytes()
+    assert a.attrs == b.attrs
+
+
+def test_different_seeds_differ():
+    a = synth.render("parts", SIZE, 7)
+    b = synth.render("parts", SIZE, 8)
+    assert a.image.tobytes() != b.image.tobytes()
+    assert a.mask.tobytes() != b.mask.tobytes()
+
+
+@pytest.mark.parametrize(
+    "size, shape", [(64, (64, 64)), ((64, 96), (64, 96)), ((96, 64), (96, 64))]
+)
+def test_shapes_and_dtypes(size, shape):
+    sample = synth.render("portrait", size, 3)
+    assert sample.image.shape == shape + (3,) and sample.image.dtype == np.uint8
+    assert sample.mask.shape == shape and sample.mask.dtype == np.uint8
+
+
+@pytest.mark.parametrize("task", sorted(synth.TASKS))
+def test_mask_values_within_class_range(task):
+    n_classes = len(synth.TASKS[task])
+    for seed in range(10):
+        mask = synth.render(task, SIZE, seed).mask
+        assert mask.max() < n_classes, (task, seed, np.unique(mask))
+
+
+def test_portrait_is_parts_foreground_with_the_same_image():
+    for seed in range(6):
+        portrait = synth.render("portrait", SIZE, seed)
+        parts = synth.render("parts", SIZE, seed)
+        assert np.array_equal(portrait.image, parts.image)
+        assert np.array_equal(portrait.mask, (parts.mask > 0).astype(np.uint8))
+
+
+def test_attrs_have_valid_slice_keys_and_values():
+    seen = {key: set() for key in synth.SLICE_KEYS}
+    for seed in range(60):
+        attrs = synth.render("portrait", 64, seed).attrs
+        assert tuple(attrs) == synth.SLICE_KEYS
+        for key, value in attrs.items():
+            assert isinstance(value, str) and value in synth.SLICE_VALUES[key], (key, value)
+            seen[key].add(value)
+    for key in synth.SLICE_KEYS:  # the slices actually vary
+        assert len(seen[key]) >= 3, (key, seen[key])
+
+
+def test_parts_masks_contain_several_classes():
+    per_sample = [set(np.unique(synth.render("parts", SIZE, s).mask)) for s in range(8)]
+    assert set().union(*per_sample) == set(range(len(synth.PARTS_CLASSES)))
+    assert sum(len(classes) >= 4 for classes in per_sample) >= 5, per_sample
+
+
+def test_person_coverage_is_neither_empty_nor_full():
+    coverage = np.array([(synth.render("portrait", 64, s).mask > 0).mean() for s in range(40)])
+    assert ((coverage > 0.02) & (coverage < 0.95)).mean() >= 0.8, coverage
+    assert coverage.max() < 1.0
+
+
+def test_sample_without_person_has_empty_mask():
+    seeds = [s for s in range(150) if synth.render("portrait", 64, s).attrs["hair_type"] == "none"]
+    assert 1 <= len(seeds) <= 20  # about 1 in 20
+    for seed in seeds:
+        sample = synth.render("parts", 64, seed)
+        assert sample.attrs["skin_tone"] == "none"
+        assert not sample.mask.any()
+
+
+def test_strands_leave_thin_hair_in_the_mask():
+    for seed in _seeds_with("strands", 3, 128):
+        assert _thin_hair_pixels(synth.render("parts", 128, seed).mask) >= 3, seed
+    short = _seeds_with("short", 3, 128)
+    smooth = [_thin_hair_pixels(synth.render("parts", 128, s).mask) for s in short]
+    assert max(smooth) <= 2, smooth
+
+
+def test_write_dataset_layout(tmp_path):
+    out = tmp_path / "ds"
+    assert synth.write_dataset(out, "parts", 3, (64, 80), seed=5) == out
+    ids = [f"synth_{i:06d}" for i in range(3)]
+    assert sorted(p.stem for p in (out / "images").iterdir()) == ids
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == ids
+    assert (out / "classes.txt").read_text().splitlines() == list(synth.PARTS_CLASSES)
+    with open(out / "slices.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "skin_tone", "lighting", "hair_type", "background"]
+    for i, row in enumerate(rows[1:]):
+        expected = synth.render("parts", (64, 80), synth.sample_seed(5, i))
+        assert row == [ids[i]] + [expected.attrs[k] for k in synth.SLICE_KEYS]
+        with Image.open(out / "images" / f"{ids[i]}.png") as im:
+            assert im.mode == "RGB" and np.array_equal(np.asarray(im), expected.image)
+        with Image.open(out / "masks" / f"{ids[i]}.png") as im:
+            assert im.mode == "L" and np.array_equal(np.asarray(im), expected.mask)
+    assert len(rows) == 4
+
+
+def test_write_dataset_replaces_existing_folder(tmp_path):
+    out = tmp_path / "ds"
+    (out / "images").mkdir(parents=True)
+    (out / "stale.txt").write_text("old")
+    (out / "images" / "synth_000009.png").write_bytes(b"old")
+    synth.write_dataset(out, "portrait", 2, 64, seed=0)
+    assert not (out / "stale.txt").exists()
+    images = sorted(p.name for p in (out / "images").iterdir())
+    assert images == ["synth_000000.png", "synth_000001.png"]
+    assert (out / "classes.txt").read_text().splitlines() == list(synth.PORTRAIT_CLASSES)
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temp folder left behind
+
+
+def test_sample_seed_formula_keeps_sets_disjoint():
+    assert synth.sample_seed(0, 41) == 41
+    assert synth.sample_seed(3, 2) == 3 * 1_000_003 + 2
+    first = {synth.sample_seed(0, i) for i in range(1000)}
+    assert first.isdisjoint(synth.sample_seed(1, i) for i in range(1000))
+
+
+def test_unknown_task_raises_data_error_naming_it(tmp_path):
+    with pytest.raises(DataError, match="faces"):
+        synth.render("faces", 64, 0)
+    with pytest.raises(DataError, match="faces"):
+        synth.write_dataset(tmp_path / "ds", "faces", 2, 64, 0)
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("size, seed", [(4, 0), ((64,), 0), ("64", 0), (64, -1), (64, 1.5)])
+def test_bad_size_or_seed_raises_data_error(size, seed):
+    with pytest.raises(DataError):
+        synth.render("portrait", size, seed)
+
+
+def test_module_imports_only_numpy_pillow_stdlib_and_edgeseg_basics():
+    tree = ast.parse(Path(synth.__file__).read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            roots.add(node.module)
+    allowed = {"numpy", "PIL", "edgeseg.errors", "edgeseg.fsutil", "__future__"}
+    stdlib = sys.stdlib_module_names
+    extra = {r for r in roots if r not in allowed and r.split(".")[0] not in stdlib}
+    assert not extra, extra
