@@ -44,6 +44,9 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="edgeseg")
 def main():
     """edgeseg: MobileNet-based segmenters from training recipe to phone-ready files."""
+    from edgeseg.compat import install_log_filters
+
+    install_log_filters()
 
 
 def write_json(path: str | None, payload: dict) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgeseg import __version__
 from edgeseg.bench.parity import DEFAULT_MAX_GT_DROP, DEFAULT_THRESHOLDS, check_parity, reference_set, skipped
-from edgeseg.errors import EdgesegError, MissingExtra
+from edgeseg.errors import EdgesegError, MissingExtra, require
 from edgeseg.export.base import EXPORTERS, ExportJob, embedded_metadata
 from edgeseg.export.calibration import calibration_images, parity_source
 from edgeseg.manifest import Artifact, Manifest
@@ -74,7 +74,6 @@ def _exporters(formats, precisions) -> dict:
         for p in precisions:
             if p not in exporter.precisions:
                 raise EdgesegError(f"{fmt} export does not support precision {p!r}; supported: {', '.join(exporter.precisions)}")
-        _check_extra(exporter)
         out[fmt] = exporter
     return out
 
@@ -84,11 +83,8 @@ _EXTRA_MODULES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "tflite": ("lit
 
 
 def _check_extra(exporter) -> None:
-    import importlib.util
-
     for module in _EXTRA_MODULES[exporter.extra]:
-        if importlib.util.find_spec(module) is None:
-            raise MissingExtra(module, exporter.extra, f"{exporter.format} export")
+        require(module, exporter.extra, f"{exporter.format} export")
 
 
 def model_section(ckpt, task: str) -> dict:
@@ -113,6 +109,8 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
     recipe_root = ckpt.recipe.get("data", {}).get("root")
     calib, calib_from = calibration_images(req.calib_dir, recipe_root, task, req.calib_count, info.input_size)
     source, described = parity_source(req.data_dir, task, req.parity_images, info.input_size, info.classes)
+    for exporter in exporters.values():  # after the cheap input checks: these imports are slow and chatty
+        _check_extra(exporter)
     model = ckpt.model()
     ref = reference_set(TorchRunner(model, input_size=info.input_size, mean=info.mean, std=info.std), source,
                         info.input_size, req.parity_images, info.classes, described)

@@ -112,6 +112,8 @@ def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, 
                 seen += images.shape[0] * world
                 losses.append(loss.item())
                 bar.update(task, advance=1, loss=losses[-1], ips=seen / (time.perf_counter() - t0))
+                if rank == 0 and not bar.console.is_terminal and step % 50 == 0:  # logs/CI: no live bar
+                    bar.console.log(f"step {step}/{total} loss {losses[-1]:.4f} {seen / (time.perf_counter() - t0):.1f} img/s")
             if rank == 0:
                 last_metrics = _validate(model, info, val_src)
                 last_metrics.update(epoch=epoch + 1, step=step, train_loss=round(sum(losses) / max(1, len(losses)), 5))

@@ -1,0 +1,33 @@
+"""Known, harmless third-party log noise, filtered by exact message (layer 1).
+
+Only specific messages from specific loggers are dropped; nothing is silenced globally.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+
+# coremltools logs these at import on Linux, where its native prediction library does not
+# exist by design (edgeseg uses its own reference runner there). They would break the
+# one-line error contract of the CLI.
+_COREMLTOOLS_NATIVE = ("Failed to load _MLModelProxy", "Failed to load _MLModelAssetProxy", "Failed to load _MLCPUComputeDeviceProxy",
+                       "Failed to load _MLGPUComputeDeviceProxy", "Failed to load _MLNeuralEngineComputeDeviceProxy",
+                       "Failed to load _MLComputePlanProxy")
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.prefixes)
+
+
+def install_log_filters() -> None:
+    """Drop coremltools' 'native library missing' messages off macOS (idempotent)."""
+    if platform.system() == "Darwin":
+        return
+    logger = logging.getLogger("coremltools")
+    if not any(isinstance(f, _DropMessages) for f in logger.filters):
+        logger.addFilter(_DropMessages(_COREMLTOOLS_NATIVE))
