@@ -20,7 +20,7 @@ class TFLiteRunner(Runner):
     runtime = "litert"
     formats = ("tflite",)
 
-    def __init__(self, path: str, *, mean, std, threads: int | None = None):
+    def __init__(self, path: str, *, mean, std, expects: str = "normalized", threads: int | None = None):
         litert = require("ai_edge_litert.interpreter", "tflite", "running TFLite models")
         try:
             self.interp = litert.Interpreter(model_path=str(path), num_threads=threads or 1)
@@ -32,7 +32,7 @@ class TFLiteRunner(Runner):
         _, self.height, self.width, channels = self.inp["shape"]
         if channels != 3:
             raise ArtifactError(f"{path}: input shape {list(self.inp['shape'])} is not NHWC RGB")
-        self.mean, self.std, self.threads = mean, std, threads
+        self.mean, self.std, self.expects, self.threads = mean, std, expects, threads
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -45,6 +45,8 @@ class TFLiteRunner(Runner):
     def _feed(self, images: np.ndarray) -> np.ndarray:
         if self.inp["dtype"] == np.uint8:
             return images  # raw pixels; normalization is inside the graph
+        if self.expects == "pixels":  # float pixels 0..255; per-channel normalization inside the graph
+            return images.astype(self.inp["dtype"])
         return normalize_nhwc(images, self.mean, self.std).astype(self.inp["dtype"])
 
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -62,7 +64,8 @@ class TFLiteRunner(Runner):
 
 
 def _factory(art: Artifact, manifest: Manifest, threads: int | None) -> TFLiteRunner:
-    return TFLiteRunner(str(art.file), mean=manifest.model["mean"], std=manifest.model["std"], threads=threads)
+    return TFLiteRunner(str(art.file), mean=manifest.model["mean"], std=manifest.model["std"],
+                        expects=art.input.get("expects", "normalized"), threads=threads)
 
 
 RUNNER_FACTORIES["tflite"] = _factory

@@ -1,0 +1,232 @@
+"""Edits of .tflite flatbuffers that no converter offers.
+
+Works on bytes in, bytes out, through the flatbuffer object API of the TFLite schema module
+that ships with ``ai_edge_litert`` (``ModelT`` and friends), so nothing here depends on how
+the model was produced.
+
+- ``inline_buffers``: ai-edge-quantizer stores big weight buffers *after* the flatbuffer
+  (``Buffer.offset``/``Buffer.size``). Anything that unpacks and repacks the flatbuffer, such
+  as MediaPipe's metadata writer, silently drops that tail. Moving the bytes into
+  ``Buffer.data`` makes the model self-contained.
+- ``uint8_input_float_output``: neither litert-torch nor ai-edge-quantizer can give a
+  full-int8 model uint8 input, which MediaPipe and camera pipelines need.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgeseg.errors import ArtifactError, require
+
+_FILE_IDENTIFIER = b"TFL3"
+_INT8_TO_UINT8_ZERO_POINT_SHIFT = 128
+# Builtin codes above this are stored in `builtinCode`; `deprecatedBuiltinCode` holds this.
+_PLACEHOLDER_FOR_GREATER_OP_CODES = 127
+# Op versions for what is added here (TFLite op_version.cc): per-tensor uint8->int8
+# QUANTIZE is version 1, int8 DEQUANTIZE version 2.
+_OP_VERSIONS = {"QUANTIZE": 1, "DEQUANTIZE": 2}
+
+
+def _schema():
+    return require("ai_edge_litert.schema_py_generated", "tflite", "editing .tflite flatbuffers")
+
+
+def inline_buffers(model: bytes) -> bytes:
+    """Return ``model`` with every buffer's bytes stored inside the flatbuffer.
+
+    Buffers that point past the flatbuffer (``offset``/``size``, as ai-edge-quantizer writes
+    large models) and large custom op options are copied into the flatbuffer; data appended
+    after the flatbuffer is dropped. The graph itself is unchanged. Raises ``ArtifactError``
+    when the bytes are not a TFLite model or refer to data outside the file.
+    """
+    return _pack(_unpack(model))
+
+
+def uint8_input_float_output(model: bytes, *, float_output: bool = True) -> bytes:
+    """Give a full-int8 model a uint8 input and, optionally, float32 outputs.
+
+    The int8 graph input (scale ``s``, zero point ``z``) becomes an internal tensor fed by a
+    new QUANTIZE op from a new uint8 graph input with scale ``s`` and zero point ``z + 128``:
+    the same real values, so the change is exact. With ``float_output``, every int8 graph
+    output gets a DEQUANTIZE op into a new float32 graph output. New graph tensors take the
+    original names (the int8 tensors get an ``_int8`` suffix) and signatures are updated.
+    Raises ``ArtifactError`` if the model does not have a single per-tensor int8 input.
+    """
+    fb = _schema()
+    graph = _Graph(_unpack(model))
+    old_input = graph.single_input()
+    tensor = graph.tensor(old_input)
+    if tensor.type != fb.TensorType.INT8:
+        raise ArtifactError(f"uint8 input needs an int8 model input; input '{_name(tensor)}' is {_dtype(tensor.type)}")
+    scale, zero_point = _per_tensor_quantization(tensor)
+    uint8_quantization = (scale, zero_point + _INT8_TO_UINT8_ZERO_POINT_SHIFT)
+    new_input = graph.add_boundary_tensor(old_input, fb.TensorType.UINT8, uint8_quantization)
+    graph.add_op("QUANTIZE", new_input, old_input, first=True)
+    graph.replace_boundary("inputs", old_input, new_input)
+    if float_output:
+        for old_output in graph.outputs():
+            if graph.tensor(old_output).type == fb.TensorType.INT8:
+                new_output = graph.add_boundary_tensor(old_output, fb.TensorType.FLOAT32, None)
+                graph.add_op("DEQUANTIZE", old_output, new_output, first=False)
+                graph.replace_boundary("outputs", old_output, new_output)
+    return _pack(graph.model)
+
+
+def io_details(model: bytes) -> tuple[list[dict], list[dict]]:
+    """Describe the first subgraph's inputs and outputs without running the model.
+
+    Each entry has ``name``, ``shape`` (list of ints), ``dtype`` (``"float32"``, ``"uint8"``,
+    ...) and, for per-tensor quantized integer tensors, ``quantization`` =
+    ``{"scale": float, "zero_point": int}``.
+    """
+    graph = _Graph(_unpack(model))
+    return ([_describe(graph.tensor(i)) for i in graph.subgraph.inputs],
+            [_describe(graph.tensor(i)) for i in graph.subgraph.outputs])
+
+
+def _describe(tensor) -> dict:
+    entry = {"name": _name(tensor), "shape": [int(d) for d in tensor.shape], "dtype": _dtype(tensor.type)}
+    quantized = tensor.quantization is not None and tensor.quantization.scale is not None
+    if entry["dtype"].startswith(("int", "uint")) and quantized:
+        scale, zero_point = _per_tensor_quantization(tensor)
+        entry["quantization"] = {"scale": scale, "zero_point": zero_point}
+    return entry
+
+
+@dataclass
+class _Graph:
+    """The first subgraph of a ``ModelT`` plus the bookkeeping edits need."""
+
+    model: object
+
+    @property
+    def subgraph(self):
+        return self.model.subgraphs[0]
+
+    def tensor(self, index: int):
+        return self.subgraph.tensors[index]
+
+    def single_input(self) -> int:
+        inputs = list(self.subgraph.inputs)
+        if len(inputs) != 1:
+            raise ArtifactError(f"expected a model with one input, found {len(inputs)}")
+        return inputs[0]
+
+    def outputs(self) -> list[int]:
+        return list(self.subgraph.outputs)
+
+    def add_boundary_tensor(self, like: int, dtype: int, quantization: tuple[float, int] | None) -> int:
+        """Add a tensor shaped like tensor ``like`` that takes over its name; return its index."""
+        fb = _schema()
+        old = self.tensor(like)
+        new = fb.TensorT()
+        new.name = _name(old)
+        new.type = dtype
+        new.shape = list(old.shape)
+        new.shapeSignature = None if old.shapeSignature is None else list(old.shapeSignature)
+        new.buffer = self._empty_buffer()
+        if quantization is not None:
+            new.quantization = fb.QuantizationParametersT()
+            new.quantization.scale = [float(quantization[0])]
+            new.quantization.zeroPoint = [int(quantization[1])]
+        old.name = f"{_name(old)}_{_dtype(old.type)}"
+        self.subgraph.tensors.append(new)
+        return len(self.subgraph.tensors) - 1
+
+    def add_op(self, op_name: str, src: int, dst: int, *, first: bool) -> None:
+        """Add a one-in one-out builtin op (a key of ``_OP_VERSIONS``), first or last."""
+        fb = _schema()
+        op = fb.OperatorT()
+        op.opcodeIndex = self._opcode_index(op_name)
+        op.inputs = [src]
+        op.outputs = [dst]
+        operators = list(self.subgraph.operators or [])
+        operators.insert(0 if first else len(operators), op)
+        self.subgraph.operators = operators
+
+    def replace_boundary(self, side: str, old: int, new: int) -> None:
+        """Make tensor ``new`` the graph/signature input or output (``side``) that ``old`` was."""
+        setattr(self.subgraph, side, [new if i == old else i for i in getattr(self.subgraph, side)])
+        signatures = [sig for sig in self.model.signatureDefs or [] if sig.subgraphIndex == 0]
+        for tensor_map in (m for sig in signatures for m in getattr(sig, side) or []):
+            if tensor_map.tensorIndex == old:
+                tensor_map.tensorIndex = new
+
+    def _empty_buffer(self) -> int:
+        fb = _schema()
+        for index, buffer in enumerate(self.model.buffers):
+            if (buffer.data is None or len(buffer.data) == 0) and not buffer.size:
+                return index
+        self.model.buffers.append(fb.BufferT())
+        return len(self.model.buffers) - 1
+
+    def _opcode_index(self, op_name: str) -> int:
+        fb = _schema()
+        builtin, version = getattr(fb.BuiltinOperator, op_name), _OP_VERSIONS[op_name]
+        codes = self.model.operatorCodes
+        for index, code in enumerate(codes):
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and code.customCode is None:
+                code.version = max(code.version, version)
+                return index
+        code = fb.OperatorCodeT()
+        code.builtinCode = builtin
+        code.deprecatedBuiltinCode = min(builtin, _PLACEHOLDER_FOR_GREATER_OP_CODES)
+        code.version = version
+        codes.append(code)
+        return len(codes) - 1
+
+
+def _unpack(model: bytes):
+    """Parse ``model`` into a mutable ``ModelT`` whose buffers all hold their own data."""
+    fb = _schema()
+    model = bytes(model)
+    if len(model) < 8 or not fb.Model.ModelBufferHasIdentifier(model, 0):
+        raise ArtifactError("not a TFLite model (missing the 'TFL3' flatbuffer identifier)")
+    obj = fb.ModelT.InitFromObj(fb.Model.GetRootAs(model, 0))
+    for index, buffer in enumerate(obj.buffers or []):
+        if buffer.offset > 1:
+            buffer.data = _tail_slice(model, buffer.offset, buffer.size, f"buffer {index}")
+            buffer.offset = buffer.size = 0
+    for subgraph in obj.subgraphs or []:
+        for op in subgraph.operators or []:
+            if op.largeCustomOptionsOffset > 1:
+                op.customOptions = _tail_slice(model, op.largeCustomOptionsOffset, op.largeCustomOptionsSize,
+                                               "custom options")
+                op.largeCustomOptionsOffset = op.largeCustomOptionsSize = 0
+    if obj.externalBuffers:
+        raise ArtifactError("model keeps weights in external files (external buffers); cannot embed them")
+    return obj
+
+
+def _tail_slice(model: bytes, offset: int, size: int, what: str):
+    import numpy as np
+
+    if offset + size > len(model):
+        raise ArtifactError(f"truncated TFLite model: {what} ends at byte {offset + size}, file has {len(model)}")
+    return np.frombuffer(model, dtype=np.uint8, count=size, offset=offset)
+
+
+def _pack(obj) -> bytes:
+    flatbuffers = require("flatbuffers", "tflite", "writing .tflite flatbuffers")
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(obj.Pack(builder), file_identifier=_FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _per_tensor_quantization(tensor) -> tuple[float, int]:
+    q = tensor.quantization
+    if q is None or q.scale is None or len(q.scale) != 1 or q.zeroPoint is None or len(q.zeroPoint) != 1:
+        raise ArtifactError(f"tensor '{_name(tensor)}' is not quantized per tensor")
+    return float(q.scale[0]), int(q.zeroPoint[0])
+
+
+def _name(tensor) -> str:
+    name = tensor.name
+    return name.decode("utf-8") if isinstance(name, bytes) else str(name or "")
+
+
+def _dtype(tensor_type: int) -> str:
+    """numpy-style name of a TFLite ``TensorType`` value: ``"int8"``, ``"float32"``..."""
+    fb = _schema()
+    names = {v: k.lower() for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+    return names.get(tensor_type, str(tensor_type))
+
