@@ -44,7 +44,7 @@ def resize_pixels(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 HWC -> uint8 HWC at ``size`` (h, w), bilinear with antialias (as the training resize)."""
     if image.shape[:2] == tuple(size):
         return image
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    t = torch.from_numpy(np.array(image, order="C")).permute(2, 0, 1)  # a writable copy
     return v2.functional.resize(t, list(size), antialias=True).permute(1, 2, 0).numpy()
 
 
