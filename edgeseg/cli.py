@@ -153,5 +153,104 @@ def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_
         raise GateFailed("parity below threshold for " + ", ".join(a.path for a in result.failed))
 
 
+@main.command()
+@click.argument("model")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--output", type=click.Choice(["mask", "alpha", "cutout", "blur", "replace", "overlay"]), default="mask", show_default=True)
+@click.option("--background", type=click.Path(dir_okay=False), help="Background image for --output replace.")
+@click.option("--refine", is_flag=True, help="Refine edges with the full-resolution image (guided matting).")
+@click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
+@click.option("--artifact", "pick", metavar="FORMAT[:PRECISION]", help="Which file of an export directory to run.")
+def predict(model, inputs, out_dir, output, background, refine, threads, pick):
+    """Segment images with a checkpoint, an exported file or an export directory ('default' = packaged model)."""
+    from edgeseg.apply.predict import expand_inputs, predict_files
+    from edgeseg.ui import progress_bar
+
+    with progress_bar("predict", len(expand_inputs(inputs))) as advance:
+        report = predict_files(model, inputs, out_dir, output=output, background=background, refine=refine,
+                               threads=threads, pick=pick, on_progress=lambda p: advance())
+    for path, reason in report.failed:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    click.echo(f"wrote {len(report.written)} {output} images to {out_dir}")
+    if report.failed:
+        raise EdgesegError(f"{len(report.failed)} of {len(report.failed) + len(report.written)} inputs could not be read")
+
+
+def int_list(ctx, param, value):
+    try:
+        return tuple(int(v) for v in csv_list(ctx, param, value))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--data", "data_dir", type=click.Path(), help="Dataset for parity (val split) [built-in synthetic set].")
+@click.option("--threads", default="1,2", show_default=True, callback=int_list)
+@click.option("--runs", type=click.IntRange(3), default=30, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=5, show_default=True)
+@click.option("--parity-images", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results (DESIGN.md schema).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.md/html with charts.")
+@click.option("--baseline", type=click.Path(dir_okay=False), help="Gate against this bench JSON.")
+@click.option("--max-slowdown", type=float, default=1.15, show_default=True)
+@click.option("--update-baseline", is_flag=True, help="Write this run to --baseline instead of gating.")
+@click.option("--device", default="host", show_default=True, help="host | android[:SERIAL]")
+@click.option("--benchmark-binary", type=click.Path(), help="TFLite benchmark_model built for the phone (android).")
+@click.option("--use-gpu", is_flag=True, help="Android: use the GPU delegate instead of XNNPACK.")
+def bench(paths, data_dir, threads, runs, warmup, parity_images, json_out, report_dir, baseline, max_slowdown,
+          update_baseline, device, benchmark_binary, use_gpu):
+    """Time every exported file through its runtime, check parity, and gate against a baseline."""
+    from edgeseg.bench.gate import compare, load_bench_json
+    from edgeseg.bench.harness import BenchRequest, run_android, run_bench
+    from edgeseg.bench.report import COLUMNS, table_rows, write_report
+    from edgeseg.ui import print_table
+
+    req = BenchRequest(tuple(paths), data_dir, threads, runs, warmup, parity_images)
+    outcome = None
+    if device == "host":
+        outcome = run_bench(req, on_result=lambda r: click.echo(f"  {r['artifact']} x{r['threads']}: "
+                                                                 + (f"{r['latency_ms']['p50']:.2f} ms" if "latency_ms" in r else r.get("skipped", ""))))
+        doc = outcome.doc
+    elif device.startswith("android"):
+        if not benchmark_binary:
+            raise EdgesegError("--device android needs --benchmark-binary PATH (TFLite's benchmark_model for the phone)")
+        doc = run_android(req, serial=device.partition(":")[2] or None, binary=benchmark_binary, use_gpu=use_gpu)
+    else:
+        raise EdgesegError(f"--device must be host or android[:SERIAL], got {device!r}")
+    print_table("bench", COLUMNS, table_rows(doc))
+    write_json(json_out, doc)
+    if report_dir:
+        write_report(doc, report_dir, None if outcome is None or outcome.sample_images is None
+                     else (outcome.sample_images, outcome.sample_preds))
+        click.echo(f"report: {Path(report_dir) / 'report.md'}")
+    if baseline and update_baseline:
+        write_json(baseline, doc)
+        click.echo(f"baseline updated: {baseline}")
+    elif baseline:
+        gate = compare(load_bench_json(baseline), doc, max_slowdown)
+        print_table(f"gate vs {baseline} (max slowdown {max_slowdown:.2f}x, normalized p50)",
+                    ["result", "old", "new", "ratio", "agreement", "status"],
+                    [[r["key"], r["old"], r["new"], r["ratio"], r.get("agreement"), r["status"]] for r in gate.rows])
+        if not gate.passed:
+            raise GateFailed("; ".join(gate.failures))
+        click.echo("gate passed")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def inspect(artifact, as_json):
+    """Describe an exported file: I/O, ops, params, metadata, delegate coverage (measured)."""
+    from edgeseg.export.inspect import inspect_file, print_inspection
+
+    info = inspect_file(artifact)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+    else:
+        print_inspection(info)
+
+
 if __name__ == "__main__":
     main()

@@ -1,6 +1,8 @@
 """Console output helpers shared by commands (rich tables)."""
 from __future__ import annotations
 
+import contextlib
+
 from rich.console import Console
 from rich.table import Table
 
@@ -17,3 +19,13 @@ def print_table(title: str, header: list[str], rows: list[list], console_: Conso
     for r in rows:
         t.add_row(*["" if v is None else str(v) for v in r])
     (console_ or console).print(t)
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int):
+    """A progress bar (hidden when not on a terminal); yields ``advance()``."""
+    from rich.progress import Progress
+
+    with Progress(console=console, disable=not console.is_terminal or total < 2) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)

@@ -21,7 +21,7 @@ def test_train_writes_checkpoints_and_metrics(tiny_checkpoint: Path):
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt.info.arch == "unet_mobilenet_v3_small" and ckpt.info.classes == ("background", "person")
     assert ckpt.info.input_size == (64, 64) and ckpt.info.mean == (127.5, 127.5, 127.5)
-    assert ckpt.train_state["step"] == 2 and "optimizer" in ckpt.train_state
+    assert ckpt.train_state["step"] == 40 and "optimizer" in ckpt.train_state
     assert ckpt.recipe["model"]["arch"] == "unet_mobilenet_v3_small" and "torch" in ckpt.versions
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert rows and {"miou", "boundary_iou", "iou_person"} <= set(rows[0])
@@ -33,7 +33,7 @@ def test_train_on_folder_dataset(tmp_path):
     assert r.returncode == 0, r.stderr
     recipe = write_recipe(tmp_path / "r.yaml")
     r = run_edgeseg("train", "--recipe", recipe, "--data", tmp_path / "ds", "--out", tmp_path / "run",
-                    "--set", "train.epochs=1", "--set", "data.val_fraction=0.2")
+                    "--set", "train.steps_per_epoch=2", "--set", "data.val_fraction=0.2")
     assert r.returncode == 0, r.stderr
     assert load_checkpoint(tmp_path / "run" / "best.pt").metrics["miou"] >= 0
 
@@ -63,7 +63,7 @@ def test_resume_without_checkpoint_exits_2(tmp_path):
 
 
 def test_ddp_two_gloo_processes(tmp_path):
-    recipe = write_recipe(tmp_path / "r.yaml")
+    recipe = write_recipe(tmp_path / "r.yaml", {"train": {"steps_per_epoch": 2}})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                         "-m", "edgeseg.cli", "train", "--recipe", str(recipe), "--out", str(tmp_path / "ddp")],

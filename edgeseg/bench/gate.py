@@ -1,0 +1,71 @@
+"""The CI gate: compare a bench run with a committed baseline (layer 3).
+
+Results match by (format, precision, runtime, threads). The gate fails when a matching
+result's normalized p50 grew by more than ``max_slowdown``, when parity failed, or when an
+artifact in the baseline is missing from the run.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeseg.errors import EdgesegError
+
+
+def result_key(r: dict) -> tuple:
+    return (r["format"], r["precision"], r.get("runtime", r["format"]), int(r["threads"]))
+
+
+@dataclass
+class GateResult:
+    rows: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def load_bench_json(path: str | Path) -> dict:
+    """Read a bench JSON file; EdgesegError naming it if it is missing or malformed."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        doc["results"]  # noqa: B018 - presence check
+        return doc
+    except FileNotFoundError:
+        raise EdgesegError(f"baseline not found: {path} (create one with --update-baseline)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise EdgesegError(f"{path}: not an edgeseg bench JSON ({exc.__class__.__name__})") from None
+
+
+def compare(baseline: dict, current: dict, max_slowdown: float) -> GateResult:
+    """Old/new/ratio rows for every baseline result, and the reasons the gate fails (if any)."""
+    if max_slowdown <= 1.0:
+        raise EdgesegError(f"--max-slowdown must be > 1.0 (a ratio, e.g. 1.15), got {max_slowdown}")
+    now = {result_key(r): r for r in current["results"] if "normalized_p50" in r}
+    out = GateResult()
+    for old in baseline["results"]:
+        if "normalized_p50" not in old:
+            continue
+        k = result_key(old)
+        label = f"{k[0]}/{k[1]}/{k[2]}/{k[3]}t"
+        new = now.get(k)
+        if new is None:
+            out.rows.append({"key": label, "old": old["normalized_p50"], "new": None, "ratio": None, "status": "MISSING"})
+            out.failures.append(f"{label}: in the baseline but not in this run")
+            continue
+        ratio = new["normalized_p50"] / old["normalized_p50"]
+        status = "ok"
+        if ratio > max_slowdown:
+            status = "SLOWER"
+            out.failures.append(f"{label}: normalized p50 {ratio:.2f}x the baseline (limit {max_slowdown:.2f}x)")
+        parity = new.get("parity") or {}
+        if parity.get("passed") is False:
+            status = "PARITY"
+            out.failures.append(f"{label}: parity agreement {parity.get('agreement_miou')} below {parity.get('threshold')}")
+        out.rows.append({"key": label, "old": old["normalized_p50"], "new": new["normalized_p50"], "ratio": round(ratio, 3),
+                         "old_p50_ms": old["latency_ms"]["p50"], "new_p50_ms": new["latency_ms"]["p50"],
+                         "agreement": parity.get("agreement_miou"), "status": status})
+    return out

@@ -1,0 +1,218 @@
+"""``edgeseg bench``: time and check every exported file through its Runner (layer 3).
+
+One JSON document (schema in DESIGN.md): host, calibration workload, and one result per
+(artifact, threads) with latency percentiles, normalized p50, load time, peak RSS, size and
+parity. The PyTorch fp32 reference is timed too, so each result shows its speed-up.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeseg import __version__
+from edgeseg.bench.latency import CalibrationWorkload, peak_rss_mb, reset_peak_rss, summarize, time_interleaved
+from edgeseg.bench.parity import DEFAULT_THRESHOLDS, check_parity, reference_set
+from edgeseg.data.datasets import builtin_source, open_source
+from edgeseg.errors import ArtifactError, MissingExtra
+from edgeseg.manifest import MANIFEST_NAME, Artifact, Manifest, find_artifact_for_file, read_manifest
+from edgeseg.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from edgeseg.runtime.loader import runner_for_artifact
+from edgeseg.runtime.torch_runner import TorchRunner
+
+SCHEMA_VERSION = 1
+TOOLS = ("torch", "onnxruntime", "ai-edge-litert", "coremltools")
+
+
+@dataclass
+class BenchRequest:
+    paths: tuple[str, ...]
+    data_dir: str | None = None
+    threads: tuple[int, ...] = (1, 2)
+    runs: int = 30
+    warmup: int = 5
+    parity_images: int = 8
+    reference: bool = True  # also time the PyTorch fp32 reference
+    sample_images: int = 3  # images per artifact in the report's mask strip
+
+
+@dataclass
+class Target:
+    """One thing to benchmark: an exported artifact (with its manifest) or the PyTorch reference."""
+
+    name: str
+    format: str
+    precision: str
+    bytes: int
+    make_runner: object  # callable(threads) -> Runner
+    artifact: Artifact | None = None
+    threshold: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def host_info() -> dict:
+    """CPU model, core count and tool versions of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    tools = {"edgeseg": __version__, "python": platform.python_version()}
+    for name in TOOLS:
+        try:
+            tools[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "machine": platform.machine(), "tools": tools}
+
+
+def collect_artifacts(paths) -> list[tuple[Manifest, Artifact]]:
+    """Expand export directories and files into (manifest, artifact) pairs."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir() and (p / MANIFEST_NAME).is_file():
+            m = read_manifest(p)
+            out += [(m, a) for a in m.artifacts]
+        elif p.exists():
+            out.append(find_artifact_for_file(p))
+        else:
+            raise ArtifactError(f"not found: {p}")
+    if not out:
+        raise ArtifactError(f"no artifacts in {', '.join(map(str, paths))}")
+    return out
+
+
+def reference_checkpoint(manifest: Manifest):
+    """The checkpoint an export was made from: its recorded path, or the packaged default by hash."""
+    rec = manifest.model.get("checkpoint", {})
+    path = Path(rec.get("path", ""))
+    if path.is_file():
+        return load_checkpoint(path)
+    if DEFAULT_CHECKPOINT.is_file() and hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest() == rec.get("sha256"):
+        return load_checkpoint(DEFAULT_CHECKPOINT)
+    return None
+
+
+def _parity_set(manifest: Manifest, ckpt, req: BenchRequest):
+    m = manifest.model
+    size = (m["input"]["height"], m["input"]["width"])
+    if req.data_dir:
+        source, desc = open_source(req.data_dir, "val", classes=tuple(m["classes"])), f"{req.data_dir} (val)"
+    else:
+        source, desc = builtin_source("eval", m.get("task", "portrait"), req.parity_images, size), "built-in synthetic eval set"
+    ref_runner = TorchRunner.from_checkpoint(ckpt)
+    return reference_set(ref_runner, source, size, req.parity_images, m["classes"], desc)
+
+
+def run_bench(req: BenchRequest, on_result=None) -> dict:
+    """Benchmark every artifact (and the PyTorch reference) at every thread count."""
+    pairs = collect_artifacts(req.paths)
+    manifest = pairs[0][0]
+    ckpt = reference_checkpoint(manifest)
+    ref = _parity_set(manifest, ckpt, req) if ckpt is not None else None
+    targets: list[Target] = []
+    if req.reference and ckpt is not None:
+        targets.append(Target("pytorch-fp32", "pytorch", "fp32", Path(ckpt.path).stat().st_size,
+                              lambda threads, c=ckpt: TorchRunner.from_checkpoint(c, threads)))
+    for man, art in pairs:
+        targets.append(Target(art.path, art.format, art.precision, art.bytes,
+                              lambda threads, a=art, m=man: runner_for_artifact(a, m, threads), art,
+                              DEFAULT_THRESHOLDS.get(art.precision)))
+    calib = CalibrationWorkload()
+    image = ref.images[0] if ref is not None else _timing_image(manifest)
+    results, samples = [], {}
+    for target in targets:
+        parity = None
+        for threads in req.threads:
+            row = _bench_target(target, threads, req, calib, ref, image, parity, samples)
+            parity = row.get("parity", parity)
+            results.append(row)
+            if on_result:
+                on_result(row)
+    _add_speedups(results)
+    cal = [r["calibration_p50"] for r in results if "calibration_p50" in r]
+    doc = {"schema_version": SCHEMA_VERSION, "host": host_info(),
+           "calibration": {"workload": CalibrationWorkload.name, "p50_ms": summarize(cal)["p50"] if cal else None,
+                           "note": "timed interleaved with every model run; normalized_p50 = p50 / calibration p50 of the same block"},
+           "parity_data": None if ref is None else ref.description, "results": results}
+    strip = None if ref is None else ref.images[: req.sample_images]
+    return BenchOutcome(doc, strip, samples)
+
+
+@dataclass
+class BenchOutcome:
+    doc: dict  # the bench JSON
+    sample_images: object  # uint8 [K, H, W, 3] or None
+    sample_preds: dict  # target name -> argmax masks [K, H, W] on sample_images
+
+
+def _timing_image(manifest: Manifest):
+    m = manifest.model
+    size = (m["input"]["height"], m["input"]["width"])
+    return builtin_source("eval", m.get("task", "portrait"), 1, size).get(0)[0]
+
+
+def _bench_target(t: Target, threads: int, req: BenchRequest, calib, ref, image, parity, samples: dict) -> dict:
+    row = {"artifact": t.name, "format": t.format, "precision": t.precision, "threads": threads, "bytes": t.bytes}
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    try:
+        runner = t.make_runner(threads)
+    except MissingExtra as exc:
+        return {**row, "runtime": t.format, "skipped": str(exc)}
+    load_ms = (time.perf_counter() - t0) * 1000
+    with runner:
+        row["runtime"] = runner.runtime
+        timing = time_interleaved(runner, image, calib, threads=threads, runs=req.runs, warmup=req.warmup)
+        if parity is None and ref is not None and t.artifact is not None:
+            parity = check_parity(runner, ref, threshold=t.threshold)
+        if ref is not None and t.name not in samples:
+            samples[t.name] = np.stack([runner.run(img[None])[0].argmax(0) for img in ref.images[: req.sample_images]])
+    row.update(runs=req.runs, latency_ms=timing.latency, calibration_p50=timing.calibration["p50"],
+               normalized_p50=timing.normalized_p50, load_ms=round(load_ms, 2), peak_rss_mb=peak_rss_mb())
+    if parity is not None:
+        row["parity"] = parity
+    return row
+
+
+def _add_speedups(results: list[dict]) -> None:
+    base = {r["threads"]: r["latency_ms"]["p50"] for r in results if r["format"] == "pytorch" and "latency_ms" in r}
+    for r in results:
+        if "latency_ms" in r and r["threads"] in base:
+            r["speedup_vs_pytorch"] = round(base[r["threads"]] / r["latency_ms"]["p50"], 3)
+
+
+def run_android(req: BenchRequest, *, serial: str | None, binary: str, use_gpu: bool = False) -> dict:
+    """Time every .tflite artifact on an Android phone with ``benchmark_model`` over adb.
+
+    Phones have no calibration workload here, so ``normalized_p50`` is the raw p50 and the
+    result says so (``normalization: none``); gate phone results against the same phone.
+    """
+    from edgeseg.bench.android import check_adb, run_on_device
+
+    if not Path(binary).is_file():
+        raise ArtifactError(f"--benchmark-binary: {binary} not found (build TFLite's benchmark_model for Android)")
+    model_name = check_adb(serial)
+    results = []
+    for _, art in collect_artifacts(req.paths):
+        if art.format != "tflite":
+            continue
+        for threads in req.threads:
+            parsed = run_on_device(model_path=str(art.file), binary_path=binary, serial=serial, threads=threads,
+                                   use_gpu=use_gpu, use_xnnpack=not use_gpu, runs=req.runs, warmup=req.warmup)
+            lat = parsed["latency_ms"]
+            results.append({"artifact": art.path, "format": "tflite", "precision": art.precision,
+                            "runtime": f"android-{'gpu' if use_gpu else 'xnnpack'}", "threads": threads, "runs": parsed.get("runs"),
+                            "latency_ms": {k: lat.get(k) for k in ("p50", "mean", "min", "max", "std")},
+                            "normalized_p50": lat["p50"], "normalization": "none (device)", "load_ms": parsed.get("init_ms"),
+                            "peak_rss_mb": parsed.get("peak_memory_mb"), "bytes": art.bytes, "device": model_name,
+                            "delegate": parsed.get("delegate")})
+    return {"schema_version": SCHEMA_VERSION, "host": {**host_info(), "device": model_name},
+            "calibration": {"workload": "none on device", "p50_ms": None}, "results": results}

@@ -1,0 +1,128 @@
+"""Bench harness and gate: JSON schema, planted slowdown and parity drop fail, unchanged re-run passes."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from edgeseg.bench.gate import compare
+from edgeseg.bench.latency import CalibrationWorkload, time_interleaved
+from edgeseg.runtime import loader
+
+from conftest import run_edgeseg
+
+RESULT_KEYS = {"artifact", "format", "precision", "runtime", "threads", "runs", "latency_ms", "normalized_p50", "load_ms",
+               "peak_rss_mb", "bytes"}
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "exp"
+    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32,int8",
+                    "--parity-images", "2", "--calib-count", "4")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def baseline(onnx_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "baseline.json"
+    r = run_edgeseg("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
+                    "--json", path, "--report", path.parent / "report")
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+def test_bench_json_matches_design_schema(baseline):
+    doc = json.loads(baseline.read_text())
+    assert doc["schema_version"] == 1 and {"cpu", "cores", "tools"} <= set(doc["host"])
+    assert doc["calibration"]["p50_ms"] > 0
+    fmts = {(r["format"], r["precision"]) for r in doc["results"]}
+    assert fmts == {("pytorch", "fp32"), ("onnx", "fp32"), ("onnx", "int8")}
+    for r in doc["results"]:
+        assert RESULT_KEYS <= set(r)
+        assert set(r["latency_ms"]) == {"p50", "p90", "p99", "mean", "min"}
+        assert r["latency_ms"]["min"] <= r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+        assert r["normalized_p50"] == pytest.approx(r["latency_ms"]["p50"] / r["calibration_p50"], rel=1e-3)
+        if r["format"] == "onnx":
+            assert r["parity"]["passed"] is True and "speedup_vs_pytorch" in r
+
+
+def test_report_has_table_and_charts(baseline):
+    rep = baseline.parent / "report"
+    md = (rep / "report.md").read_text()
+    assert "normalized p50" in md and "tiny-int8.onnx" in md
+    for png in ("latency_accuracy.png", "thread_scaling.png", "samples.png"):
+        assert (rep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<table>" in (rep / "report.html").read_text()
+
+
+def test_unchanged_rerun_passes_the_gate(onnx_dir, baseline):
+    r = run_edgeseg("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
+                    "--baseline", baseline, "--max-slowdown", "1.15")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "gate passed" in r.stdout
+
+
+class _Slowed:
+    """A real runner whose every call takes 30% longer (sleeps 0.3x its own run time)."""
+
+    def __init__(self, inner):
+        self.inner, self.runtime, self.threads = inner, inner.runtime, inner.threads
+
+    def run(self, images):
+        t0 = time.perf_counter()
+        out = self.inner.run(images)
+        time.sleep(0.3 * (time.perf_counter() - t0))
+        return out
+
+    def close(self):
+        self.inner.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_planted_slowdown_fails_the_gate(onnx_dir, baseline, cli, monkeypatch):
+    real = loader.runner_for_artifact
+    monkeypatch.setattr("edgeseg.bench.harness.runner_for_artifact", lambda a, m, t=None: _Slowed(real(a, m, t)))
+    res = cli("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
+              "--baseline", baseline, "--max-slowdown", "1.15")
+    assert res.exit_code == 1, res.output
+    assert "SLOWER" in res.output
+
+
+def test_parity_drop_fails_the_gate(baseline):
+    doc = json.loads(baseline.read_text())
+    dropped = json.loads(baseline.read_text())
+    for r in dropped["results"]:
+        if r["format"] == "onnx" and r["precision"] == "int8":
+            r["parity"].update(agreement_miou=0.9, passed=False)
+    gate = compare(doc, dropped, 1.15)
+    assert not gate.passed and any("parity" in f for f in gate.failures)
+    assert compare(doc, doc, 1.15).passed
+
+
+def test_missing_artifact_fails_the_gate(baseline):
+    doc = json.loads(baseline.read_text())
+    fewer = {**doc, "results": [r for r in doc["results"] if r["precision"] != "int8"]}
+    gate = compare(doc, fewer, 1.15)
+    assert [row["status"] for row in gate.rows if row["key"].startswith("onnx/int8")] == ["MISSING"]
+
+
+def test_calibration_interleaving_times_both():
+    class Sleepy:
+        runtime, threads = "sleep", 1
+
+        def run(self, images):
+            time.sleep(0.002)
+            return np.zeros((1, 2, 4, 4), np.float32)
+
+    t = time_interleaved(Sleepy(), np.zeros((4, 4, 3), np.uint8), CalibrationWorkload(size=32), threads=1, runs=5, warmup=1)
+    assert len(t.samples_ms) == len(t.calibration_ms) == 5
+    assert t.latency["p50"] >= 2.0 and t.calibration["p50"] > 0
