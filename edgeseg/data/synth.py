@@ -196,24 +196,23 @@ def _parse_size(size) -> tuple[int, int]:
     return height, width
 
 
-def _parse_seed(seed) -> int:
+def _parse_int(value, what: str, minimum: int) -> int:
+    expected = "a non-negative int" if minimum == 0 else "a positive int"
     try:
-        seed = operator.index(seed)
+        value = operator.index(value)
     except TypeError:
-        raise DataError(f"synthetic seed {seed!r}: expected a non-negative int") from None
-    if seed < 0:
-        raise DataError(f"synthetic seed {seed}: expected a non-negative int")
-    return seed
+        raise DataError(f"synthetic {what} {value!r}: expected {expected}") from None
+    if value < minimum:
+        raise DataError(f"synthetic {what} {value}: expected {expected}")
+    return value
+
+
+def _parse_seed(seed) -> int:
+    return _parse_int(seed, "seed", 0)
 
 
 def _parse_count(count) -> int:
-    try:
-        count = operator.index(count)
-    except TypeError:
-        raise DataError(f"synthetic count {count!r}: expected a positive int") from None
-    if count < 1:
-        raise DataError(f"synthetic count {count}: expected a positive int")
-    return count
+    return _parse_int(count, "count", 1)
 
 
 # ---------------------------------------------------------------------------- scene

@@ -27,16 +27,30 @@ def inspect_file(path: str | Path) -> dict:
     size, digest = file_digest(path)
     info = {"file": str(path), "bytes": size, "sha256": digest}
     info.update(kind(path))
-    manifest = path.parent / "manifest.json"
-    if manifest.is_file():
-        try:
-            entry = next((a for a in json.loads(manifest.read_text())["artifacts"] if a["path"] == path.name), None)
-        except (ValueError, KeyError):
-            entry = None
-        if entry:
-            info["manifest"] = {k: entry.get(k) for k in ("precision", "quantized", "parity")}
-            info.setdefault("macs", json.loads(manifest.read_text())["model"].get("macs"))
+    entry, macs = _manifest_entry(path)
+    if entry:
+        info["manifest"] = {k: entry.get(k) for k in ("precision", "quantized", "parity")}
+        info.setdefault("macs", macs)
     return info
+
+
+def _manifest_entry(path: Path) -> tuple[dict | None, int | None]:
+    """(this file's entry, model MACs) from an edgeseg manifest.json beside ``path``, if there is one.
+
+    A manifest.json that is not edgeseg's (another tool's, or damaged) is ignored: the file
+    itself is still described.
+    """
+    manifest = path.parent / "manifest.json"
+    if not manifest.is_file():
+        return None, None
+    try:
+        raw = json.loads(manifest.read_text())
+        entry = next((a for a in raw["artifacts"] if isinstance(a, dict) and a.get("path") == path.name), None)
+        model = raw.get("model")
+        macs = model.get("macs") if isinstance(model, dict) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None
+    return entry, macs
 
 
 def _onnx(path: Path) -> dict:
@@ -48,6 +62,10 @@ def _onnx(path: Path) -> dict:
     except Exception as exc:  # protobuf DecodeError and friends
         raise ArtifactError(f"{path}: not a readable ONNX file ({exc.__class__.__name__})") from None
     g = model.graph
+    if not g.node or not g.output or not model.opset_import:
+        # protobuf has no end marker: an empty file, or one cut at a field boundary, parses
+        raise ArtifactError(f"{path}: not a complete ONNX model (no graph nodes, outputs or opset; "
+                            "empty or truncated file?)")
 
     def tensor(v):
         t = v.type.tensor_type

@@ -6,6 +6,7 @@ on format. Runners do no timing.
 """
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -19,11 +20,19 @@ class Runner(ABC):
     runtime: str = ""
     formats: tuple[str, ...] = ()
     threads: int | None = None
+    requires: tuple[str, str] | None = None  # (python module, pip extra that provides it)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
         """(True, '') when this runtime can run here, else (False, why not)."""
-        return True, ""
+        if cls.requires is None:
+            return True, ""
+        module, extra = cls.requires
+        try:
+            importlib.import_module(module)
+            return True, ""
+        except ImportError:
+            return False, f"{module} is not installed (pip install 'edgeseg[{extra}]')"
 
     @abstractmethod
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -51,3 +60,10 @@ def check_batch(images: np.ndarray, height: int, width: int) -> np.ndarray:
 def normalize_nhwc(images: np.ndarray, mean, std) -> np.ndarray:
     """uint8 NHWC -> float32 NHWC (pixel - mean) / std."""
     return (images.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def float_input(images: np.ndarray, expects: str, mean, std) -> np.ndarray:
+    """uint8 NHWC -> what a float input wants: normalized values, or float pixels 0..255."""
+    if expects == "pixels":
+        return images.astype(np.float32)
+    return normalize_nhwc(images, mean, std)

@@ -5,13 +5,14 @@ import numpy as np
 
 from edgeseg.errors import ArtifactError, require
 from edgeseg.manifest import Artifact, Manifest
-from edgeseg.runtime.base import Runner, check_batch, normalize_nhwc
+from edgeseg.runtime.base import Runner, check_batch, float_input
 from edgeseg.runtime.loader import RUNNER_FACTORIES
 
 
 class OnnxRunner(Runner):
     runtime = "onnxruntime"
     formats = ("onnx",)
+    requires = ("onnxruntime", "onnx")
 
     def __init__(self, path: str, *, input_size, mean, std, expects: str = "normalized", threads: int | None = None):
         ort = require("onnxruntime", "onnx", "running ONNX models")
@@ -28,18 +29,9 @@ class OnnxRunner(Runner):
         self.height, self.width = input_size
         self.mean, self.std, self.expects, self.threads = mean, std, expects, threads
 
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        try:
-            import onnxruntime  # noqa: F401
-            return True, ""
-        except ImportError:
-            return False, "onnxruntime is not installed (pip install 'edgeseg[onnx]')"
-
     def run(self, images: np.ndarray) -> np.ndarray:
         images = check_batch(images, self.height, self.width)
-        x = normalize_nhwc(images, self.mean, self.std) if self.expects == "normalized" else images.astype(np.float32)
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x = np.ascontiguousarray(float_input(images, self.expects, self.mean, self.std).transpose(0, 3, 1, 2))
         return np.concatenate([self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float32)
 
 

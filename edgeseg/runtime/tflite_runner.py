@@ -5,7 +5,7 @@ import numpy as np
 
 from edgeseg.errors import ArtifactError, require
 from edgeseg.manifest import Artifact, Manifest
-from edgeseg.runtime.base import Runner, check_batch, normalize_nhwc
+from edgeseg.runtime.base import Runner, check_batch, float_input
 from edgeseg.runtime.loader import RUNNER_FACTORIES
 
 
@@ -19,6 +19,7 @@ def _dequantize(x: np.ndarray, detail: dict) -> np.ndarray:
 class TFLiteRunner(Runner):
     runtime = "litert"
     formats = ("tflite",)
+    requires = ("ai_edge_litert.interpreter", "tflite")
 
     def __init__(self, path: str, *, mean, std, expects: str = "normalized", threads: int | None = None):
         litert = require("ai_edge_litert.interpreter", "tflite", "running TFLite models")
@@ -34,20 +35,10 @@ class TFLiteRunner(Runner):
             raise ArtifactError(f"{path}: input shape {list(self.inp['shape'])} is not NHWC RGB")
         self.mean, self.std, self.expects, self.threads = mean, std, expects, threads
 
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        try:
-            import ai_edge_litert.interpreter  # noqa: F401
-            return True, ""
-        except ImportError:
-            return False, "ai-edge-litert is not installed (pip install 'edgeseg[tflite]')"
-
     def _feed(self, images: np.ndarray) -> np.ndarray:
         if self.inp["dtype"] == np.uint8:
             return images  # raw pixels; normalization is inside the graph
-        if self.expects == "pixels":  # float pixels 0..255; per-channel normalization inside the graph
-            return images.astype(self.inp["dtype"])
-        return normalize_nhwc(images, self.mean, self.std).astype(self.inp["dtype"])
+        return float_input(images, self.expects, self.mean, self.std).astype(self.inp["dtype"])
 
     def run(self, images: np.ndarray) -> np.ndarray:
         images = check_batch(images, self.height, self.width)

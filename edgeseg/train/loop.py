@@ -98,7 +98,9 @@ def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, 
             loader = _loader(train_ds, t, epoch, steps_per_epoch, world, rank)
             model.train()
             seen, t0, losses = 0, time.perf_counter(), []
-            for images, masks in loader:
+            for batch_index, (images, masks) in enumerate(loader):
+                if batch_index >= steps_per_epoch:  # DistributedSampler yields a full pass
+                    break
                 x = normalize(images.to(device), info.mean, info.std)
                 y = masks.to(device)
                 with torch.autocast(device.type, enabled=use_amp):

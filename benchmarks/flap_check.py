@@ -1,0 +1,123 @@
+"""How often does the latency gate fail on an unchanged model, and how many runs stop that?
+
+Times the same artifacts ``--repeats`` (M) times for each run count N in ``--runs-list``,
+loading a fresh runner for every repeat, as separate bench runs would. Every pair (an earlier
+repeat as the baseline, a later one as the new run) is one simulated gate check; it is a false
+alarm when normalized p50 grew by more than ``--max-slowdown`` (R). For each N it reports the
+false-alarm rate per artifact and for the whole gate (any artifact over R fails the gate), and
+prints the smallest N whose gate rate is below ``--target-rate``.
+
+Pairs share repeats, so they are not independent: treat the rates as estimates, and use the
+same thread count and machine type as the CI job.
+
+    python benchmarks/flap_check.py out/flap --export-dir out/bench --threads 1 --repeats 20
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+from common import cv, md_table, run_main, select_artifacts, timing_image, write_outputs
+
+from edgeseg.bench.harness import host_info, reference_checkpoint
+from edgeseg.bench.latency import CalibrationWorkload, time_interleaved
+from edgeseg.errors import EdgesegError, MissingExtra
+from edgeseg.runtime.loader import runner_for_artifact
+from edgeseg.runtime.torch_runner import TorchRunner
+
+
+def targets(manifest, arts, with_reference: bool) -> dict:
+    """name -> callable(threads) -> Runner, for the artifacts (and the PyTorch reference, as the gate has it)."""
+    out = {}
+    ckpt = reference_checkpoint(manifest) if with_reference else None
+    if with_reference and ckpt is None:
+        print("no reference: the export's checkpoint is not available here")
+    if ckpt is not None:
+        out["pytorch-fp32"] = lambda threads: TorchRunner.from_checkpoint(ckpt, threads)
+    for art in arts:
+        out[art.path] = lambda threads, a=art: runner_for_artifact(a, manifest, threads)
+    return out
+
+
+def collect(manifest, make_runners: dict, runs_list, args) -> dict:
+    """normalized p50 per N (as str), target and repeat: {N: {target: [M values]}}."""
+    image, calib = timing_image(manifest), CalibrationWorkload()
+    out = {str(n): {} for n in runs_list}
+    t0 = time.perf_counter()
+    for rep in range(args.repeats):
+        for name, make_runner in make_runners.items():
+            try:
+                runner = make_runner(args.threads)
+            except MissingExtra as exc:
+                if rep == 0:
+                    print(f"skipping {name}: {exc}")
+                continue
+            with runner:
+                for n in runs_list:
+                    t = time_interleaved(runner, image, calib, threads=args.threads, runs=n, warmup=args.warmup)
+                    out[str(n)].setdefault(name, []).append(t.normalized_p50)
+        print(f"repeat {rep + 1}/{args.repeats} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return out
+
+
+def false_alarms(by_artifact: dict, max_slowdown: float) -> dict:
+    """Pairs (earlier i, later j): rate of ratio > R per artifact and for the gate as a whole."""
+    names = list(by_artifact)
+    m = min(len(v) for v in by_artifact.values())
+    pairs = list(itertools.combinations(range(m), 2))
+    ratios = {a: [by_artifact[a][j] / by_artifact[a][i] for i, j in pairs] for a in names}
+    per_artifact = {a: {"false_alarm_rate": sum(r > max_slowdown for r in ratios[a]) / len(pairs),
+                        "max_ratio": max(ratios[a]), "cv": cv(by_artifact[a])} for a in names}
+    gate_fails = sum(any(ratios[a][k] > max_slowdown for a in names) for k in range(len(pairs)))
+    return {"pairs": len(pairs), "gate_false_alarm_rate": gate_fails / len(pairs), "per_artifact": per_artifact}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="writes OUT.json and OUT.md")
+    ap.add_argument("--export-dir", default="out/bench")
+    ap.add_argument("--artifact", action="append", metavar="FORMAT:PRECISION", help="repeatable [all in the manifest]")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time the PyTorch fp32 reference (the gate checks it too)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=20, help="M timings per N (>= 2)")
+    ap.add_argument("--runs-list", default="10,20,40,80", help="run counts N to try")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--max-slowdown", type=float, default=1.15)
+    ap.add_argument("--target-rate", type=float, default=0.05)
+    args = ap.parse_args()
+    if args.repeats < 2:
+        ap.error("--repeats must be at least 2 (a baseline and a later run)")
+    runs_list = sorted(int(n) for n in args.runs_list.split(","))
+
+    manifest, arts = select_artifacts(args.export_dir, args.artifact)
+    data = collect(manifest, targets(manifest, arts, args.reference), runs_list, args)
+    results = {n: false_alarms(by_art, args.max_slowdown) for n, by_art in data.items() if by_art}
+    if not results:
+        raise EdgesegError("nothing could be timed (no runtime available for the chosen artifacts)")
+    passing = [int(n) for n, r in results.items() if r["gate_false_alarm_rate"] < args.target_rate]
+    smallest = min(passing) if passing else None
+
+    rows = []
+    for n, r in results.items():
+        rows += [[n, name, r["pairs"], a["false_alarm_rate"], a["max_ratio"], a["cv"]]
+                 for name, a in r["per_artifact"].items()]
+        rows.append([n, "**whole gate**", r["pairs"], r["gate_false_alarm_rate"], "", ""])
+    verdict = (f"smallest N with a gate false-alarm rate below {args.target_rate:.0%}: {smallest}" if smallest else
+               f"no N in {runs_list} got the gate false-alarm rate below {args.target_rate:.0%}; try larger N")
+    markdown = (f"# flap check\n\n{args.repeats} timings per N of an unchanged model, {args.threads} thread(s); "
+                f"false alarm = normalized p50 of a later timing > {args.max_slowdown}x an earlier one.\n\n"
+                + md_table(["N", "artifact", "pairs", "false-alarm rate", "max ratio", "CV"], rows)
+                + f"\n\n**{verdict}**\n")
+    print("\n" + markdown)
+    settings = {"export_dir": args.export_dir, "targets": list(next(iter(results.values()))["per_artifact"]),
+                "threads": args.threads, "repeats": args.repeats, "runs_list": runs_list, "warmup": args.warmup,
+                "max_slowdown": args.max_slowdown, "target_rate": args.target_rate}
+    doc = {"settings": settings, "host": host_info(), "smallest_runs": smallest, "results": results,
+           "normalized_p50": data}
+    print("wrote " + ", ".join(map(str, write_outputs(args.out, doc, markdown))))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,310 @@
+"""``edgeseg inspect`` on real exported files, read by the real runtimes (no mocks).
+
+One tiny 64x64 model is exported once to ONNX, TFLite and Core ML at fp32 and int8; every file
+is inspected through the CLI. A second, bare .tflite is built here with an int8 HARD_SWISH,
+which XNNPACK has no int8 kernel for, to show that the delegate coverage is measured from the
+file (the graph splits into two XNNPACK partitions) rather than assumed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeseg.manifest import read_manifest
+
+from conftest import one_line_error, run_edgeseg
+
+FORMATS = ("onnx", "tflite", "coreml")
+PRECISIONS = ("fp32", "int8")
+LABELS = ["background", "person"]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint exported once (subprocess, the real console entry point)."""
+    out = tmp_path_factory.mktemp("inspect") / "exp"
+    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", ",".join(FORMATS),
+                    "--precisions", ",".join(PRECISIONS), "--parity-images", "2", "--calib-count", "4",
+                    "--threshold", "int8=0.9")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return read_manifest(out)
+
+
+def inspect_json(cli, path) -> dict:
+    res = cli("inspect", path, "--json")
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)  # stdout only: library warnings may go to stderr
+
+
+def size_and_sha256(path: Path) -> tuple[int, str]:
+    """Measured independently of edgeseg.manifest.file_digest: a file, or every file of a folder."""
+    if path.is_file():
+        data = path.read_bytes()
+        return len(data), hashlib.sha256(data).hexdigest()
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()), ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Every exported file
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_inspect_json_describes_exported_file(cli, exported, fmt, precision):
+    artifact = exported.find(fmt, precision)
+    info = inspect_json(cli, artifact.file)
+
+    assert info["format"] == fmt
+    assert info["file"] == str(artifact.file)
+    size, sha = size_and_sha256(artifact.file)
+    assert info["bytes"] == size == artifact.bytes
+    if sha:
+        assert info["sha256"] == sha
+
+    # I/O: one image in, one logits tensor out, with names, shapes and dtypes.
+    assert len(info["inputs"]) == 1 and len(info["outputs"]) == 1
+    for t in info["inputs"] + info["outputs"]:
+        assert t["name"] and t["dtype"] and all(isinstance(d, int) and d > 0 for d in t["shape"]), t
+    inp, out = info["inputs"][0], info["outputs"][0]
+    if fmt == "tflite":  # NHWC
+        assert inp["shape"] == [1, 64, 64, 3] and out["shape"] == [1, 64, 64, 2]
+        assert out["dtype"] == "float32"
+        if precision == "int8":  # raw uint8 pixels in: scale 1, zero point 0
+            assert inp["dtype"] == "uint8" and inp["quantization"] == {"scale": 1.0, "zero_point": 0}
+        else:
+            assert inp["dtype"] == "float32" and "quantization" not in inp
+    else:  # NCHW
+        assert inp["shape"] == [1, 3, 64, 64] and out["shape"] == [1, 2, 64, 64]
+    if fmt == "onnx":
+        assert inp["name"] == "image" and out["name"] == "logits"
+        assert inp["dtype"] == out["dtype"] == "float32"
+    if fmt == "coreml":
+        assert inp["kind"] == "imageType" and inp["color"] == "RGB" and (inp["height"], inp["width"]) == (64, 64)
+        assert out["name"] == "logits"
+
+    # Op histogram, parameters, MACs.
+    assert info["ops"] and all(isinstance(n, int) and n > 0 for n in info["ops"].values()), info["ops"]
+    conv = {"onnx": "Conv", "tflite": "CONV_2D", "coreml": "conv"}[fmt]
+    assert info["ops"].get(conv, 0) > 0, info["ops"]
+    assert isinstance(info["params"], int) and info["params"] > 0
+    assert info["macs"] == exported.model["macs"] and info["macs"] > 0
+
+    # Precision and parity come from the manifest next to the file.
+    assert info["manifest"]["precision"] == precision
+    assert info["manifest"]["quantized"] == artifact.quantized
+    assert info["manifest"]["parity"]["passed"] is True
+
+
+def test_params_agree_across_formats(cli, exported):
+    """The float files hold the same weights: ONNX and TFLite count the same constants (+-1%)."""
+    onnx_params = inspect_json(cli, exported.find("onnx", "fp32").file)["params"]
+    tflite_params = inspect_json(cli, exported.find("tflite", "fp32").file)["params"]
+    assert abs(onnx_params - tflite_params) <= 0.01 * onnx_params, (onnx_params, tflite_params)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_tflite_metadata_and_xnnpack_coverage(cli, exported, precision):
+    artifact = exported.find("tflite", precision)
+    info = inspect_json(cli, artifact.file)
+    assert info["mediapipe_metadata"] is True
+    assert info["metadata"]["labels"] == LABELS
+    assert info["metadata"]["activation"] == "softmax"
+    xnn = info["delegate_coverage"]["xnnpack"]
+    assert xnn["partitions"] == 1
+    # Measured by inspect from the file alone, it matches what export measured at conversion time.
+    assert xnn["partitions"] == artifact.details["xnnpack_partitions"]
+    assert xnn["ops_not_delegated"] == artifact.details["ops_not_delegated"]
+    if precision == "fp32":
+        assert xnn["ops_not_delegated"] == []
+    else:  # only the uint8 -> int8 QUANTIZE of the camera pixels runs outside XNNPACK
+        assert xnn["ops_not_delegated"] == ["QUANTIZE"]
+        assert info["ops"].get("QUANTIZE", 0) >= 1
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_onnx_metadata_and_mobile_ep_partitions(cli, exported, precision):
+    import onnx
+
+    artifact = exported.find("onnx", precision)
+    info = inspect_json(cli, artifact.file)
+    assert info["opset"] >= 18
+    meta = info["metadata"]
+    assert json.loads(meta["classes"]) == LABELS
+    assert meta["precision"] == precision
+    assert {"mean", "std", "input_size"} <= set(meta)
+
+    nodes = len(onnx.load(str(artifact.file)).graph.node)
+    assert sum(info["ops"].values()) == nodes
+    cov = info["delegate_coverage"]
+    assert set(cov) == {"nnapi", "coreml_mlprogram"}
+    for ep, c in cov.items():
+        assert c["nodes"] == nodes, (ep, c)
+        assert 0 <= c["supported_nodes"] <= c["nodes"], (ep, c)
+        assert isinstance(c["partitions"], int) and c["partitions"] >= (1 if c["supported_nodes"] else 0), (ep, c)
+        assert isinstance(c["unsupported_ops"], list)
+        # Every op is either supported or named as unsupported, as "domain:OpType".
+        assert (c["supported_nodes"] < c["nodes"]) == bool(c["unsupported_ops"]), (ep, c)
+        for op in c["unsupported_ops"]:
+            assert op.split(":")[-1] in info["ops"], (ep, op)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_coreml_metadata_and_op_list(cli, exported, precision):
+    info = inspect_json(cli, exported.find("coreml", precision).file)
+    user = info["metadata"]["user_defined"]
+    assert json.loads(user["classes"]) == LABELS
+    assert user["precision"] == precision
+    assert info["metadata"]["short_description"]
+    assert info["minimum_target"] and info["opset"]
+    assert "coreml" in info["delegate_coverage"]
+    assert {"conv"} <= set(info["ops"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Delegate coverage is measured: an int8 op XNNPACK cannot run splits the graph
+
+
+class _ConvHardswishConv:
+    """Conv 3->8 (3x3) -> Hardswish -> Conv 8->2 (1x1): 216+8 + 16+2 = 242 parameters."""
+
+    PARAMS = 3 * 3 * 3 * 8 + 8 + 8 * 2 + 2
+
+    @staticmethod
+    def build(torch):
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+                self.act = torch.nn.Hardswish()
+                self.b = torch.nn.Conv2d(8, 2, 1)
+
+            def forward(self, x):
+                return self.b(self.act(self.a(x)))
+
+        torch.manual_seed(0)
+        return M().eval()
+
+
+def test_int8_hardswish_splits_xnnpack_partitions(cli, tmp_path):
+    """A full-int8 HARD_SWISH (not kept float) has no XNNPACK kernel: inspect measures 2 partitions."""
+    import torch
+
+    from edgeseg.export import tflite_convert as tc
+
+    h = w = 16
+    float_tflite = tc._to_nhwc_tflite(torch, _ConvHardswishConv.build(torch), h, w)
+    rng = np.random.default_rng(0)
+    batches = tc._calibration_batches([rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(4)], h, w)
+    qsvs = tc._calibrate(float_tflite, batches)
+
+    # Every op in int8, HARD_SWISH included; a bare file: no manifest, no MediaPipe metadata.
+    bare = tmp_path / "bare" / "hardswish_int8.tflite"
+    bare.parent.mkdir()
+    bare.write_bytes(tc._quantize_int8(float_tflite, qsvs, keep_float=()))
+    info = inspect_json(cli, bare)
+    assert sorted(p.name for p in bare.parent.iterdir()) == ["hardswish_int8.tflite"]
+    assert info["ops"].get("HARD_SWISH") == 1 and info["ops"].get("CONV_2D") == 2, info["ops"]
+    assert info["inputs"][0]["dtype"] == "int8" and info["inputs"][0]["shape"] == [1, h, w, 3]
+    assert info["params"] == _ConvHardswishConv.PARAMS
+    assert info["bytes"] == bare.stat().st_size
+    assert info["mediapipe_metadata"] is False and info["metadata"] == {}
+    assert "manifest" not in info and "macs" not in info
+    xnn = info["delegate_coverage"]["xnnpack"]
+    assert xnn["partitions"] > 1, xnn
+    assert "HARD_SWISH" in xnn["ops_not_delegated"], xnn
+
+    # Control: the same graph through export's int8 path (HARD_SWISH kept float) is one partition.
+    whole = tmp_path / "hardswish_kept_float.tflite"
+    whole.write_bytes(tc._full_int8(float_tflite, batches)[0])
+    xnn = inspect_json(cli, whole)["delegate_coverage"]["xnnpack"]
+    assert xnn["partitions"] == 1 and "HARD_SWISH" not in xnn["ops_not_delegated"], xnn
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: exit 2, one line
+
+
+def _onnx_cut_after_graph(src: Path) -> bytes:
+    """``src`` truncated at a protobuf field boundary (after the graph): it still parses."""
+    import onnx
+
+    data = src.read_bytes()
+    model = onnx.load_from_string(data)
+    model.ClearField("opset_import")
+    model.ClearField("metadata_props")
+    cut = model.SerializeToString()
+    assert len(cut) < len(data) and data.startswith(cut)  # a real prefix of the file
+    return cut
+
+
+BAD_FILES = {
+    "missing.tflite": (None, "not found"),
+    "truncated.tflite": (lambda exp: exp.find("tflite", "fp32").file.read_bytes()[:1000], "LiteRT cannot load it"),
+    "empty.tflite": (lambda exp: b"", "LiteRT cannot load it"),
+    "garbage.onnx": (lambda exp: b"this is not an onnx model\n" * 10, "not a readable ONNX file"),
+    "truncated.onnx": (lambda exp: exp.find("onnx", "fp32").file.read_bytes()[:3000], "not a readable ONNX file"),
+    "empty.onnx": (lambda exp: b"", "not a complete ONNX model"),
+    "cut_after_graph.onnx": (lambda exp: _onnx_cut_after_graph(exp.find("onnx", "fp32").file),
+                             "not a complete ONNX model"),
+    "model.pt": (lambda exp: exp.find("onnx", "fp32").file.read_bytes(), "unknown model type"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "table"])
+def test_bad_file_is_one_line_exit_2(cli, exported, tmp_path, name, as_json):
+    make, expected = BAD_FILES[name]
+    path = tmp_path / name
+    if make is not None:
+        path.write_bytes(make(exported))
+    res = cli("inspect", path, *(["--json"] if as_json else []))
+    assert res.exit_code == 2, res.output
+    line = one_line_error(res.output)
+    assert expected in line and name in line, line
+    assert res.stdout == ""  # no partial description
+
+
+def test_broken_mlpackage_is_one_line_exit_2(cli, tmp_path):
+    pkg = tmp_path / "broken.mlpackage"
+    pkg.mkdir()
+    (pkg / "Data").write_text("not a model")
+    res = cli("inspect", pkg, "--json")
+    assert res.exit_code == 2, res.output
+    assert "broken.mlpackage" in one_line_error(res.output)
+
+
+@pytest.mark.parametrize("manifest", ["[]", '{"artifacts": [{"file": 1}], "model": []}', "{not json", ""])
+def test_unrelated_manifest_beside_file_is_ignored(cli, exported, tmp_path, manifest):
+    """A manifest.json that is not edgeseg's does not stop the file itself being described."""
+    src = exported.find("tflite", "fp32").file
+    shutil.copy(src, tmp_path / src.name)
+    (tmp_path / "manifest.json").write_text(manifest)
+    info = inspect_json(cli, tmp_path / src.name)
+    assert info["delegate_coverage"]["xnnpack"]["partitions"] == 1
+    assert "manifest" not in info
+
+
+# ---------------------------------------------------------------------------------------------
+# Human-readable output
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_table_output_shows_tensors_ops_and_delegate_coverage(cli, exported, fmt):
+    artifact = exported.find(fmt, "int8")
+    res = cli("inspect", artifact.file)
+    assert res.exit_code == 0, res.output
+    text = res.stdout
+    assert artifact.file.name in text and f"({fmt}," in text
+    for word in ("tensors", "input", "output", "shape", "dtype", "ops", "metadata", "delegate coverage", "manifest:"):
+        assert word in text, (word, text)
+    assert artifact.input["name"] in text and artifact.output["name"] in text
+    assert "M MACs" in text and "params" in text
+    if fmt == "tflite":
+        assert '"partitions": 1' in text and "person" in text
+    if fmt == "onnx":
+        assert '"nnapi"' in text and '"coreml_mlprogram"' in text
