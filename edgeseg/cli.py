@@ -207,6 +207,8 @@ def bench(paths, data_dir, threads, runs, warmup, parity_images, json_out, repor
     from edgeseg.bench.report import COLUMNS, table_rows, write_report
     from edgeseg.ui import print_table
 
+    if update_baseline and not baseline:
+        raise EdgesegError("--update-baseline needs --baseline FILE (where to write it)")
     req = BenchRequest(tuple(paths), data_dir, threads, runs, warmup, parity_images)
     outcome = None
     if device == "host":
@@ -225,6 +227,9 @@ def bench(paths, data_dir, threads, runs, warmup, parity_images, json_out, repor
         write_report(doc, report_dir, None if outcome is None or outcome.sample_images is None
                      else (outcome.sample_images, outcome.sample_preds))
         click.echo(f"report: {Path(report_dir) / 'report.md'}")
+    bad_parity = sorted({r["artifact"] for r in doc["results"] if (r.get("parity") or {}).get("passed") is False})
+    if bad_parity:
+        raise GateFailed("parity below threshold for " + ", ".join(bad_parity) + " (baseline not written)")
     if baseline and update_baseline:
         write_json(baseline, doc)
         click.echo(f"baseline updated: {baseline}")

@@ -20,7 +20,7 @@ RESULT_KEYS = {"artifact", "format", "precision", "runtime", "threads", "runs", 
 @pytest.fixture(scope="module")
 def onnx_dir(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "exp"
-    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32,int8",
+    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32,fp16",
                     "--parity-images", "2", "--calib-count", "4")
     assert r.returncode == 0, r.stderr
     return out
@@ -40,7 +40,7 @@ def test_bench_json_matches_design_schema(baseline):
     assert doc["schema_version"] == 1 and {"cpu", "cores", "tools"} <= set(doc["host"])
     assert doc["calibration"]["p50_ms"] > 0
     fmts = {(r["format"], r["precision"]) for r in doc["results"]}
-    assert fmts == {("pytorch", "fp32"), ("onnx", "fp32"), ("onnx", "int8")}
+    assert fmts == {("pytorch", "fp32"), ("onnx", "fp32"), ("onnx", "fp16")}
     for r in doc["results"]:
         assert RESULT_KEYS <= set(r)
         assert set(r["latency_ms"]) == {"p50", "p90", "p99", "mean", "min"}
@@ -53,7 +53,7 @@ def test_bench_json_matches_design_schema(baseline):
 def test_report_has_table_and_charts(baseline):
     rep = baseline.parent / "report"
     md = (rep / "report.md").read_text()
-    assert "normalized p50" in md and "tiny-int8.onnx" in md
+    assert "normalized p50" in md and "tiny-fp16.onnx" in md
     for png in ("latency_accuracy.png", "thread_scaling.png", "samples.png"):
         assert (rep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<table>" in (rep / "report.html").read_text()
@@ -101,7 +101,7 @@ def test_parity_drop_fails_the_gate(baseline):
     doc = json.loads(baseline.read_text())
     dropped = json.loads(baseline.read_text())
     for r in dropped["results"]:
-        if r["format"] == "onnx" and r["precision"] == "int8":
+        if r["format"] == "onnx" and r["precision"] == "fp16":
             r["parity"].update(agreement_miou=0.9, passed=False)
     gate = compare(doc, dropped, 1.15)
     assert not gate.passed and any("parity" in f for f in gate.failures)
@@ -110,9 +110,9 @@ def test_parity_drop_fails_the_gate(baseline):
 
 def test_missing_artifact_fails_the_gate(baseline):
     doc = json.loads(baseline.read_text())
-    fewer = {**doc, "results": [r for r in doc["results"] if r["precision"] != "int8"]}
+    fewer = {**doc, "results": [r for r in doc["results"] if r["precision"] != "fp16"]}
     gate = compare(doc, fewer, 1.15)
-    assert [row["status"] for row in gate.rows if row["key"].startswith("onnx/int8")] == ["MISSING"]
+    assert [row["status"] for row in gate.rows if row["key"].startswith("onnx/fp16")] == ["MISSING"]
 
 
 def test_calibration_interleaving_times_both():

@@ -24,7 +24,9 @@ PARITY_KEYS = {"reference", "images", "agreement_miou", "gt_miou", "reference_gt
 @pytest.fixture(scope="module")
 def onnx_export(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("exp") / "onnx"
-    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--parity-images", "4", "--calib-count", "4")
+    # int8 threshold relaxed: a 40-step model has small logit margins (see test_export_formats)
+    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--parity-images", "4", "--calib-count", "4",
+                    "--threshold", "int8=0.9")
     assert r.returncode == 0, r.stderr + r.stdout
     return out, r
 

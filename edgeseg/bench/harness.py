@@ -111,7 +111,7 @@ def _parity_set(manifest: Manifest, ckpt, req: BenchRequest):
     return reference_set(ref_runner, source, size, req.parity_images, m["classes"], desc)
 
 
-def run_bench(req: BenchRequest, on_result=None) -> dict:
+def run_bench(req: BenchRequest, on_result=None) -> "BenchOutcome":
     """Benchmark every artifact (and the PyTorch reference) at every thread count."""
     pairs = collect_artifacts(req.paths)
     manifest = pairs[0][0]
