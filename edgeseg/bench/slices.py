@@ -40,6 +40,6 @@ def slice_report(preds: np.ndarray, masks: np.ndarray, ids: list[str], slices: d
         counts = {v: acc.images for v, acc in sorted(by_value.items())}
         finite = [x for x in ious.values() if x == x]
         worst = min(ious, key=lambda v: ious[v] if ious[v] == ious[v] else 2.0)
-        report[attr] = {"iou": {v: round(x, 6) for v, x in ious.items()}, "images": counts, "worst": worst,
+        report[attr] = {"iou": {v: (None if x != x else round(x, 6)) for v, x in ious.items()}, "images": counts, "worst": worst,
                         "gap": round(max(finite) - min(finite), 6) if finite else None}
     return report
