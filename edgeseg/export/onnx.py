@@ -5,7 +5,6 @@ Input ``image``: float32 NCHW normalized ((pixel - mean) / std); output ``logits
 from __future__ import annotations
 
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +24,8 @@ def _export_fp32(job: ExportJob, dest: Path) -> None:
     require("onnxscript", "onnx", "ONNX export")
     h, w = job.info.input_size
     x = torch.zeros(1, 3, h, w)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)  # exporter chatter about dynamic shapes
-        torch.onnx.export(job.model.eval(), (x,), str(dest), input_names=["image"], output_names=["logits"],
-                          opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
+    torch.onnx.export(job.model.eval(), (x,), str(dest), input_names=["image"], output_names=["logits"],
+                      opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
 
 
 def _set_metadata(model, meta: dict) -> None:
