@@ -199,8 +199,9 @@ def int_list(ctx, param, value):
 @click.option("--device", default="host", show_default=True, help="host | android[:SERIAL]")
 @click.option("--benchmark-binary", type=click.Path(), help="TFLite benchmark_model built for the phone (android).")
 @click.option("--use-gpu", is_flag=True, help="Android: use the GPU delegate instead of XNNPACK.")
+@click.option("--slices", "slices_file", type=click.Path(dir_okay=False), help="CSV id,slice... for per-slice IoU.")
 def bench(paths, data_dir, threads, runs, warmup, parity_images, json_out, report_dir, baseline, max_slowdown,
-          update_baseline, device, benchmark_binary, use_gpu):
+          update_baseline, device, benchmark_binary, use_gpu, slices_file):
     """Time every exported file through its runtime, check parity, and gate against a baseline."""
     from edgeseg.bench.gate import compare, load_bench_json
     from edgeseg.bench.harness import BenchRequest, run_android, run_bench
@@ -209,7 +210,7 @@ def bench(paths, data_dir, threads, runs, warmup, parity_images, json_out, repor
 
     if update_baseline and not baseline:
         raise EdgesegError("--update-baseline needs --baseline FILE (where to write it)")
-    req = BenchRequest(tuple(paths), data_dir, threads, runs, warmup, parity_images)
+    req = BenchRequest(tuple(paths), data_dir, threads, runs, warmup, parity_images, slices_file=slices_file)
     outcome = None
     if device == "host":
         outcome = run_bench(req, on_result=lambda r: click.echo(f"  {r['artifact']} x{r['threads']}: "

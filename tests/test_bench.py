@@ -48,6 +48,7 @@ def test_bench_json_matches_design_schema(baseline):
         assert r["normalized_p50"] == pytest.approx(r["latency_ms"]["p50"] / r["calibration_p50"], rel=1e-3)
         if r["format"] == "onnx":
             assert r["parity"]["passed"] is True and "speedup_vs_pytorch" in r
+            assert "skin_tone" in r["parity"]["slices"]  # built-in set: slices out of the box
 
 
 def test_report_has_table_and_charts(baseline):

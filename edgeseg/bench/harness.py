@@ -19,6 +19,7 @@ import numpy as np
 from edgeseg import __version__
 from edgeseg.bench.latency import CalibrationWorkload, peak_rss_mb, reset_peak_rss, summarize, time_interleaved
 from edgeseg.bench.parity import DEFAULT_THRESHOLDS, check_parity, reference_set
+from edgeseg.bench.slices import read_slices
 from edgeseg.data.datasets import builtin_source, open_source
 from edgeseg.errors import ArtifactError, MissingExtra
 from edgeseg.manifest import MANIFEST_NAME, Artifact, Manifest, find_artifact_for_file, read_manifest
@@ -40,6 +41,7 @@ class BenchRequest:
     parity_images: int = 8
     reference: bool = True  # also time the PyTorch fp32 reference
     sample_images: int = 3  # images per artifact in the report's mask strip
+    slices_file: str | None = None  # CSV id,attribute... (built-in set: its own attributes)
 
 
 @dataclass
@@ -108,7 +110,12 @@ def _parity_set(manifest: Manifest, ckpt, req: BenchRequest):
     else:
         source, desc = builtin_source("eval", m.get("task", "portrait"), req.parity_images, size), "built-in synthetic eval set"
     ref_runner = TorchRunner.from_checkpoint(ckpt)
-    return reference_set(ref_runner, source, size, req.parity_images, m["classes"], desc)
+    ref = reference_set(ref_runner, source, size, req.parity_images, m["classes"], desc)
+    if req.slices_file:
+        ref.slices = read_slices(req.slices_file)
+    elif not req.data_dir:
+        ref.slices = {source.get(i)[2]: source.attrs(i) for i in range(min(req.parity_images, len(source)))}
+    return ref
 
 
 def run_bench(req: BenchRequest, on_result=None) -> "BenchOutcome":
@@ -172,7 +179,7 @@ def _bench_target(t: Target, threads: int, req: BenchRequest, calib, ref, image,
         row["runtime"] = runner.runtime
         timing = time_interleaved(runner, image, calib, threads=threads, runs=req.runs, warmup=req.warmup)
         if parity is None and ref is not None and t.artifact is not None:
-            parity = check_parity(runner, ref, threshold=t.threshold)
+            parity = check_parity(runner, ref, threshold=t.threshold, slices=ref.slices)
         if ref is not None and t.name not in samples:
             samples[t.name] = np.stack([runner.run(img[None])[0].argmax(0) for img in ref.images[: req.sample_images]])
     row.update(runs=req.runs, latency_ms=timing.latency, calibration_p50=timing.calibration["p50"],

@@ -27,6 +27,7 @@ class ReferenceSet:
     logits: np.ndarray  # float32 [N, C, H, W]
     classes: tuple[str, ...]
     description: str
+    slices: dict | None = None  # image id -> {attribute: value}, for per-slice IoU
 
     @property
     def argmax(self) -> np.ndarray:
@@ -54,8 +55,12 @@ def run_all(runner: Runner, images: np.ndarray) -> np.ndarray:
     return np.concatenate([runner.run(img[None]) for img in images])
 
 
-def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_drop: float = DEFAULT_MAX_GT_DROP) -> dict:
-    """The manifest ``parity`` block for one runner: agreement/GT mIoU, max |Δlogit|, pass/fail."""
+def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_drop: float = DEFAULT_MAX_GT_DROP,
+                 slices: dict | None = None) -> dict:
+    """The manifest ``parity`` block for one runner: agreement/GT mIoU, max |Δlogit|, pass/fail.
+
+    With ``slices`` ({image id: {attribute: value}}) and labels, adds IoU per slice ("slices").
+    """
     logits = run_all(runner, ref.images)
     preds = logits.argmax(1).astype(np.uint8)
     agreement = agreement_miou(preds, ref.argmax, len(ref.classes))
@@ -64,7 +69,13 @@ def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_
     passed = agreement >= threshold
     if gt is not None and ref_gt is not None:
         passed = passed and (ref_gt - gt) * 100 <= max_gt_drop
+    extra = {}
+    if slices and ref.masks is not None:
+        from edgeseg.bench.slices import slice_report
+
+        extra["slices"] = slice_report(preds, ref.masks, ref.ids, slices, ref.classes)
     return {
+        **extra,
         "reference": "pytorch-fp32", "runtime": runner.runtime, "images": int(len(ref.images)), "data": ref.description,
         "agreement_miou": round(float(agreement), 6), "gt_miou": None if gt is None else round(gt, 6),
         "reference_gt_miou": None if ref_gt is None else round(ref_gt, 6),
