@@ -60,15 +60,21 @@ def test_report_has_table_and_charts(baseline):
     assert "<table>" in (rep / "report.html").read_text()
 
 
+# End-to-end runs on a shared CI machine drift by ~10% between runs (benchmarks/flap_check.py), so
+# the real-runner tests use a wide limit (1.5) and a large planted slowdown (2x); the 30% case at
+# the product default of 1.15 is checked on measured numbers below, where it is deterministic.
+E2E_LIMIT = "1.5"
+
+
 def test_unchanged_rerun_passes_the_gate(onnx_dir, baseline):
     r = run_edgeseg("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
-                    "--baseline", baseline, "--max-slowdown", "1.15")
+                    "--baseline", baseline, "--max-slowdown", E2E_LIMIT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "gate passed" in r.stdout
 
 
 class _Slowed:
-    """A real runner whose every call takes 30% longer (sleeps 0.3x its own run time)."""
+    """A real runner whose every call takes twice as long (sleeps 1x its own run time)."""
 
     def __init__(self, inner):
         self.inner, self.runtime, self.threads = inner, inner.runtime, inner.threads
@@ -76,7 +82,7 @@ class _Slowed:
     def run(self, images):
         t0 = time.perf_counter()
         out = self.inner.run(images)
-        time.sleep(0.3 * (time.perf_counter() - t0))
+        time.sleep(time.perf_counter() - t0)
         return out
 
     def close(self):
@@ -93,9 +99,19 @@ def test_planted_slowdown_fails_the_gate(onnx_dir, baseline, cli, monkeypatch):
     real = loader.runner_for_artifact
     monkeypatch.setattr("edgeseg.bench.harness.runner_for_artifact", lambda a, m, t=None: _Slowed(real(a, m, t)))
     res = cli("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
-              "--baseline", baseline, "--max-slowdown", "1.15")
+              "--baseline", baseline, "--max-slowdown", E2E_LIMIT)
     assert res.exit_code == 1, res.output
     assert "SLOWER" in res.output
+
+
+def test_planted_30_percent_slowdown_fails_at_default_limit(baseline):
+    doc = json.loads(baseline.read_text())
+    slower = json.loads(baseline.read_text())
+    target = next(r for r in slower["results"] if r["format"] == "onnx" and r["precision"] == "fp32")
+    target["normalized_p50"] *= 1.30
+    gate = compare(doc, slower, 1.15)
+    assert [row["status"] for row in gate.rows if row["key"] == "onnx/fp32/onnxruntime/1t"] == ["SLOWER"]
+    assert len(gate.failures) == 1
 
 
 def test_parity_drop_fails_the_gate(baseline):
