@@ -87,9 +87,8 @@ def _check_extra(exporter) -> None:
         require(module, exporter.extra, f"{exporter.format} export")
 
 
-def model_section(ckpt, task: str) -> dict:
+def model_section(ckpt, model, task: str) -> dict:
     info = ckpt.info
-    model = ckpt.model()
     h, w = info.input_size
     return {"name": info.name, "architecture": info.arch, "options": info.to_dict()["options"], "classes": list(info.classes),
             "task": task, "input": {"height": h, "width": w}, "mean": list(info.mean), "std": list(info.std),
@@ -119,7 +118,7 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".staging", dir=dest.parent))
     try:
-        manifest = Manifest(model=model_section(ckpt, task), tools=tool_versions())
+        manifest = Manifest(model=model_section(ckpt, model, task), tools=tool_versions())
         manifest.model["calibration"] = {"source": calib_from, "images": len(calib)}
         meta = embedded_metadata(info, __version__)
         for fmt, exporter in exporters.items():
