@@ -21,43 +21,46 @@ import time
 from common import cv, md_table, run_main, select_artifacts, timing_image, write_outputs
 
 from edgeseg.bench.harness import host_info, reference_checkpoint
-from edgeseg.bench.latency import CalibrationWorkload, time_interleaved
+from edgeseg.bench.calibration import CalibrationPool
+from edgeseg.bench.latency import time_interleaved
 from edgeseg.errors import EdgesegError, MissingExtra
 from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
 
 
 def targets(manifest, arts, with_reference: bool) -> dict:
-    """name -> callable(threads) -> Runner, for the artifacts (and the PyTorch reference, as the gate has it)."""
+    """name -> (format, precision, callable(threads) -> Runner), for the artifacts (and the PyTorch reference)."""
     out = {}
     ckpt = reference_checkpoint(manifest) if with_reference else None
     if with_reference and ckpt is None:
         print("no reference: the export's checkpoint is not available here")
     if ckpt is not None:
-        out["pytorch-fp32"] = lambda threads: TorchRunner.from_checkpoint(ckpt, threads)
+        out["pytorch-fp32"] = ("pytorch", "fp32", lambda threads: TorchRunner.from_checkpoint(ckpt, threads))
     for art in arts:
-        out[art.path] = lambda threads, a=art: runner_for_artifact(a, manifest, threads)
+        out[art.path] = (art.format, art.precision, lambda threads, a=art: runner_for_artifact(a, manifest, threads))
     return out
 
 
 def collect(manifest, make_runners: dict, runs_list, args) -> dict:
     """normalized p50 per N (as str), target and repeat: {N: {target: [M values]}}."""
-    image, calib = timing_image(manifest), CalibrationWorkload()
+    image = timing_image(manifest)
     out = {str(n): {} for n in runs_list}
     t0 = time.perf_counter()
-    for rep in range(args.repeats):
-        for name, make_runner in make_runners.items():
-            try:
-                runner = make_runner(args.threads)
-            except MissingExtra as exc:
-                if rep == 0:
-                    print(f"skipping {name}: {exc}")
-                continue
-            with runner:
-                for n in runs_list:
-                    t = time_interleaved(runner, image, calib, threads=args.threads, runs=n, warmup=args.warmup)
-                    out[str(n)].setdefault(name, []).append(t.normalized_p50)
-        print(f"repeat {rep + 1}/{args.repeats} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    with CalibrationPool() as pool:
+        for rep in range(args.repeats):
+            for name, (fmt, precision, make_runner) in make_runners.items():
+                try:
+                    calib = pool.get(fmt, precision, args.threads)
+                    runner = make_runner(args.threads)
+                except MissingExtra as exc:
+                    if rep == 0:
+                        print(f"skipping {name}: {exc}")
+                    continue
+                with runner:
+                    for n in runs_list:
+                        t = time_interleaved(runner, image, calib, runs=n, warmup=args.warmup)
+                        out[str(n)].setdefault(name, []).append(t.normalized_p50)
+            print(f"repeat {rep + 1}/{args.repeats} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
 
 

@@ -7,10 +7,12 @@ really competes with the model. Prints, and writes as JSON + Markdown, the coeff
 variation of each metric and its loaded/quiet ratio:
 
 - ``raw p50``: the model's median latency in ms;
-- ``calibration p50``: the calibration workload's, timed interleaved with the model;
-- ``normalized p50``: p50 / calibration p50 of the same block (what the gate compares);
-- ``paired p50``: median over runs of (model ms / the calibration ms timed just before it),
-  an alternative the harness does not use, shown for comparison.
+- ``calibration p50``: the calibration workload's (same runtime and precision class as the
+  model), timed interleaved with the model;
+- ``ratio of p50s``: p50 / calibration p50 of the same block (an older estimator, shown for
+  comparison);
+- ``normalized p50``: median over runs of (model ms / the calibration ms timed just before
+  it), what ``edgeseg bench`` reports and the gate compares.
 
 A metric that ignores load has loaded/quiet near 1.00.
 
@@ -27,10 +29,11 @@ import time
 from common import cv, md_table, run_main, select_artifacts, timing_image, write_outputs
 
 from edgeseg.bench.harness import host_info
-from edgeseg.bench.latency import CalibrationWorkload, time_interleaved
+from edgeseg.bench.calibration import CalibrationPool
+from edgeseg.bench.latency import time_interleaved
 from edgeseg.runtime.loader import runner_for_artifact
 
-METRICS = ("raw p50 ms", "calibration p50 ms", "normalized p50", "paired p50")
+METRICS = ("raw p50 ms", "calibration p50 ms", "ratio of p50s", "normalized p50")
 
 
 def spin(cpu: int | None, deadline: float, ready) -> None:
@@ -72,9 +75,9 @@ class BusyLoad:
 
 
 def measure(runner, image, calib, args) -> dict:
-    t = time_interleaved(runner, image, calib, threads=args.threads, runs=args.runs, warmup=args.warmup)
-    paired = statistics.median(m / c for m, c in zip(t.samples_ms, t.calibration_ms))
-    return dict(zip(METRICS, (t.latency["p50"], t.calibration["p50"], t.normalized_p50, round(paired, 5))))
+    t = time_interleaved(runner, image, calib, runs=args.runs, warmup=args.warmup)
+    ratio = t.latency["p50"] / t.calibration["p50"]
+    return dict(zip(METRICS, (t.latency["p50"], t.calibration["p50"], round(ratio, 5), t.normalized_p50)))
 
 
 def summarize(samples: dict) -> list[dict]:
@@ -113,22 +116,24 @@ def main() -> None:
     args.threads = args.threads or len(cpus)
 
     manifest, arts = select_artifacts(args.export_dir, args.artifact or ["onnx:fp32", "tflite:int8"])
-    image, calib = timing_image(manifest), CalibrationWorkload()
+    image, pool = timing_image(manifest), CalibrationPool()
     runners = {a.path: runner_for_artifact(a, manifest, args.threads) for a in arts}
+    calibs = {a.path: pool.get(a.format, a.precision, args.threads) for a in arts}
     samples = {name: {"quiet": [], "loaded": []} for name in runners}
     uncovered = 0
     for k in range(args.repeats):
         for name, runner in runners.items():
-            samples[name]["quiet"].append(measure(runner, image, calib, args))
+            samples[name]["quiet"].append(measure(runner, image, calibs[name], args))
         with BusyLoad(cpus, args.max_load_s) as load:
             for name, runner in runners.items():
-                samples[name]["loaded"].append(measure(runner, image, calib, args))
+                samples[name]["loaded"].append(measure(runner, image, calibs[name], args))
         uncovered += not load.covered
         print(f"repeat {k + 1}/{args.repeats}: " + "; ".join(
             f"{n}: quiet {s['quiet'][-1]['raw p50 ms']:.2f} ms / loaded {s['loaded'][-1]['raw p50 ms']:.2f} ms"
             for n, s in samples.items()), flush=True)
     for runner in runners.values():
         runner.close()
+    pool.close()
 
     rows = summarize(samples)
     settings = {"export_dir": args.export_dir, "repeats": args.repeats, "runs": args.runs, "warmup": args.warmup,

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg import __version__
-from edgeseg.bench.latency import CalibrationWorkload, peak_rss_mb, reset_peak_rss, summarize, time_interleaved
+from edgeseg.bench.calibration import CalibrationPool
+from edgeseg.bench.latency import peak_rss_mb, reset_peak_rss, summarize, time_interleaved
 from edgeseg.bench.parity import DEFAULT_THRESHOLDS, check_parity, reference_set
 from edgeseg.bench.slices import read_slices
 from edgeseg.data.datasets import builtin_source, open_source
@@ -132,22 +133,25 @@ def run_bench(req: BenchRequest, on_result=None) -> "BenchOutcome":
         targets.append(Target(art.path, art.format, art.precision, art.bytes,
                               lambda threads, a=art, m=man: runner_for_artifact(a, m, threads), art,
                               DEFAULT_THRESHOLDS.get(art.precision)))
-    calib = CalibrationWorkload()
     image = ref.images[0] if ref is not None else _timing_image(manifest)
     results, samples = [], {}
-    for target in targets:
-        parity = None
-        for threads in req.threads:
-            row = _bench_target(target, threads, req, calib, ref, image, parity, samples)
-            parity = row.get("parity", parity)
-            results.append(row)
-            if on_result:
-                on_result(row)
+    with CalibrationPool() as calib:
+        for target in targets:
+            parity = None
+            for threads in req.threads:
+                row = _bench_target(target, threads, req, calib, ref, image, parity, samples)
+                parity = row.get("parity", parity)
+                results.append(row)
+                if on_result:
+                    on_result(row)
+        workloads = calib.names()
     _add_speedups(results)
     cal = [r["calibration_p50"] for r in results if "calibration_p50" in r]
     doc = {"schema_version": SCHEMA_VERSION, "host": host_info(),
-           "calibration": {"workload": CalibrationWorkload.name, "p50_ms": summarize(cal)["p50"] if cal else None,
-                           "note": "timed interleaved with every model run; normalized_p50 = p50 / calibration p50 of the same block"},
+           "calibration": {"workload": "; ".join(workloads), "p50_ms": summarize(cal)["p50"] if cal else None,
+                           "note": "a fixed small segmenter run through the same runtime, precision class and thread "
+                                   "count as each result (its `calibration_workload`), timed just before every model "
+                                   "run; normalized_p50 = median over runs of model ms / calibration ms"},
            "parity_data": None if ref is None else ref.description, "results": results}
     strip = None if ref is None else ref.images[: req.sample_images]
     return BenchOutcome(doc, strip, samples)
@@ -166,24 +170,26 @@ def _timing_image(manifest: Manifest):
     return builtin_source("eval", m.get("task", "portrait"), 1, size).get(0)[0]
 
 
-def _bench_target(t: Target, threads: int, req: BenchRequest, calib, ref, image, parity, samples: dict) -> dict:
+def _bench_target(t: Target, threads: int, req: BenchRequest, calib: CalibrationPool, ref, image, parity,
+                  samples: dict) -> dict:
     row = {"artifact": t.name, "format": t.format, "precision": t.precision, "threads": threads, "bytes": t.bytes}
-    reset_peak_rss()
-    t0 = time.perf_counter()
     try:
+        workload = calib.get(t.format, t.precision, threads)
+        reset_peak_rss()
+        t0 = time.perf_counter()
         runner = t.make_runner(threads)
     except MissingExtra as exc:
         return {**row, "runtime": t.format, "skipped": str(exc)}
     load_ms = (time.perf_counter() - t0) * 1000
     with runner:
         row["runtime"] = runner.runtime
-        timing = time_interleaved(runner, image, calib, threads=threads, runs=req.runs, warmup=req.warmup)
+        timing = time_interleaved(runner, image, workload, runs=req.runs, warmup=req.warmup)
         if parity is None and ref is not None and t.artifact is not None:
             parity = check_parity(runner, ref, threshold=t.threshold, slices=ref.slices)
         if ref is not None and t.name not in samples:
             samples[t.name] = np.stack([runner.run(img[None])[0].argmax(0) for img in ref.images[: req.sample_images]])
-    row.update(runs=req.runs, latency_ms=timing.latency, calibration_p50=timing.calibration["p50"],
-               normalized_p50=timing.normalized_p50, load_ms=round(load_ms, 2), peak_rss_mb=peak_rss_mb())
+    row.update(runs=req.runs, latency_ms=timing.latency, calibration_workload=workload.name,
+               calibration_p50=timing.calibration["p50"], normalized_p50=timing.normalized_p50, load_ms=round(load_ms, 2), peak_rss_mb=peak_rss_mb())
     if parity is not None:
         row["parity"] = parity
     return row

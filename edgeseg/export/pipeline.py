@@ -62,7 +62,7 @@ def tool_versions() -> dict:
     return out
 
 
-def _exporters(formats, precisions) -> dict:
+def load_exporters(formats, precisions) -> dict:
     """Instantiate each format's exporter; reject unknown formats and unsupported pairs up front."""
     from edgeseg.export import coreml, onnx, tflite  # noqa: F401  (register exporters)
 
@@ -101,7 +101,7 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
 
     ``on_artifact(artifact)`` is called after each file is checked (for progress output).
     """
-    exporters = _exporters(req.formats, req.precisions)
+    exporters = load_exporters(req.formats, req.precisions)
     ckpt = resolve_checkpoint(req.checkpoint)
     info = ckpt.info
     task = str(ckpt.recipe.get("data", {}).get("task") or synth_task_for(info.classes))
