@@ -214,7 +214,8 @@ def bench(paths, data_dir, threads, runs, warmup, parity_images, json_out, repor
     outcome = None
     if device == "host":
         outcome = run_bench(req, on_result=lambda r: click.echo(f"  {r['artifact']} x{r['threads']}: "
-                                                                 + (f"{r['latency_ms']['p50']:.2f} ms" if "latency_ms" in r else r.get("skipped", ""))))
+                                                                 + (f"{r['latency_ms']['p50']:.2f} ms" if "latency_ms" in r
+                                                                    else r.get("skipped") or r.get("latency_skipped", ""))))
         doc = outcome.doc
     elif device.startswith("android"):
         if not benchmark_binary:

@@ -64,10 +64,9 @@ def test_report_has_table_and_charts(baseline):
     assert "<table>" in (rep / "report.html").read_text()
 
 
-# End-to-end runs on a shared CI machine drift by ~10% between runs (benchmarks/flap_check.py), so
-# the real-runner tests use a wide limit (1.5) and a large planted slowdown (2x); the 30% case at
-# the product default of 1.15 is checked on measured numbers below, where it is deterministic.
-E2E_LIMIT = "1.5"
+# The real-runner tests use the product default limit (1.15) and a planted 30% slowdown;
+# benchmarks/flap_check.py measures how rarely an unchanged run crosses 1.15 on this machine.
+E2E_LIMIT = "1.15"
 
 
 def test_unchanged_rerun_passes_the_gate(onnx_dir, baseline):
@@ -78,15 +77,15 @@ def test_unchanged_rerun_passes_the_gate(onnx_dir, baseline):
 
 
 class _Slowed:
-    """A real runner whose every call takes twice as long (sleeps 1x its own run time)."""
+    """A real runner whose every call takes 30% longer (sleeps 0.3x its own run time)."""
 
     def __init__(self, inner):
-        self.inner, self.runtime, self.threads = inner, inner.runtime, inner.threads
+        self.inner, self.runtime, self.threads, self.latency_note = inner, inner.runtime, inner.threads, inner.latency_note
 
     def run(self, images):
         t0 = time.perf_counter()
         out = self.inner.run(images)
-        time.sleep(time.perf_counter() - t0)
+        time.sleep(0.3 * (time.perf_counter() - t0))
         return out
 
     def close(self):

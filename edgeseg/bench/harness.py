@@ -174,22 +174,26 @@ def _bench_target(t: Target, threads: int, req: BenchRequest, calib: Calibration
                   samples: dict) -> dict:
     row = {"artifact": t.name, "format": t.format, "precision": t.precision, "threads": threads, "bytes": t.bytes}
     try:
-        workload = calib.get(t.format, t.precision, threads)
         reset_peak_rss()
         t0 = time.perf_counter()
         runner = t.make_runner(threads)
+        load_ms = (time.perf_counter() - t0) * 1000
+        workload = None if runner.latency_note else calib.get(t.format, t.precision, threads)
     except MissingExtra as exc:
         return {**row, "runtime": t.format, "skipped": str(exc)}
-    load_ms = (time.perf_counter() - t0) * 1000
     with runner:
         row["runtime"] = runner.runtime
-        timing = time_interleaved(runner, image, workload, runs=req.runs, warmup=req.warmup)
+        if workload is not None:
+            timing = time_interleaved(runner, image, workload, runs=req.runs, warmup=req.warmup)
+            row.update(runs=req.runs, latency_ms=timing.latency, calibration_workload=workload.name,
+                       calibration_p50=timing.calibration["p50"], normalized_p50=timing.normalized_p50,
+                       load_ms=round(load_ms, 2), peak_rss_mb=peak_rss_mb())
+        else:
+            row["latency_skipped"] = runner.latency_note
         if parity is None and ref is not None and t.artifact is not None:
             parity = check_parity(runner, ref, threshold=t.threshold, slices=ref.slices)
         if ref is not None and t.name not in samples:
             samples[t.name] = np.stack([runner.run(img[None])[0].argmax(0) for img in ref.images[: req.sample_images]])
-    row.update(runs=req.runs, latency_ms=timing.latency, calibration_workload=workload.name,
-               calibration_p50=timing.calibration["p50"], normalized_p50=timing.normalized_p50, load_ms=round(load_ms, 2), peak_rss_mb=peak_rss_mb())
     if parity is not None:
         row["parity"] = parity
     return row

@@ -20,6 +20,10 @@ def table_rows(doc: dict) -> list[list[str]]:
             rows.append([r["artifact"], r.get("runtime", ""), str(r["threads"])] + ["-"] * 8 + [f"skipped: {r['skipped']}"])
             continue
         p = r.get("parity") or {}
+        if "latency_ms" not in r:  # parity only (latency_skipped says why)
+            rows.append([r["artifact"], r["runtime"], str(r["threads"])] + ["-"] * 6 + [f"{r['bytes'] / 1024:.0f}",
+                         _opt(p.get("agreement_miou"), "{:.4f}"), _opt(p.get("gt_miou"), "{:.4f}")])
+            continue
         rows.append([r["artifact"], r["runtime"], str(r["threads"]), f"{r['latency_ms']['p50']:.2f}", f"{r['latency_ms']['p90']:.2f}",
                      f"{r['normalized_p50']:.3f}", _opt(r.get("speedup_vs_pytorch"), "{:.2f}x"), f"{r['load_ms']:.0f}",
                      f"{r['peak_rss_mb']:.0f}", f"{r['bytes'] / 1024:.0f}", _opt(p.get("agreement_miou"), "{:.4f}"),
@@ -108,6 +112,9 @@ def write_report(doc: dict, out_dir: str | Path, samples: tuple[np.ndarray, dict
     rows = table_rows(doc)
     host = doc["host"]
     head = f"Host: {host['cpu']}, {host['cores']} cores; calibration workload p50 {doc['calibration']['p50_ms']} ms"
+    untimed = {f"{r['runtime']}: {r['latency_skipped']}" for r in doc["results"] if "latency_skipped" in r}
+    if untimed:
+        head += ". " + "; ".join(sorted(untimed))
     md = ["# edgeseg bench report", "", head, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     md += ["| " + " | ".join(r + [""] * (len(COLUMNS) - len(r))) + " |" for r in rows]
     md += ["", "![latency vs accuracy](latency_accuracy.png)", "", "![thread scaling](thread_scaling.png)"]

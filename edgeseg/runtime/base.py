@@ -21,6 +21,7 @@ class Runner(ABC):
     formats: tuple[str, ...] = ()
     threads: int | None = None
     requires: tuple[str, str] | None = None  # (python module, pip extra that provides it)
+    latency_note: str | None = None  # set when this runtime's speed says nothing about deployment (not timed)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -49,6 +49,7 @@ class CoreMLReferenceRunner(Runner):
 
     runtime = "coreml-reference"
     formats = ("coreml",)
+    latency_note = "not timed: Core ML prediction needs macOS; the numpy reference runner here checks parity only"
 
     def __init__(self, path: str):
         require("coremltools", "coreml", "reading Core ML models")
