@@ -37,7 +37,13 @@ train-default: install
 	OMP_NUM_THREADS=1 $(BIN)/edgeseg train --recipe $(R) --weights runs/portrait_default_ft/best.pt --out runs/portrait_default_ft2 \
 	  --set train.epochs=8 --set train.steps_per_epoch=250 --set train.lr=0.001 --set data.synth_train=4000 --set data.seed=2 \
 	  --set data.augment.rotate=5 --set data.augment.color=0.1
-	$(BIN)/python -m edgeseg.models.package_default runs/portrait_default_ft2/best.pt
+	OMP_NUM_THREADS=1 $(BIN)/edgeseg train --recipe $(R) --weights runs/portrait_default_ft2/best.pt --out runs/portrait_default_ft3 \
+	  --set train.epochs=12 --set train.steps_per_epoch=250 --set train.lr=0.001 --set data.synth_train=6000 --set data.seed=3 \
+	  --set data.augment.rotate=0 --set data.augment.color=0.1 --set 'data.augment.scale=[0.9,1.1]'
+	OMP_NUM_THREADS=1 $(BIN)/edgeseg train --recipe $(R) --weights runs/portrait_default_ft3/best.pt --out runs/portrait_default_ft4 \
+	  --set train.epochs=10 --set train.steps_per_epoch=250 --set train.lr=0.0007 --set data.synth_train=8000 --set data.seed=4 \
+	  --set data.augment.rotate=0 --set data.augment.color=0.05 --set 'data.augment.scale=[0.9,1.1]'
+	$(BIN)/python -m edgeseg.models.package_default runs/portrait_default_ft4/best.pt
 
 clean:
 	rm -rf out runs .pytest_cache

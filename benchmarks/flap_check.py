@@ -50,13 +50,17 @@ def collect(manifest, make_runners: dict, runs_list, args) -> dict:
         for rep in range(args.repeats):
             for name, (fmt, precision, make_runner) in make_runners.items():
                 try:
-                    calib = pool.get(fmt, precision, args.threads)
                     runner = make_runner(args.threads)
+                    calib = None if runner.latency_note else pool.get(fmt, precision, args.threads)
                 except MissingExtra as exc:
                     if rep == 0:
                         print(f"skipping {name}: {exc}")
                     continue
                 with runner:
+                    if calib is None:  # not timed here (e.g. the Core ML reference runner off macOS)
+                        if rep == 0:
+                            print(f"skipping {name}: {runner.latency_note}")
+                        continue
                     for n in runs_list:
                         t = time_interleaved(runner, image, calib, runs=n, warmup=args.warmup)
                         out[str(n)].setdefault(name, []).append(t.normalized_p50)

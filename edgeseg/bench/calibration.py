@@ -114,7 +114,8 @@ def open_workload(fmt: str, precision: str, threads: int) -> CalibrationWorkload
     art = manifest.find(fmt, cprec)
     if art is None:
         raise ArtifactError(f"{ASSETS}: no {fmt} {cprec} calibration file (reinstall edgeseg)")
-    runner = runner_for_artifact(art, manifest, threads)
+    # no busy-waiting after a calibration run: it would steal a core from the model timed next
+    runner = runner_for_artifact(art, manifest, threads, spin=False)
     return CalibrationWorkload(runner, f"{INFO.name} {cprec} ({runner.runtime})")
 
 

@@ -62,7 +62,7 @@ class CoreMLReferenceRunner(Runner):
         return self.program.predict(images)
 
 
-def _factory(art: Artifact, manifest: Manifest, threads: int | None) -> Runner:
+def _factory(art: Artifact, manifest: Manifest, threads: int | None, spin: bool = True) -> Runner:
     if on_macos():
         return CoreMLRunner(str(art.file), input_name=art.input["name"], output_name=art.output["name"])
     return CoreMLReferenceRunner(str(art.file))

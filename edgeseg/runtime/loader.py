@@ -30,8 +30,8 @@ class ModelView:
     task: str  # built-in synthetic task matching the classes
 
 
-# format -> factory(artifact, manifest, threads) -> Runner; filled by each runner module
-RUNNER_FACTORIES: dict[str, Callable[[Artifact, Manifest, int | None], Runner]] = {}
+# format -> factory(artifact, manifest, threads, spin) -> Runner; filled by each runner module
+RUNNER_FACTORIES: dict[str, Callable[[Artifact, Manifest, int | None, bool], Runner]] = {}
 
 
 def synth_task_for(classes) -> str:
@@ -50,15 +50,19 @@ def view_of_manifest(manifest: Manifest, art: Artifact) -> ModelView:
                      tuple(m["mean"]), tuple(m["std"]), str(art.file), art.format, art.precision, synth_task_for(m["classes"]))
 
 
-def runner_for_artifact(art: Artifact, manifest: Manifest, threads: int | None = None) -> Runner:
-    """The Runner for one manifest entry; EdgesegError saying why when its runtime is missing."""
+def runner_for_artifact(art: Artifact, manifest: Manifest, threads: int | None = None, *, spin: bool = True) -> Runner:
+    """The Runner for one manifest entry; EdgesegError saying why when its runtime is missing.
+
+    ``spin=False`` asks runtimes that busy-wait between runs (ONNX Runtime's thread pool) not
+    to, so a second session timed next to this one gets the CPU; others ignore it.
+    """
     _register_builtin()
     factory = RUNNER_FACTORIES.get(art.format)
     if factory is None:
         raise ArtifactError(f"{art.path}: no runner for format {art.format!r}")
     if not art.file.exists():
         raise ArtifactError(f"{art.file}: listed in the manifest but missing")
-    return factory(art, manifest, threads)
+    return factory(art, manifest, threads, spin)
 
 
 def open_model(spec: str | None, *, threads: int | None = None, pick: str | None = None) -> tuple[Runner, ModelView]:

@@ -14,12 +14,15 @@ class OnnxRunner(Runner):
     formats = ("onnx",)
     requires = ("onnxruntime", "onnx")
 
-    def __init__(self, path: str, *, input_size, mean, std, expects: str = "normalized", threads: int | None = None):
+    def __init__(self, path: str, *, input_size, mean, std, expects: str = "normalized", threads: int | None = None,
+                 spin: bool = True):
         ort = require("onnxruntime", "onnx", "running ONNX models")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not spin:  # pool threads sleep right after a run instead of busy-waiting for the next one
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -35,10 +38,10 @@ class OnnxRunner(Runner):
         return np.concatenate([self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float32)
 
 
-def _factory(art: Artifact, manifest: Manifest, threads: int | None) -> OnnxRunner:
+def _factory(art: Artifact, manifest: Manifest, threads: int | None, spin: bool = True) -> OnnxRunner:
     m = manifest.model
     return OnnxRunner(str(art.file), input_size=(m["input"]["height"], m["input"]["width"]), mean=m["mean"], std=m["std"],
-                      expects=art.input.get("expects", "normalized"), threads=threads)
+                      expects=art.input.get("expects", "normalized"), threads=threads, spin=spin)
 
 
 RUNNER_FACTORIES["onnx"] = _factory

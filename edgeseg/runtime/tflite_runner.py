@@ -54,7 +54,7 @@ class TFLiteRunner(Runner):
         self.interp = None
 
 
-def _factory(art: Artifact, manifest: Manifest, threads: int | None) -> TFLiteRunner:
+def _factory(art: Artifact, manifest: Manifest, threads: int | None, spin: bool = True) -> TFLiteRunner:
     return TFLiteRunner(str(art.file), mean=manifest.model["mean"], std=manifest.model["std"],
                         expects=art.input.get("expects", "normalized"), threads=threads)
 
