@@ -1,7 +1,8 @@
 """How often does the latency gate fail on an unchanged model, and how many runs stop that?
 
 Times the same artifacts ``--repeats`` (M) times for each run count N in ``--runs-list``,
-loading a fresh runner for every repeat, as separate bench runs would. Every pair (an earlier
+each timing made as ``edgeseg bench`` makes one: ``--sessions`` (S) fresh loads of N runs,
+the median over loads. Every pair (an earlier
 repeat as the baseline, a later one as the new run) is one simulated gate check; it is a false
 alarm when normalized p50 grew by more than ``--max-slowdown`` (R). For each N it reports the
 false-alarm rate per artifact and for the whole gate (any artifact over R fails the gate), and
@@ -22,7 +23,7 @@ from common import cv, md_table, run_main, select_artifacts, timing_image, write
 
 from edgeseg.bench.harness import host_info, reference_checkpoint
 from edgeseg.bench.calibration import CalibrationPool
-from edgeseg.bench.latency import time_interleaved
+from edgeseg.bench.latency import combine_sessions, time_interleaved
 from edgeseg.errors import EdgesegError, MissingExtra
 from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
@@ -49,21 +50,25 @@ def collect(manifest, make_runners: dict, runs_list, args) -> dict:
     with CalibrationPool() as pool:
         for rep in range(args.repeats):
             for name, (fmt, precision, make_runner) in make_runners.items():
-                try:
-                    runner = make_runner(args.threads)
-                    calib = None if runner.latency_note else pool.get(fmt, precision, args.threads)
-                except MissingExtra as exc:
-                    if rep == 0:
-                        print(f"skipping {name}: {exc}")
-                    continue
-                with runner:
-                    if calib is None:  # not timed here (e.g. the Core ML reference runner off macOS)
+                per_n = {n: [] for n in runs_list}
+                for _ in range(args.sessions):  # fresh loads, as edgeseg bench --sessions does
+                    try:
+                        runner = make_runner(args.threads)
+                        calib = None if runner.latency_note else pool.get(fmt, precision, args.threads)
+                    except MissingExtra as exc:
                         if rep == 0:
-                            print(f"skipping {name}: {runner.latency_note}")
-                        continue
-                    for n in runs_list:
-                        t = time_interleaved(runner, image, calib, runs=n, warmup=args.warmup)
-                        out[str(n)].setdefault(name, []).append(t.normalized_p50)
+                            print(f"skipping {name}: {exc}")
+                        break
+                    with runner:
+                        if calib is None:  # not timed here (e.g. the Core ML reference runner off macOS)
+                            if rep == 0:
+                                print(f"skipping {name}: {runner.latency_note}")
+                            break
+                        for n in runs_list:
+                            per_n[n].append(time_interleaved(runner, image, calib, runs=n, warmup=args.warmup))
+                for n, timings in per_n.items():
+                    if len(timings) == args.sessions:
+                        out[str(n)].setdefault(name, []).append(combine_sessions(timings)[1])
             print(f"repeat {rep + 1}/{args.repeats} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
 
@@ -91,6 +96,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20, help="M timings per N (>= 2)")
     ap.add_argument("--runs-list", default="10,20,40,80", help="run counts N to try")
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--sessions", type=int, default=3, help="fresh loads per timing (edgeseg bench --sessions)")
     ap.add_argument("--max-slowdown", type=float, default=1.15)
     ap.add_argument("--target-rate", type=float, default=0.05)
     args = ap.parse_args()
@@ -113,13 +119,14 @@ def main() -> None:
         rows.append([n, "**whole gate**", r["pairs"], r["gate_false_alarm_rate"], "", ""])
     verdict = (f"smallest N with a gate false-alarm rate below {args.target_rate:.0%}: {smallest}" if smallest else
                f"no N in {runs_list} got the gate false-alarm rate below {args.target_rate:.0%}; try larger N")
-    markdown = (f"# flap check\n\n{args.repeats} timings per N of an unchanged model, {args.threads} thread(s); "
+    markdown = (f"# flap check\n\n{args.repeats} timings per N of an unchanged model ({args.sessions} fresh load(s) of N runs "
+                f"each, median over loads), {args.threads} thread(s); "
                 f"false alarm = normalized p50 of a later timing > {args.max_slowdown}x an earlier one.\n\n"
                 + md_table(["N", "artifact", "pairs", "false-alarm rate", "max ratio", "CV"], rows)
                 + f"\n\n**{verdict}**\n")
     print("\n" + markdown)
     settings = {"export_dir": args.export_dir, "targets": list(next(iter(results.values()))["per_artifact"]),
-                "threads": args.threads, "repeats": args.repeats, "runs_list": runs_list, "warmup": args.warmup,
+                "threads": args.threads, "sessions": args.sessions, "repeats": args.repeats, "runs_list": runs_list, "warmup": args.warmup,
                 "max_slowdown": args.max_slowdown, "target_rate": args.target_rate}
     doc = {"settings": settings, "host": host_info(), "smallest_runs": smallest, "results": results,
            "normalized_p50": data}

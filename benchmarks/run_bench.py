@@ -99,7 +99,7 @@ def main() -> int:
         if rc != 0:
             return rc
 
-    bench_args = ["bench", exp["dir"], "--threads", ",".join(map(str, bench["threads"])), "--runs", str(bench["runs"]),
+    bench_args = ["bench", exp["dir"], "--threads", ",".join(map(str, bench["threads"])), "--runs", str(bench["runs"]), "--sessions", str(bench.get("sessions", 3)),
                   "--warmup", str(bench["warmup"]), "--parity-images", str(bench["parity_images"]),
                   "--json", bench["json"], "--report", bench["report_dir"], "--baseline", bench["baseline"],
                   "--max-slowdown", str(bench["max_slowdown"])]

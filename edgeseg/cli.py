@@ -190,6 +190,8 @@ def int_list(ctx, param, value):
 @click.option("--threads", default="1,2", show_default=True, callback=int_list)
 @click.option("--runs", type=click.IntRange(3), default=30, show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=5, show_default=True)
+@click.option("--sessions", type=click.IntRange(1), default=3, show_default=True,
+              help="Fresh loads per result (RUNS timed runs each); normalized p50 is the median over them.")
 @click.option("--parity-images", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results (DESIGN.md schema).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.md/html with charts.")
@@ -200,7 +202,7 @@ def int_list(ctx, param, value):
 @click.option("--benchmark-binary", type=click.Path(), help="TFLite benchmark_model built for the phone (android).")
 @click.option("--use-gpu", is_flag=True, help="Android: use the GPU delegate instead of XNNPACK.")
 @click.option("--slices", "slices_file", type=click.Path(dir_okay=False), help="CSV id,slice... for per-slice IoU.")
-def bench(paths, data_dir, threads, runs, warmup, parity_images, json_out, report_dir, baseline, max_slowdown,
+def bench(paths, data_dir, threads, runs, warmup, sessions, parity_images, json_out, report_dir, baseline, max_slowdown,
           update_baseline, device, benchmark_binary, use_gpu, slices_file):
     """Time every exported file through its runtime, check parity, and gate against a baseline."""
     from edgeseg.bench.gate import compare, load_bench_json
@@ -210,7 +212,8 @@ def bench(paths, data_dir, threads, runs, warmup, parity_images, json_out, repor
 
     if update_baseline and not baseline:
         raise EdgesegError("--update-baseline needs --baseline FILE (where to write it)")
-    req = BenchRequest(tuple(paths), data_dir, threads, runs, warmup, parity_images, slices_file=slices_file)
+    req = BenchRequest(tuple(paths), data_dir, threads, runs, warmup, sessions=sessions, parity_images=parity_images,
+                       slices_file=slices_file)
     outcome = None
     if device == "host":
         outcome = run_bench(req, on_result=lambda r: click.echo(f"  {r['artifact']} x{r['threads']}: "

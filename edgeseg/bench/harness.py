@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.bench.calibration import CalibrationPool
-from edgeseg.bench.latency import peak_rss_mb, reset_peak_rss, summarize, time_interleaved
+from edgeseg.bench.latency import combine_sessions, peak_rss_mb, reset_peak_rss, summarize, time_interleaved
 from edgeseg.bench.parity import DEFAULT_THRESHOLDS, check_parity, reference_set
 from edgeseg.bench.slices import read_slices
 from edgeseg.data.datasets import builtin_source, open_source
@@ -37,8 +37,9 @@ class BenchRequest:
     paths: tuple[str, ...]
     data_dir: str | None = None
     threads: tuple[int, ...] = (1, 2)
-    runs: int = 30
+    runs: int = 30  # timed (calibration, model) pairs per session
     warmup: int = 5
+    sessions: int = 3  # fresh loads per result; normalized p50 is the median over them
     parity_images: int = 8
     reference: bool = True  # also time the PyTorch fp32 reference
     sample_images: int = 3  # images per artifact in the report's mask strip
@@ -184,16 +185,22 @@ def _bench_target(t: Target, threads: int, req: BenchRequest, calib: Calibration
     with runner:
         row["runtime"] = runner.runtime
         if workload is not None:
-            timing = time_interleaved(runner, image, workload, runs=req.runs, warmup=req.warmup)
-            row.update(runs=req.runs, latency_ms=timing.latency, calibration_workload=workload.name,
-                       calibration_p50=timing.calibration["p50"], normalized_p50=timing.normalized_p50,
-                       load_ms=round(load_ms, 2), peak_rss_mb=peak_rss_mb())
+            timings = [time_interleaved(runner, image, workload, runs=req.runs, warmup=req.warmup)]
         else:
             row["latency_skipped"] = runner.latency_note
         if parity is None and ref is not None and t.artifact is not None:
             parity = check_parity(runner, ref, threshold=t.threshold, slices=ref.slices)
         if ref is not None and t.name not in samples:
             samples[t.name] = np.stack([runner.run(img[None])[0].argmax(0) for img in ref.images[: req.sample_images]])
+    if workload is not None:
+        for _ in range(req.sessions - 1):  # more fresh loads of the same file
+            with t.make_runner(threads) as again:
+                timings.append(time_interleaved(again, image, workload, runs=req.runs, warmup=req.warmup))
+        pooled, normalized = combine_sessions(timings)
+        row.update(runs=req.runs * len(timings), sessions=len(timings), latency_ms=pooled.latency,
+                   calibration_workload=workload.name, calibration_p50=pooled.calibration["p50"],
+                   normalized_p50=normalized, session_normalized_p50=[t.normalized_p50 for t in timings],
+                   load_ms=round(load_ms, 2), peak_rss_mb=peak_rss_mb())
     if parity is not None:
         row["parity"] = parity
     return row

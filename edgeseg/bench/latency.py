@@ -53,6 +53,19 @@ def time_interleaved(runner: Runner, image: np.ndarray, calib: CalibrationWorklo
     return Timing(summarize(model_ms), summarize(calib_ms), model_ms, calib_ms)
 
 
+def combine_sessions(timings: list[Timing]) -> tuple[Timing, float]:
+    """Pool the runs of several fresh loads of one model; normalized p50 = median over loads.
+
+    A freshly loaded session keeps its own speed for its whole life (memory placement, which
+    core it lands on), so on a shared machine one load can sit ~10% off the next; the median
+    over loads is what stops the gate from flapping on that (benchmarks/flap_check.py).
+    """
+    model = [ms for t in timings for ms in t.samples_ms]
+    calib = [ms for t in timings for ms in t.calibration_ms]
+    pooled = Timing(summarize(model), summarize(calib), model, calib)
+    return pooled, round(float(np.median([t.normalized_p50 for t in timings])), 5)
+
+
 def reset_peak_rss() -> bool:
     """Reset this process's peak-RSS mark (Linux ``clear_refs``); False where unsupported."""
     try:
