@@ -103,6 +103,8 @@ def main() -> int:
                   "--warmup", str(bench["warmup"]), "--parity-images", str(bench["parity_images"]),
                   "--json", bench["json"], "--report", bench["report_dir"], "--baseline", bench["baseline"],
                   "--max-slowdown", str(bench["max_slowdown"])]
+    if bench.get("gate_threads"):
+        bench_args += ["--gate-threads", ",".join(map(str, bench["gate_threads"]))]
     if args.update_baseline:
         baseline.parent.mkdir(parents=True, exist_ok=True)
         bench_args.append("--update-baseline")

@@ -198,12 +198,14 @@ def int_list(ctx, param, value):
 @click.option("--baseline", type=click.Path(dir_okay=False), help="Gate against this bench JSON.")
 @click.option("--max-slowdown", type=float, default=1.15, show_default=True)
 @click.option("--update-baseline", is_flag=True, help="Write this run to --baseline instead of gating.")
+@click.option("--gate-threads", default=None, callback=int_list,
+              help="Gate latency only at these thread counts (others: shown, parity still gated) [all].")
 @click.option("--device", default="host", show_default=True, help="host | android[:SERIAL]")
 @click.option("--benchmark-binary", type=click.Path(), help="TFLite benchmark_model built for the phone (android).")
 @click.option("--use-gpu", is_flag=True, help="Android: use the GPU delegate instead of XNNPACK.")
 @click.option("--slices", "slices_file", type=click.Path(dir_okay=False), help="CSV id,slice... for per-slice IoU.")
 def bench(paths, data_dir, threads, runs, warmup, sessions, parity_images, json_out, report_dir, baseline, max_slowdown,
-          update_baseline, device, benchmark_binary, use_gpu, slices_file):
+          update_baseline, gate_threads, device, benchmark_binary, use_gpu, slices_file):
     """Time every exported file through its runtime, check parity, and gate against a baseline."""
     from edgeseg.bench.gate import compare, load_bench_json
     from edgeseg.bench.harness import BenchRequest, run_android, run_bench
@@ -239,7 +241,7 @@ def bench(paths, data_dir, threads, runs, warmup, sessions, parity_images, json_
         write_json(baseline, doc)
         click.echo(f"baseline updated: {baseline}")
     elif baseline:
-        gate = compare(load_bench_json(baseline), doc, max_slowdown)
+        gate = compare(load_bench_json(baseline), doc, max_slowdown, set(gate_threads) if gate_threads else None)
         print_table(f"gate vs {baseline} (max slowdown {max_slowdown:.2f}x, normalized p50)",
                     ["result", "old", "new", "ratio", "agreement", "status"],
                     [[r["key"], r["old"], r["new"], r["ratio"], r.get("agreement"), r["status"]] for r in gate.rows])

@@ -148,3 +148,13 @@ def test_calibration_interleaving_times_both():
     assert t.latency["p50"] >= 2.0 and t.calibration["p50"] > 0
     ratios = sorted(m / c for m, c in zip(t.samples_ms, t.calibration_ms))
     assert t.normalized_p50 == pytest.approx(ratios[2], rel=1e-4)
+
+
+def test_gate_threads_limits_the_latency_check(baseline):
+    doc = json.loads(baseline.read_text())
+    slower = json.loads(baseline.read_text())
+    for r in slower["results"]:
+        r["normalized_p50"] *= 1.30
+    assert len(compare(doc, slower, 1.15).failures) == 3
+    gate = compare(doc, slower, 1.15, latency_threads={2})  # the baseline has 1-thread results only
+    assert gate.passed and {row["status"] for row in gate.rows} == {"info"}

@@ -41,8 +41,12 @@ def load_bench_json(path: str | Path) -> dict:
         raise EdgesegError(f"{path}: not an edgeseg bench JSON ({exc.__class__.__name__})") from None
 
 
-def compare(baseline: dict, current: dict, max_slowdown: float) -> GateResult:
-    """Old/new/ratio rows for every baseline result, and the reasons the gate fails (if any)."""
+def compare(baseline: dict, current: dict, max_slowdown: float, latency_threads=None) -> GateResult:
+    """Old/new/ratio rows for every baseline result, and the reasons the gate fails (if any).
+
+    ``latency_threads`` (a set of thread counts, None = all) limits the latency check to those
+    results; the others still show their ratio (status ``info``) and are gated on parity.
+    """
     if max_slowdown <= 1.0:
         raise EdgesegError(f"--max-slowdown must be > 1.0 (a ratio, e.g. 1.15), got {max_slowdown}")
     now = {result_key(r): r for r in current["results"] if "skipped" not in r}
@@ -60,7 +64,9 @@ def compare(baseline: dict, current: dict, max_slowdown: float) -> GateResult:
         ratio, status = None, "ok"
         if "normalized_p50" in old and "normalized_p50" in new:  # untimed runtimes are gated on parity only
             ratio = round(new["normalized_p50"] / old["normalized_p50"], 3)
-            if ratio > max_slowdown:
+            if latency_threads is not None and k[3] not in latency_threads:
+                status = "info"
+            elif ratio > max_slowdown:
                 status = "SLOWER"
                 out.failures.append(f"{label}: normalized p50 {ratio:.2f}x the baseline (limit {max_slowdown:.2f}x)")
         parity = new.get("parity") or {}
