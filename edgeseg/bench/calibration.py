@@ -126,7 +126,7 @@ class CalibrationPool:
         self._open: dict[tuple[str, str, int], CalibrationWorkload] = {}
 
     def get(self, fmt: str, precision: str, threads: int) -> CalibrationWorkload:
-        key = (fmt, "pytorch" if fmt == "pytorch" else calibration_precision(fmt, precision), threads)
+        key = (fmt, calibration_precision(fmt, precision), threads)
         if key not in self._open:
             self._open[key] = open_workload(fmt, precision, threads)
         return self._open[key]
