@@ -7,9 +7,8 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 
-from edgeseg.data.datasets import builtin_source
+from edgeseg.bench.harness import timing_image  # noqa: F401  (the image edgeseg bench times; re-exported for the checks)
 from edgeseg.errors import ArtifactError, EdgesegError
 from edgeseg.manifest import Artifact, Manifest, read_manifest
 
@@ -28,13 +27,6 @@ def select_artifacts(export_dir: str, picks: list[str] | None) -> tuple[Manifest
             raise ArtifactError(f"{export_dir}: no {pick} artifact (have {have})")
         arts.append(art)
     return manifest, arts
-
-
-def timing_image(manifest: Manifest) -> np.ndarray:
-    """The first image of the built-in eval set at the model's size (what ``edgeseg bench`` times)."""
-    m = manifest.model
-    size = (m["input"]["height"], m["input"]["width"])
-    return builtin_source("eval", m.get("task", "portrait"), 1, size).get(0)[0]
 
 
 def cv(values) -> float:

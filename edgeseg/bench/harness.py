@@ -134,7 +134,7 @@ def run_bench(req: BenchRequest, on_result=None) -> "BenchOutcome":
         targets.append(Target(art.path, art.format, art.precision, art.bytes,
                               lambda threads, a=art, m=man: runner_for_artifact(a, m, threads), art,
                               DEFAULT_THRESHOLDS.get(art.precision)))
-    image = ref.images[0] if ref is not None else _timing_image(manifest)
+    image = ref.images[0] if ref is not None else timing_image(manifest)
     results, samples = [], {}
     with CalibrationPool() as calib:
         for target in targets:
@@ -165,7 +165,8 @@ class BenchOutcome:
     sample_preds: dict  # target name -> argmax masks [K, H, W] on sample_images
 
 
-def _timing_image(manifest: Manifest):
+def timing_image(manifest: Manifest):
+    """The first built-in eval image at the model's size: what is timed when no parity set exists."""
     m = manifest.model
     size = (m["input"]["height"], m["input"]["width"])
     return builtin_source("eval", m.get("task", "portrait"), 1, size).get(0)[0]

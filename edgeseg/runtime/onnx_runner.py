@@ -16,7 +16,7 @@ class OnnxRunner(Runner):
 
     def __init__(self, path: str, *, input_size, mean, std, expects: str = "normalized", threads: int | None = None,
                  spin: bool = True):
-        ort = require("onnxruntime", "onnx", "running ONNX models")
+        ort = require(*self.requires, "running ONNX models")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

@@ -22,7 +22,7 @@ class TFLiteRunner(Runner):
     requires = ("ai_edge_litert.interpreter", "tflite")
 
     def __init__(self, path: str, *, mean, std, expects: str = "normalized", threads: int | None = None):
-        litert = require("ai_edge_litert.interpreter", "tflite", "running TFLite models")
+        litert = require(*self.requires, "running TFLite models")
         try:
             self.interp = litert.Interpreter(model_path=str(path), num_threads=threads or 1)
             self.interp.allocate_tensors()
