@@ -120,8 +120,13 @@ def _parity_set(manifest: Manifest, ckpt, req: BenchRequest):
     return ref
 
 
-def run_bench(req: BenchRequest, on_result=None) -> "BenchOutcome":
-    """Benchmark every artifact (and the PyTorch reference) at every thread count."""
+def run_bench(req: BenchRequest, on_result=None, recheck=None) -> "BenchOutcome":
+    """Benchmark every artifact (and the PyTorch reference) at every thread count.
+
+    ``recheck(results) -> results`` (optional) picks results to time once more, with fresh loads
+    and the same settings, after all are done; each gets a ``confirmation`` (its normalized p50
+    then). The gate's ``over_limit`` is what ``edgeseg bench --confirm`` passes.
+    """
     pairs = collect_artifacts(req.paths)
     manifest = pairs[0][0]
     ckpt = reference_checkpoint(manifest)
@@ -145,6 +150,12 @@ def run_bench(req: BenchRequest, on_result=None) -> "BenchOutcome":
                 results.append(row)
                 if on_result:
                     on_result(row)
+        by_name = {t.name: t for t in targets}
+        for row in recheck(results) if recheck else []:
+            t, threads = by_name[row["artifact"]], row["threads"]
+            timings = _fresh_sessions(t, threads, req, calib.get(t.format, t.precision, threads), image, req.sessions)
+            row["confirmation"] = {"normalized_p50": combine_sessions(timings)[1],
+                                   "session_normalized_p50": [x.normalized_p50 for x in timings]}
         workloads = calib.names()
     _add_speedups(results)
     cal = [r["calibration_p50"] for r in results if "calibration_p50" in r]
@@ -194,9 +205,7 @@ def _bench_target(t: Target, threads: int, req: BenchRequest, calib: Calibration
         if ref is not None and t.name not in samples:
             samples[t.name] = np.stack([runner.run(img[None])[0].argmax(0) for img in ref.images[: req.sample_images]])
     if workload is not None:
-        for _ in range(req.sessions - 1):  # more fresh loads of the same file
-            with t.make_runner(threads) as again:
-                timings.append(time_interleaved(again, image, workload, runs=req.runs, warmup=req.warmup))
+        timings += _fresh_sessions(t, threads, req, workload, image, req.sessions - 1)
         pooled, normalized = combine_sessions(timings)
         row.update(runs=req.runs * len(timings), sessions=len(timings), latency_ms=pooled.latency,
                    calibration_workload=workload.name, calibration_p50=pooled.calibration["p50"],
@@ -205,6 +214,15 @@ def _bench_target(t: Target, threads: int, req: BenchRequest, calib: Calibration
     if parity is not None:
         row["parity"] = parity
     return row
+
+
+def _fresh_sessions(t: Target, threads: int, req: BenchRequest, workload, image, n: int) -> list:
+    """``n`` timings of ``t``, each on a fresh load of the file."""
+    out = []
+    for _ in range(n):
+        with t.make_runner(threads) as runner:
+            out.append(time_interleaved(runner, image, workload, runs=req.runs, warmup=req.warmup))
+    return out
 
 
 def _add_speedups(results: list[dict]) -> None:
