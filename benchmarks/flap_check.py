@@ -8,16 +8,23 @@ alarm when normalized p50 grew by more than ``--max-slowdown`` (R). For each N i
 false-alarm rate per artifact and for the whole gate (any artifact over R fails the gate), and
 prints the smallest N whose gate rate is below ``--target-rate``.
 
+It also reports the rate with the gate's re-timing (``edgeseg bench --confirm``, the default):
+for triples (baseline i, run j, re-timing k; i < j < k) the gate fails only when some artifact
+is over R in both j and k.
+
 Pairs share repeats, so they are not independent: treat the rates as estimates, and use the
 same thread count and machine type as the CI job.
 
     python benchmarks/flap_check.py out/flap --export-dir out/bench --threads 1 --repeats 20
+    python benchmarks/flap_check.py out/flap2 --from-json out/flap.json --max-slowdown 1.2  # re-analyse, no timing
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import time
+from pathlib import Path
 
 from common import cv, md_table, run_main, select_artifacts, timing_image, write_outputs
 
@@ -82,7 +89,13 @@ def false_alarms(by_artifact: dict, max_slowdown: float) -> dict:
     per_artifact = {a: {"false_alarm_rate": sum(r > max_slowdown for r in ratios[a]) / len(pairs),
                         "max_ratio": max(ratios[a]), "cv": cv(by_artifact[a])} for a in names}
     gate_fails = sum(any(ratios[a][k] > max_slowdown for a in names) for k in range(len(pairs)))
-    return {"pairs": len(pairs), "gate_false_alarm_rate": gate_fails / len(pairs), "per_artifact": per_artifact}
+    triples = list(itertools.combinations(range(m), 3))
+    v = by_artifact
+    confirmed = sum(any(v[a][j] > max_slowdown * v[a][i] and v[a][k] > max_slowdown * v[a][i] for a in names)
+                    for i, j, k in triples)
+    return {"pairs": len(pairs), "gate_false_alarm_rate": gate_fails / len(pairs), "triples": len(triples),
+            "confirmed_gate_false_alarm_rate": confirmed / len(triples) if triples else None,
+            "per_artifact": per_artifact}
 
 
 def main() -> None:
@@ -99,13 +112,21 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=3, help="fresh loads per timing (edgeseg bench --sessions)")
     ap.add_argument("--max-slowdown", type=float, default=1.15)
     ap.add_argument("--target-rate", type=float, default=0.05)
+    ap.add_argument("--from-json", metavar="FILE", help="re-analyse the timings of an earlier run's OUT.json (no timing)")
     args = ap.parse_args()
     if args.repeats < 2:
         ap.error("--repeats must be at least 2 (a baseline and a later run)")
     runs_list = sorted(int(n) for n in args.runs_list.split(","))
 
-    manifest, arts = select_artifacts(args.export_dir, args.artifact)
-    data = collect(manifest, targets(manifest, arts, args.reference), runs_list, args)
+    if args.from_json:
+        earlier = json.loads(Path(args.from_json).read_text())
+        data, host = earlier["normalized_p50"], earlier["host"]
+        for key in ("export_dir", "threads", "sessions", "repeats", "runs_list", "warmup"):
+            setattr(args, key, earlier["settings"][key])
+        runs_list = args.runs_list
+    else:
+        manifest, arts = select_artifacts(args.export_dir, args.artifact)
+        data, host = collect(manifest, targets(manifest, arts, args.reference), runs_list, args), host_info()
     results = {n: false_alarms(by_art, args.max_slowdown) for n, by_art in data.items() if by_art}
     if not results:
         raise EdgesegError("nothing could be timed (no runtime available for the chosen artifacts)")
@@ -117,18 +138,19 @@ def main() -> None:
         rows += [[n, name, r["pairs"], a["false_alarm_rate"], a["max_ratio"], a["cv"]]
                  for name, a in r["per_artifact"].items()]
         rows.append([n, "**whole gate**", r["pairs"], r["gate_false_alarm_rate"], "", ""])
+        rows.append([n, "**whole gate, re-timed (--confirm)**", r["triples"], r["confirmed_gate_false_alarm_rate"], "", ""])
     verdict = (f"smallest N with a gate false-alarm rate below {args.target_rate:.0%}: {smallest}" if smallest else
                f"no N in {runs_list} got the gate false-alarm rate below {args.target_rate:.0%}; try larger N")
     markdown = (f"# flap check\n\n{args.repeats} timings per N of an unchanged model ({args.sessions} fresh load(s) of N runs "
                 f"each, median over loads), {args.threads} thread(s); "
                 f"false alarm = normalized p50 of a later timing > {args.max_slowdown}x an earlier one.\n\n"
-                + md_table(["N", "artifact", "pairs", "false-alarm rate", "max ratio", "CV"], rows)
+                + md_table(["N", "artifact", "pairs (triples)", "false-alarm rate", "max ratio", "CV"], rows)
                 + f"\n\n**{verdict}**\n")
     print("\n" + markdown)
     settings = {"export_dir": args.export_dir, "targets": list(next(iter(results.values()))["per_artifact"]),
                 "threads": args.threads, "sessions": args.sessions, "repeats": args.repeats, "runs_list": runs_list, "warmup": args.warmup,
                 "max_slowdown": args.max_slowdown, "target_rate": args.target_rate}
-    doc = {"settings": settings, "host": host_info(), "smallest_runs": smallest, "results": results,
+    doc = {"settings": settings, "host": host, "smallest_runs": smallest, "results": results,
            "normalized_p50": data}
     print("wrote " + ", ".join(map(str, write_outputs(args.out, doc, markdown))))
 
