@@ -27,7 +27,7 @@ bench: install
 	$(BIN)/python benchmarks/run_bench.py
 
 # Reproduces the packaged default model (see README "Packaged default model").
-# Three stages on the built-in synthetic set (1250 + 2500 + 2000 steps, ~1 h on 2 CPU cores with
+# Five stages on the built-in synthetic set (1250 + 2500 + 2000 + 3000 + 2500 steps, ~2 h on 2 CPU cores with
 # OMP_NUM_THREADS=1); each stage fine-tunes the previous best on freshly seeded samples.
 R := recipes/portrait_unet_mnv3s_256.yaml
 train-default: install
