@@ -116,7 +116,7 @@ def _parity_set(manifest: Manifest, ckpt, req: BenchRequest):
     if req.slices_file:
         ref.slices = read_slices(req.slices_file)
     elif not req.data_dir:
-        ref.slices = {source.get(i)[2]: source.attrs(i) for i in range(min(req.parity_images, len(source)))}
+        ref.slices = {sid: source.attrs(i) for i, sid in enumerate(ref.ids)}
     return ref
 
 
@@ -201,7 +201,7 @@ def _bench_target(t: Target, threads: int, req: BenchRequest, calib: Calibration
         else:
             row["latency_skipped"] = runner.latency_note
         if parity is None and ref is not None and t.artifact is not None:
-            parity = check_parity(runner, ref, threshold=t.threshold, slices=ref.slices)
+            parity = check_parity(runner, ref, threshold=t.threshold)
         if ref is not None and t.name not in samples:
             samples[t.name] = np.stack([runner.run(img[None])[0].argmax(0) for img in ref.images[: req.sample_images]])
     if workload is not None:

@@ -55,11 +55,10 @@ def run_all(runner: Runner, images: np.ndarray) -> np.ndarray:
     return np.concatenate([runner.run(img[None]) for img in images])
 
 
-def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_drop: float = DEFAULT_MAX_GT_DROP,
-                 slices: dict | None = None) -> dict:
+def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_drop: float = DEFAULT_MAX_GT_DROP) -> dict:
     """The manifest ``parity`` block for one runner: agreement/GT mIoU, max |Δlogit|, pass/fail.
 
-    With ``slices`` ({image id: {attribute: value}}) and labels, adds IoU per slice ("slices").
+    When ``ref`` has slices and labels, adds IoU per slice ("slices").
     """
     logits = run_all(runner, ref.images)
     preds = logits.argmax(1).astype(np.uint8)
@@ -70,10 +69,10 @@ def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_
     if gt is not None and ref_gt is not None:
         passed = passed and (ref_gt - gt) * 100 <= max_gt_drop
     extra = {}
-    if slices and ref.masks is not None:
+    if ref.slices and ref.masks is not None:
         from edgeseg.bench.slices import slice_report
 
-        extra["slices"] = slice_report(preds, ref.masks, ref.ids, slices, ref.classes)
+        extra["slices"] = slice_report(preds, ref.masks, ref.ids, ref.slices, ref.classes)
     return {
         **extra,
         "reference": "pytorch-fp32", "runtime": runner.runtime, "images": int(len(ref.images)), "data": ref.description,
