@@ -28,54 +28,47 @@ from pathlib import Path
 
 from common import cv, md_table, run_main, select_artifacts, timing_image, write_outputs
 
-from edgeseg.bench.harness import host_info, reference_checkpoint
+from edgeseg.bench.harness import bench_targets, host_info, reference_checkpoint
 from edgeseg.bench.calibration import CalibrationPool
 from edgeseg.bench.latency import combine_sessions, time_interleaved
 from edgeseg.errors import EdgesegError, MissingExtra
-from edgeseg.runtime.loader import runner_for_artifact
-from edgeseg.runtime.torch_runner import TorchRunner
 
 
-def targets(manifest, arts, with_reference: bool) -> dict:
-    """name -> (format, precision, callable(threads) -> Runner), for the artifacts (and the PyTorch reference)."""
-    out = {}
+def make_targets(manifest, arts, with_reference: bool) -> list:
+    """The bench Targets of the artifacts (and the PyTorch reference), as ``edgeseg bench`` builds them."""
     ckpt = reference_checkpoint(manifest) if with_reference else None
     if with_reference and ckpt is None:
         print("no reference: the export's checkpoint is not available here")
-    if ckpt is not None:
-        out["pytorch-fp32"] = ("pytorch", "fp32", lambda threads: TorchRunner.from_checkpoint(ckpt, threads))
-    for art in arts:
-        out[art.path] = (art.format, art.precision, lambda threads, a=art: runner_for_artifact(a, manifest, threads))
-    return out
+    return bench_targets([(manifest, a) for a in arts], ckpt)
 
 
-def collect(manifest, make_runners: dict, runs_list, args) -> dict:
+def collect(manifest, targets: list, runs_list, args) -> dict:
     """normalized p50 per N (as str), target and repeat: {N: {target: [M values]}}."""
     image = timing_image(manifest)
     out = {str(n): {} for n in runs_list}
     t0 = time.perf_counter()
     with CalibrationPool() as pool:
         for rep in range(args.repeats):
-            for name, (fmt, precision, make_runner) in make_runners.items():
+            for t in targets:
                 per_n = {n: [] for n in runs_list}
                 for _ in range(args.sessions):  # fresh loads, as edgeseg bench --sessions does
                     try:
-                        runner = make_runner(args.threads)
-                        calib = None if runner.latency_note else pool.get(fmt, precision, args.threads)
+                        runner = t.make_runner(args.threads)
+                        calib = None if runner.latency_note else pool.get(t.format, t.precision, args.threads)
                     except MissingExtra as exc:
                         if rep == 0:
-                            print(f"skipping {name}: {exc}")
+                            print(f"skipping {t.name}: {exc}")
                         break
                     with runner:
                         if calib is None:  # not timed here (e.g. the Core ML reference runner off macOS)
                             if rep == 0:
-                                print(f"skipping {name}: {runner.latency_note}")
+                                print(f"skipping {t.name}: {runner.latency_note}")
                             break
                         for n in runs_list:
                             per_n[n].append(time_interleaved(runner, image, calib, runs=n, warmup=args.warmup))
                 for n, timings in per_n.items():
                     if len(timings) == args.sessions:
-                        out[str(n)].setdefault(name, []).append(combine_sessions(timings)[1])
+                        out[str(n)].setdefault(t.name, []).append(combine_sessions(timings)[1])
             print(f"repeat {rep + 1}/{args.repeats} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
 
@@ -126,7 +119,7 @@ def main() -> None:
         runs_list = args.runs_list
     else:
         manifest, arts = select_artifacts(args.export_dir, args.artifact)
-        data, host = collect(manifest, targets(manifest, arts, args.reference), runs_list, args), host_info()
+        data, host = collect(manifest, make_targets(manifest, arts, args.reference), runs_list, args), host_info()
     results = {n: false_alarms(by_art, args.max_slowdown) for n, by_art in data.items() if by_art}
     if not results:
         raise EdgesegError("nothing could be timed (no runtime available for the chosen artifacts)")

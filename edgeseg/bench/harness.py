@@ -60,6 +60,19 @@ class Target:
     extra: dict = field(default_factory=dict)
 
 
+def bench_targets(pairs: list[tuple[Manifest, Artifact]], reference_ckpt=None) -> list[Target]:
+    """One Target per artifact, after the PyTorch fp32 reference when its checkpoint is given."""
+    targets: list[Target] = []
+    if reference_ckpt is not None:
+        targets.append(Target("pytorch-fp32", "pytorch", "fp32", Path(reference_ckpt.path).stat().st_size,
+                              lambda threads, c=reference_ckpt: TorchRunner.from_checkpoint(c, threads)))
+    for man, art in pairs:
+        targets.append(Target(art.path, art.format, art.precision, art.bytes,
+                              lambda threads, a=art, m=man: runner_for_artifact(a, m, threads), art,
+                              DEFAULT_THRESHOLDS.get(art.precision)))
+    return targets
+
+
 def host_info() -> dict:
     """CPU model, core count and tool versions of this machine."""
     cpu = platform.processor() or platform.machine()
@@ -131,14 +144,7 @@ def run_bench(req: BenchRequest, on_result=None, recheck=None) -> "BenchOutcome"
     manifest = pairs[0][0]
     ckpt = reference_checkpoint(manifest)
     ref = _parity_set(manifest, ckpt, req) if ckpt is not None else None
-    targets: list[Target] = []
-    if req.reference and ckpt is not None:
-        targets.append(Target("pytorch-fp32", "pytorch", "fp32", Path(ckpt.path).stat().st_size,
-                              lambda threads, c=ckpt: TorchRunner.from_checkpoint(c, threads)))
-    for man, art in pairs:
-        targets.append(Target(art.path, art.format, art.precision, art.bytes,
-                              lambda threads, a=art, m=man: runner_for_artifact(a, m, threads), art,
-                              DEFAULT_THRESHOLDS.get(art.precision)))
+    targets = bench_targets(pairs, ckpt if req.reference else None)
     image = ref.images[0] if ref is not None else timing_image(manifest)
     results, samples = [], {}
     with CalibrationPool() as calib:
@@ -232,6 +238,17 @@ def _add_speedups(results: list[dict]) -> None:
             r["speedup_vs_pytorch"] = round(base[r["threads"]] / r["latency_ms"]["p50"], 3)
 
 
+def android_result(art: Artifact, parsed: dict, *, threads: int, use_gpu: bool, device: str) -> dict:
+    """One bench result from a parsed ``benchmark_model`` run (fields a phone run lacks are None)."""
+    lat = parsed["latency_ms"]
+    return {"artifact": art.path, "format": "tflite", "precision": art.precision,
+            "runtime": f"android-{'gpu' if use_gpu else 'xnnpack'}", "threads": threads, "runs": parsed.get("runs"),
+            "latency_ms": {k: lat.get(k) for k in ("p50", "mean", "min", "max", "std")},
+            "normalized_p50": lat["p50"], "normalization": "none (device)", "load_ms": parsed.get("init_ms"),
+            "peak_rss_mb": parsed.get("peak_memory_mb"), "bytes": art.bytes, "device": device,
+            "delegate": parsed.get("delegate")}
+
+
 def run_android(req: BenchRequest, *, serial: str | None, binary: str, use_gpu: bool = False) -> dict:
     """Time every .tflite artifact on an Android phone with ``benchmark_model`` over adb.
 
@@ -250,12 +267,6 @@ def run_android(req: BenchRequest, *, serial: str | None, binary: str, use_gpu: 
         for threads in req.threads:
             parsed = run_on_device(model_path=str(art.file), binary_path=binary, serial=serial, threads=threads,
                                    use_gpu=use_gpu, use_xnnpack=not use_gpu, runs=req.runs, warmup=req.warmup)
-            lat = parsed["latency_ms"]
-            results.append({"artifact": art.path, "format": "tflite", "precision": art.precision,
-                            "runtime": f"android-{'gpu' if use_gpu else 'xnnpack'}", "threads": threads, "runs": parsed.get("runs"),
-                            "latency_ms": {k: lat.get(k) for k in ("p50", "mean", "min", "max", "std")},
-                            "normalized_p50": lat["p50"], "normalization": "none (device)", "load_ms": parsed.get("init_ms"),
-                            "peak_rss_mb": parsed.get("peak_memory_mb"), "bytes": art.bytes, "device": model_name,
-                            "delegate": parsed.get("delegate")})
+            results.append(android_result(art, parsed, threads=threads, use_gpu=use_gpu, device=model_name))
     return {"schema_version": SCHEMA_VERSION, "host": {**host_info(), "device": model_name},
             "calibration": {"workload": "none on device", "p50_ms": None}, "results": results}
