@@ -236,3 +236,24 @@ def test_pick_device_messages():
         android._pick_device({}, None)
     with pytest.raises(EdgesegError, match="several Android devices"):
         android._pick_device({"a": "device", "b": "device"}, None)
+
+
+# --------------------------------------------------------------------------- results table
+
+def test_phone_results_fill_the_bench_table_and_report(tmp_path):
+    """A phone run has no p90 and may lack memory: the table and the report show '-' there, not a crash."""
+    from edgeseg.bench.harness import android_result
+    from edgeseg.bench.report import table_rows, write_report
+    from edgeseg.manifest import Artifact
+
+    art = Artifact("tflite", "fp32", "m-fp32.tflite", 2_600_000, "0" * 64, {}, {})
+    cpu = android_result(art, _parse("android_mi11_cpu_tf2.4.txt"), threads=4, use_gpu=False, device="Mi 11")
+    gpu = android_result(art, _parse("android_gpu_opencl_tf2.3.txt"), threads=1, use_gpu=True, device="Mi 11")
+    assert gpu["peak_rss_mb"] is None and cpu["latency_ms"]["p50"] == pytest.approx(249.684)
+    doc = {"host": {"cpu": "x", "cores": 8, "device": "Mi 11"}, "calibration": {"workload": "none on device", "p50_ms": None},
+           "results": [cpu, gpu]}
+    rows = table_rows(doc)
+    assert rows[0][:6] == ["m-fp32.tflite", "android-xnnpack", "4", "249.68", "-", "249.684"]
+    assert rows[1][1] == "android-gpu" and rows[1][8] == "-"  # no peak memory in that log
+    write_report(doc, tmp_path / "rep", None)
+    assert "android-gpu" in (tmp_path / "rep" / "report.md").read_text()

@@ -20,14 +20,14 @@ def table_rows(doc: dict) -> list[list[str]]:
             rows.append([r["artifact"], r.get("runtime", ""), str(r["threads"])] + ["-"] * 8 + [f"skipped: {r['skipped']}"])
             continue
         p = r.get("parity") or {}
-        if "latency_ms" not in r:  # parity only (latency_skipped says why)
-            rows.append([r["artifact"], r["runtime"], str(r["threads"])] + ["-"] * 6 + [f"{r['bytes'] / 1024:.0f}",
-                         _opt(p.get("agreement_miou"), "{:.4f}"), _opt(p.get("gt_miou"), "{:.4f}")])
-            continue
-        rows.append([r["artifact"], r["runtime"], str(r["threads"]), f"{r['latency_ms']['p50']:.2f}", f"{r['latency_ms']['p90']:.2f}",
-                     f"{r['normalized_p50']:.3f}", _opt(r.get("speedup_vs_pytorch"), "{:.2f}x"), f"{r['load_ms']:.0f}",
-                     f"{r['peak_rss_mb']:.0f}", f"{r['bytes'] / 1024:.0f}", _opt(p.get("agreement_miou"), "{:.4f}"),
-                     _opt(p.get("gt_miou"), "{:.4f}")])
+        timing = ["-"] * 6  # parity only (latency_skipped says why)
+        if "latency_ms" in r:  # phone runs (--device android) have no p90 and may lack load time or memory
+            lat = r["latency_ms"]
+            timing = [f"{lat['p50']:.2f}", _opt(lat.get("p90"), "{:.2f}"), f"{r['normalized_p50']:.3f}",
+                      _opt(r.get("speedup_vs_pytorch"), "{:.2f}x"), _opt(r.get("load_ms"), "{:.0f}"),
+                      _opt(r.get("peak_rss_mb"), "{:.0f}")]
+        rows.append([r["artifact"], r["runtime"], str(r["threads"]), *timing, f"{r['bytes'] / 1024:.0f}",
+                     _opt(p.get("agreement_miou"), "{:.4f}"), _opt(p.get("gt_miou"), "{:.4f}")])
     return rows
 
 
