@@ -1,6 +1,6 @@
 """The ``edgeseg`` command line: thin click commands over library calls (layer 5).
 
-Exit codes: 0 success, 1 a gate failed (parity or latency), 2 bad usage or bad input.
+Exit codes: 0 success, 1 a gate failed (parity or latency), 2 bad usage or bad input, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class GateFailed(Exception):
 
 
 def handle_errors(fn):
-    """Map EdgesegError to a one-line message and exit 2, GateFailed to exit 1."""
+    """Map EdgesegError to a one-line message and exit 2, GateFailed to exit 1, Ctrl-C to 130."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -31,6 +31,9 @@ def handle_errors(fn):
         except GateFailed as exc:
             click.echo(f"FAILED: {exc}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
     return wrapper
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny recipes, a tiny trained checkpoint, a CLI runner with real exit codes."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -77,3 +78,32 @@ def one_line_error(result_output: str) -> str:
     assert "Traceback" not in result_output, result_output
     assert len(lines) == 1 and lines[0].startswith("error: "), result_output
     return lines[0]
+
+
+def tree_state(*roots) -> dict:
+    """Every file and folder under ``roots``: path -> (sha256 of the bytes | 'dir', mode). Missing roots map to None."""
+    state: dict = {}
+    for root in map(Path, roots):
+        if not root.exists():
+            state[str(root)] = None
+            continue
+        for p in [root, *sorted(root.rglob("*"))]:
+            st = p.lstat()
+            state[str(p)] = ("dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mode)
+    return state
+
+
+def assert_refused(cli, *args, watch=(), match: str | None = None) -> str:
+    """Run ``edgeseg ARGS`` in-process and assert the bad-input contract: exit 2, one ``error:`` line on
+    stderr, no traceback, and nothing under ``watch`` (folders or files) created, changed or removed.
+
+    Returns the error line (``match``, when given, must occur in it).
+    """
+    before = tree_state(*watch)
+    result = cli(*args)
+    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}"
+    line = one_line_error(result.stderr)
+    if match is not None:
+        assert match in line, line
+    assert tree_state(*watch) == before, f"{args} changed files under {watch}"
+    return line
