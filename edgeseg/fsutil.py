@@ -1,4 +1,9 @@
-"""Atomic file writes (layer 1): a reader never sees a half-written file."""
+"""Atomic writes and output ownership (layer 1).
+
+A reader never sees a half-written file, and edgeseg only replaces what it wrote: a folder output
+is assembled in a staging folder and then installed name by name (``install_staged``), never by
+swapping or removing the user's folder.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from edgeseg.errors import EdgesegError
 
@@ -74,3 +79,86 @@ def check_output(path: str | os.PathLike, *, is_dir: bool, what: str = "output")
         raise EdgesegError(f"{what} {path}: {probe} is not writable (permissions or a read-only file system); "
                            "choose a writable location")
     return path
+
+
+STAGING_PREFIX = ".edgeseg-staging-"
+
+
+def folder_mode() -> int:
+    """The mode a plain ``mkdir`` would give a new folder under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def staging_dir(dest: str | os.PathLike) -> Path:
+    """A fresh staging folder on ``dest``'s file system, for ``install_staged``.
+
+    Inside ``dest`` when it exists (a mount point or ``.`` work too), beside it otherwise. The
+    name carries this process id, so ``clean_dead_staging`` can tell a dead run's leftovers.
+    Dead runs' leftovers in that place are removed first.
+    """
+    dest = Path(dest)
+    base = dest if dest.is_dir() else dest.parent
+    base.mkdir(parents=True, exist_ok=True)
+    clean_dead_staging(base)
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_dead_staging(folder: str | os.PathLike) -> list[Path]:
+    """Remove staging folders in ``folder`` left by edgeseg processes that no longer run; returns them."""
+    removed = []
+    for p in Path(folder).glob(f"{STAGING_PREFIX}*"):
+        pid = p.name[len(STAGING_PREFIX):].partition("-")[0]
+        if p.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def is_staging(path: str | os.PathLike) -> bool:
+    return Path(path).name.startswith(STAGING_PREFIX)
+
+
+def install_staged(staging: Path, dest: Path, *, owned: Iterable[str] = (), last: str | None = None) -> None:
+    """Move everything in ``staging`` into ``dest`` and remove ``staging``.
+
+    ``dest`` is created (with a normal folder mode) when missing; an existing ``dest`` keeps its
+    mode and every entry that is neither in ``staging`` nor in ``owned`` (names edgeseg wrote there
+    before, e.g. the files an earlier manifest listed, which are removed when not written again).
+    Each entry is replaced by a rename; ``last`` (e.g. the manifest) is moved after all others, so
+    a reader that trusts it never sees it before the files it describes.
+    """
+    staging, dest = Path(staging), Path(dest)
+    names = sorted(p.name for p in staging.iterdir())
+    if not dest.exists() and staging.parent == dest.parent:
+        staging.chmod(folder_mode())
+        os.replace(staging, dest)
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    order = [n for n in names if n != last] + ([last] if last in names else [])
+    for name in order:
+        src, dst = staging / name, dest / name
+        if dst.is_dir() and not dst.is_symlink():
+            os.replace(dst, staging / f".{name}.old")  # a folder (.mlpackage) cannot be renamed onto
+        os.replace(src, dst)
+    for name in set(owned) - set(names):
+        _remove(dest / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -107,3 +107,22 @@ def assert_refused(cli, *args, watch=(), match: str | None = None) -> str:
         assert match in line, line
     assert tree_state(*watch) == before, f"{args} changed files under {watch}"
     return line
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody can write into: chmod 555 for a normal user; for root (CI), a read-only tmpfs mount."""
+    ro = tmp_path / "read_only"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+        yield ro
+        ro.chmod(0o755)
+        return
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"root cannot be denied a write here without a read-only mount, and mount failed: {r.stderr.strip()}")
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)

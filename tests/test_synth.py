@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import csv
 import sys
 from pathlib import Path
@@ -131,17 +132,43 @@ def test_write_dataset_layout(tmp_path):
     assert len(rows) == 4
 
 
-def test_write_dataset_replaces_existing_folder(tmp_path):
+def test_write_dataset_replaces_a_folder_it_wrote(tmp_path):
     out = tmp_path / "ds"
-    (out / "images").mkdir(parents=True)
-    (out / "stale.txt").write_text("old")
-    (out / "images" / "synth_000009.png").write_bytes(b"old")
+    synth.write_dataset(out, "parts", 3, 64, seed=1)
     synth.write_dataset(out, "portrait", 2, 64, seed=0)
-    assert not (out / "stale.txt").exists()
     images = sorted(p.name for p in (out / "images").iterdir())
     assert images == ["synth_000000.png", "synth_000001.png"]
     assert (out / "classes.txt").read_text().splitlines() == list(synth.PORTRAIT_CLASSES)
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temp folder left behind
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".edgeseg-staging"))[0] == synth.SYNTH_MARKER
+
+
+def test_write_dataset_into_an_empty_folder_keeps_its_mode(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir(mode=0o750)
+    out.chmod(0o750)
+    synth.write_dataset(out, "portrait", 1, 32, seed=0)
+    assert (out / "images" / "synth_000000.png").is_file() and (out.stat().st_mode & 0o777) == 0o750
+
+
+@pytest.mark.parametrize("user_files", [["notes.txt"], ["images/photo.jpg"], ["classes.txt"]])
+def test_data_synth_refuses_a_users_folder(tmp_path, cli, user_files):
+    from conftest import assert_refused
+
+    out = tmp_path / "ds"
+    for name in user_files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("mine")
+    line = assert_refused(cli, "data", "synth", out, "--count", "2", "--size", "32", watch=[tmp_path])
+    assert "not written by 'edgeseg data synth'" in line and user_files[0].split("/")[0] in line
+
+
+def test_data_synth_refuses_a_file_or_read_only_location(tmp_path, cli, read_only_dir):
+    from conftest import assert_refused
+
+    (tmp_path / "f").write_text("x")
+    assert_refused(cli, "data", "synth", tmp_path / "f" / "ds", "--count", "1", watch=[tmp_path], match="is a file")
+    assert_refused(cli, "data", "synth", read_only_dir / "ds", "--count", "1", watch=[read_only_dir], match="not writable")
 
 
 def test_sample_seed_formula_keeps_sets_disjoint():

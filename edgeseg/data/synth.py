@@ -16,7 +16,9 @@ portrait mask equals ``parts mask > 0``).
 from __future__ import annotations
 
 import csv
+import json
 import math
+import shutil
 import operator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edgeseg.errors import DataError
-from edgeseg.fsutil import atomic_path
+from edgeseg.fsutil import check_output, install_staged, is_staging, staging_dir
 
 PORTRAIT_CLASSES = ("background", "person")
 PARTS_CLASSES = ("background", "hair", "skin", "body", "clothes")
@@ -142,21 +144,29 @@ def render(task: str, size: int | tuple[int, int], seed: int) -> Sample:
     return Sample(image=image, mask=mask, attrs=attrs)
 
 
-def write_dataset(out: str | Path, task: str, count: int, size, seed: int) -> Path:
-    """Write ``count`` samples to ``out`` atomically (an existing ``out`` is replaced).
+SYNTH_MARKER = ".edgeseg-synth.json"  # says a folder was written by write_dataset (so it may replace it)
+_SYNTH_NAMES = ("images", "masks", "classes.txt", "slices.csv", SYNTH_MARKER)
 
+
+def write_dataset(out: str | Path, task: str, count: int, size, seed: int) -> Path:
+    """Write ``count`` samples to ``out`` atomically and return ``out``.
+
+    ``out`` may be new, empty, or a folder this function wrote before (it is replaced); any other
+    non-empty folder is refused (DataError), so a user's files are never touched.
     Layout: ``images/{id}.png`` (RGB), ``masks/{id}.png`` (mode L, class index),
-    ``classes.txt`` (one class name per line) and ``slices.csv``
-    (``id,skin_tone,lighting,hair_type,background``). ids look like ``synth_000042``;
-    sample ``i`` is ``render(task, size, sample_seed(seed, i))``. Returns ``out``.
+    ``classes.txt`` (one class name per line), ``slices.csv``
+    (``id,skin_tone,lighting,hair_type,background``) and the marker ``.edgeseg-synth.json``.
+    ids look like ``synth_000042``; sample ``i`` is ``render(task, size, sample_seed(seed, i))``.
     """
     classes = _task_classes(task)
     count = _parse_count(count)
     _parse_size(size)
     _parse_seed(seed)
-    out = Path(out)
+    out = check_output(out, is_dir=True, what="output folder")
+    _check_synth_target(out)
     digits = max(6, len(str(count - 1)))
-    with atomic_path(out, is_dir=True) as tmp:
+    tmp = staging_dir(out)
+    try:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         (tmp / "classes.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
@@ -173,7 +183,24 @@ def write_dataset(out: str | Path, task: str, count: int, size, seed: int) -> Pa
                     tmp / "masks" / f"{sample_id}.png", compress_level=1
                 )
                 writer.writerow((sample_id,) + tuple(sample.attrs[k] for k in SLICE_KEYS))
+        (tmp / SYNTH_MARKER).write_text(json.dumps({"task": task, "count": count, "size": size, "seed": seed}) + "\n")
+        install_staged(tmp, out, owned=_SYNTH_NAMES, last=SYNTH_MARKER)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _check_synth_target(out: Path) -> None:
+    """Refuse a non-empty folder unless an earlier ``write_dataset`` made it and it holds nothing else."""
+    if not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir() if not is_staging(p))
+    ours = (out / SYNTH_MARKER).is_file()
+    foreign = [n for n in entries if not ours or n not in _SYNTH_NAMES]
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise DataError(f"{out} is not empty ({listed}) and was not written by 'edgeseg data synth'; "
+                        "choose an empty or new folder")
 
 
 # ---------------------------------------------------------------------------- arguments

@@ -1,14 +1,16 @@
 """``edgeseg export``: one checkpoint -> every (format, precision) file + manifest, parity-gated.
 
-Everything is written into a staging folder beside the destination and swapped in at the
-end, so an interrupted or failed export never leaves a directory that looks complete.
+Everything is written into a staging folder and installed at the end, the manifest last, so an
+interrupted or failed export never leaves a directory that looks complete. edgeseg only replaces
+what it wrote: in an existing ``--out`` folder only the files of an earlier export (those its
+manifest lists) are replaced or removed; anything else there is kept, and a non-empty folder that
+is not an earlier export is refused unless ``force``.
 """
 from __future__ import annotations
 
 import importlib.metadata
-import os
+import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from edgeseg.bench.parity import DEFAULT_MAX_GT_DROP, DEFAULT_THRESHOLDS, check_
 from edgeseg.errors import EdgesegError, MissingExtra, require
 from edgeseg.export.base import EXPORTERS, ExportJob, embedded_metadata
 from edgeseg.export.calibration import calibration_images, parity_source
-from edgeseg.manifest import Artifact, Manifest
+from edgeseg.fsutil import check_output, install_staged, is_staging, staging_dir
+from edgeseg.manifest import MANIFEST_NAME, SUFFIXES, Artifact, Manifest
 from edgeseg.models.checkpoint import resolve_checkpoint
 from edgeseg.models.profile import count_macs, count_params
 from edgeseg.runtime.loader import runner_for_artifact, synth_task_for
@@ -39,6 +42,7 @@ class ExportRequest:
     parity_images: int = 16
     thresholds: dict = field(default_factory=dict)
     max_gt_drop: float = DEFAULT_MAX_GT_DROP
+    force: bool = False  # write into a non-empty folder that is not an earlier export
 
 
 @dataclass
@@ -62,10 +66,20 @@ def tool_versions() -> dict:
     return out
 
 
+def _check_list(option: str, values) -> None:
+    if not values:
+        raise EdgesegError(f"{option} is empty; give a comma-separated list")
+    dups = sorted({v for v in values if list(values).count(v) > 1})
+    if dups:
+        raise EdgesegError(f"{option} lists {', '.join(dups)} more than once; give each once")
+
+
 def load_exporters(formats, precisions) -> dict:
-    """Instantiate each format's exporter; reject unknown formats and unsupported pairs up front."""
+    """Instantiate each format's exporter; reject empty or repeated lists, unknown formats and unsupported pairs up front."""
     from edgeseg.export import coreml, onnx, tflite  # noqa: F401  (register exporters)
 
+    _check_list("--formats", formats)
+    _check_list("--precisions", precisions)
     out = {}
     for fmt in formats:
         if fmt not in EXPORTERS:
@@ -101,9 +115,12 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
 
     ``on_artifact(artifact)`` is called after each file is checked (for progress output).
     """
+    dest = check_output(req.out_dir, is_dir=True, what="--out")
     exporters = load_exporters(req.formats, req.precisions)
     ckpt = resolve_checkpoint(req.checkpoint)
     info = ckpt.info
+    names = {MANIFEST_NAME} | {f"{info.name}-{p}{SUFFIXES[f]}" for f in exporters for p in req.precisions}
+    owned = owned_by_earlier_export(dest, names, req.force)
     task = str(ckpt.recipe.get("data", {}).get("task") or synth_task_for(info.classes))
     recipe_root = ckpt.recipe.get("data", {}).get("root")
     calib, calib_from = calibration_images(req.calib_dir, recipe_root, task, req.calib_count, info.input_size)
@@ -114,9 +131,7 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
     ref = reference_set(TorchRunner(model, input_size=info.input_size, mean=info.mean, std=info.std), source,
                         info.input_size, req.parity_images, info.classes, described)
     thresholds = {**DEFAULT_THRESHOLDS, **req.thresholds}
-    dest = Path(req.out_dir)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".staging", dir=dest.parent))
+    staging = staging_dir(dest)
     try:
         manifest = Manifest(model=model_section(ckpt, model, task), tools=tool_versions())
         manifest.model["calibration"] = {"source": calib_from, "images": len(calib)}
@@ -130,7 +145,7 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
                 if on_artifact:
                     on_artifact(art)
         manifest.write(staging)
-        _swap_in(staging, dest)
+        install_staged(staging, dest, owned=owned, last=MANIFEST_NAME)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for a in manifest.artifacts:
@@ -151,12 +166,38 @@ def _parity(art: Artifact, manifest: Manifest, ref, threshold: float, max_gt_dro
     return result
 
 
-def _swap_in(staging: Path, dest: Path) -> None:
-    """Replace ``dest`` by ``staging`` (rename; the old directory is removed afterwards)."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(staging, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _earlier_export_names(dest: Path) -> set[str]:
+    """The names an earlier edgeseg export wrote in ``dest`` (its manifest and the files it lists); empty if none.
+
+    Read without trusting it: only plain names inside ``dest`` count, and a ``manifest.json``
+    that is not edgeseg's (e.g. a web app's) makes the folder a foreign one.
+    """
+    try:
+        raw = json.loads((dest / MANIFEST_NAME).read_text())
+        paths = [a["path"] for a in raw["artifacts"]] if "schema_version" in raw and "model" in raw else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    if paths is None:
+        return set()
+    return {MANIFEST_NAME} | {p for p in paths if isinstance(p, str) and p == Path(p).name and p not in ("", ".", "..")}
+
+
+def owned_by_earlier_export(dest: Path, names: set[str], force: bool) -> set[str]:
+    """Refuse (exit 2) to export into ``dest`` where that would replace something edgeseg did not write.
+
+    A missing or empty folder, or one holding an earlier export, is fine: the earlier export's
+    files are returned (they may be replaced or removed); other files there are kept. Without
+    ``force``, a non-empty folder that is not an earlier export is refused, and so is any existing
+    entry named like a file this export will write (``names``) that no earlier export listed.
+    """
+    if not dest.is_dir():
+        return set()
+    owned = _earlier_export_names(dest)
+    foreign = sorted(p.name for p in dest.iterdir() if p.name not in owned and not is_staging(p))
+    clash = sorted(n for n in foreign if n in names)
+    if force or not (clash or (foreign and not owned)):
+        return owned
+    listed = ", ".join((clash or foreign)[:5]) + (" ..." if len(clash or foreign) > 5 else "")
+    what = "would be replaced" if clash else "are not from an earlier edgeseg export"
+    raise EdgesegError(f"--out {dest}: files there {what} ({listed}); choose an empty or new folder, "
+                       "or pass --force to write the export beside them")

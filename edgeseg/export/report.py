@@ -5,15 +5,21 @@ from edgeseg.errors import EdgesegError
 from edgeseg.ui import console, print_table
 
 
-def parse_thresholds(items) -> dict:
-    """('int8=0.97', ...) -> {'int8': 0.97}."""
+def parse_thresholds(items, precisions=("fp32", "fp16", "int8", "pal6")) -> dict:
+    """('int8=0.97', ...) -> {'int8': 0.97}; a known precision and 0 < value <= 1, or EdgesegError."""
     out = {}
     for item in items:
         key, _, value = item.partition("=")
+        key = key.strip()
         try:
-            out[key.strip()] = float(value)
+            number = float(value)
         except ValueError:
             raise EdgesegError(f"--threshold expects PRECISION=NUMBER, got {item!r}") from None
+        if key not in precisions:
+            raise EdgesegError(f"--threshold {item!r}: unknown precision {key!r}; use one of {', '.join(precisions)}")
+        if not 0.0 < number <= 1.0:  # also false for nan
+            raise EdgesegError(f"--threshold {item!r}: the minimum agreement must be in (0, 1], e.g. {key}=0.98")
+        out[key] = number
     return out
 
 
