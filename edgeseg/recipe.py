@@ -2,15 +2,19 @@
 
 Unknown keys are errors naming the key; ``--set a.b=v`` overrides any field. Model options
 left unset (None) take the architecture's defaults; mean/std unset take the encoder's.
+Every field has a valid range (``RULES``), checked when the recipe is built, so a bad value
+is refused before any data is read or file written.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -119,7 +123,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
         if len(item_types) != len(value):
-            raise RecipeError(f"recipe key '{where}' needs {len(item_types)} values, got {len(value)}")
+            raise RecipeError(f"recipe key '{where}' must have {len(item_types)} values, got {len(value)}")
         return tuple(_coerce(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(item_types, value)))
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
@@ -153,6 +157,138 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+# ---------------------------------------------------------------------------------------------
+# Valid ranges: one rule per field, "where" -> (check, what a valid value is)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: _finite(v) and v >= low
+
+
+def _above(low: float) -> Callable[[Any], bool]:
+    return lambda v: _finite(v) and v > low
+
+
+def _between(low: float, high: float) -> Callable[[Any], bool]:
+    return lambda v: _finite(v) and low <= v <= high
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _all(check: Callable[[Any], bool], *, min_len: int = 1, unique: bool = False) -> Callable[[Any], bool]:
+    return lambda v: len(v) >= min_len and all(check(x) for x in v) and (not unique or len(set(v)) == len(v))
+
+
+def _one_of(*names: str) -> Callable[[Any], bool]:
+    return lambda v: v in names
+
+
+def _thresholds(v: dict) -> bool:
+    return all(k in PRECISIONS and _between(0, 1)(x) for k, x in v.items())
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+FORMATS = ("onnx", "tflite", "coreml", "executorch")
+PRECISIONS = ("fp32", "fp16", "int8", "pal6")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": (lambda v: _text(v) and not {"/", "\\"} & set(v), "a non-empty name without / or \\ (it names files)"),
+    "model.arch": (_text, "an architecture name (see `edgeseg models`)"),
+    "model.width": (_optional(_above(0)), "a number > 0, or unset"),
+    "model.decoder_channels": (_optional(_all(_at_least(1))), "a non-empty list of integers >= 1, or unset"),
+    "model.inter_channels": (_optional(_at_least(1)), "an integer >= 1, or unset"),
+    "model.weights": (_optional(_text), "a weights file path, or unset"),
+    "data.root": (_optional(_text), "a dataset folder, or unset for the built-in synthetic set"),
+    "data.task": (_text, "a synthetic task name, e.g. portrait"),
+    "data.classes": (_optional(_all(_text, min_len=2, unique=True)), "at least two distinct class names, or unset"),
+    "data.input_size": (_all(_at_least(1)), "[height, width], integers >= 1"),
+    "data.mean": (_optional(_all(_finite)), "three finite numbers (0-255 pixel units), or unset"),
+    "data.std": (_optional(_all(_above(0))), "three finite numbers > 0 (0-255 pixel units), or unset"),
+    "data.train_split": (_text, "a split name"),
+    "data.val_split": (_text, "a split name"),
+    "data.val_fraction": (lambda v: _finite(v) and 0 < v < 1, "a number between 0 and 1 (exclusive)"),
+    "data.synth_train": (_at_least(1), "an integer >= 1"),
+    "data.synth_val": (_at_least(1), "an integer >= 1"),
+    "data.seed": (_at_least(0), "an integer >= 0"),
+    "data.augment.hflip": (_is_bool, "true or false"),
+    "data.augment.scale": (lambda v: _all(_above(0))(v) and v[0] <= v[1], "[low, high] with 0 < low <= high"),
+    "data.augment.rotate": (_between(0, 180), "degrees between 0 and 180"),
+    "data.augment.color": (_between(0, 1), "a jitter strength between 0 and 1"),
+    "train.epochs": (_at_least(1), "an integer >= 1"),
+    "train.batch_size": (_at_least(1), "an integer >= 1"),
+    "train.lr": (_above(0), "a finite number > 0"),
+    "train.weight_decay": (_at_least(0), "a finite number >= 0"),
+    "train.dice_weight": (_at_least(0), "a finite number >= 0"),
+    "train.steps_per_epoch": (_optional(_at_least(1)), "an integer >= 1, or unset for one pass over the data"),
+    "train.workers": (_at_least(0), "an integer >= 0"),
+    "train.seed": (_at_least(0), "an integer >= 0"),
+    "train.amp": (_is_bool, "true or false"),
+    "train.device": (lambda v: DEVICE_PATTERN.fullmatch(v) is not None, "auto, cpu, cuda, cuda:N or mps"),
+    "export.formats": (_all(_one_of(*FORMATS), unique=True),
+                       f"a non-empty list of distinct formats from {', '.join(FORMATS)}"),
+    "export.precisions": (_all(_one_of(*PRECISIONS), unique=True),
+                          f"a non-empty list of distinct precisions from {', '.join(PRECISIONS)}"),
+    "export.calib_count": (_at_least(1), "an integer >= 1"),
+    "export.parity_images": (_at_least(1), "an integer >= 1"),
+    "export.thresholds": (_thresholds, f"a mapping of precision ({', '.join(PRECISIONS)}) to a number between 0 and 1"),
+    "export.max_gt_drop": (_between(0, 100), "mIoU points between 0 and 100"),
+}
+
+
+def recipe_fields(obj: Any, prefix: str = ""):
+    """(dotted key, value) of every leaf field of a recipe dataclass tree."""
+    for f in dataclasses.fields(obj):
+        where, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from recipe_fields(value, where + ".")
+        else:
+            yield where, value
+
+
+def validate(recipe: Recipe) -> Recipe:
+    """Check every field against ``RULES`` and that the training device exists; RecipeError naming the first bad one."""
+    for where, value in recipe_fields(recipe):
+        check, valid = RULES[where]
+        if not check(value):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise RecipeError(f"recipe key '{where}' is {shown!r}; it must be {valid}")
+    check_device(recipe.train.device)
+    return recipe
+
+
+def check_device(name: str) -> None:
+    """RecipeError when ``train.device`` names an accelerator this machine does not have."""
+    if name in ("auto", "cpu"):
+        return
+    import torch  # only for an accelerator: the check asks torch what it sees
+
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise RecipeError("recipe key 'train.device' is 'mps' but torch sees no Apple GPU here; "
+                              "use --set train.device=auto (or cpu)")
+        return
+    index = int(name.partition(":")[2] or 0)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        seen, fix = ((f"{count} CUDA GPU(s), cuda:0 to cuda:{count - 1}", "cuda:0 (or auto)") if count
+                     else ("no CUDA GPU", "auto (or cpu)"))
+        raise RecipeError(f"recipe key 'train.device' is {name!r} but torch sees {seen} here; use --set train.device={fix}")
+
+
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
@@ -178,11 +314,11 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def recipe_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Build a Recipe from a plain dict plus ``a.b=v`` overrides; unknown keys are errors."""
+    """Build a Recipe from a plain dict plus ``a.b=v`` overrides; unknown keys and out-of-range values are errors."""
     tree = _plain(values or {})
     for text in overrides:
         _set_path(tree, *parse_override(text))
-    return _build(Recipe, tree)
+    return validate(_build(Recipe, tree))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

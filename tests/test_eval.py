@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
-from conftest import one_line_error, run_edgeseg
+import pytest
+
+from conftest import assert_refused, one_line_error, run_edgeseg
 
 
 def test_eval_default_model_on_builtin_set(cli, tmp_path):
@@ -47,3 +51,69 @@ def test_bad_slices_file_exits_2(cli, tmp_path):
     bad.write_text("name\nx\n")
     res = cli("eval", "--count", "2", "--slices", bad)
     assert res.exit_code == 2 and "needs a header with 'id'" in one_line_error(res.output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: refused before any image is predicted, nothing written
+
+
+@pytest.fixture(scope="module")
+def flat_dataset(tmp_path_factory) -> Path:
+    """A folder-pairs dataset without split folders (its splits: train and val, derived)."""
+    root = tmp_path_factory.mktemp("flat") / "ds"
+    assert run_edgeseg("data", "synth", root, "--count", "4", "--size", "64").returncode == 0
+    return root
+
+
+def test_unknown_split_is_refused_listing_the_splits(cli, tiny_checkpoint, flat_dataset, tmp_path):
+    # before: every image (training images included) was evaluated
+    assert_refused(cli, "eval", tiny_checkpoint, "--data", flat_dataset, "--split", "test", "--json", tmp_path / "e.json",
+                   watch=[tmp_path, flat_dataset], match="no split 'test'")
+    assert "choose one of: train, val" in assert_refused(cli, "eval", tiny_checkpoint, "--data", flat_dataset,
+                                                         "--split", "all", watch=[flat_dataset])
+
+
+def test_unknown_split_of_split_folders_and_voc(cli, tiny_checkpoint, flat_dataset, tmp_path):
+    for split in ("training", "val"):
+        shutil.copytree(flat_dataset, tmp_path / "ds" / split)
+    voc = tmp_path / "voc"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / d).mkdir(parents=True)
+    (voc / "ImageSets/Segmentation/train.txt").write_text("a\n")
+    line = assert_refused(cli, "eval", tiny_checkpoint, "--data", tmp_path / "ds", "--split", "train", watch=[tmp_path],
+                          match="no split 'train' (no ")
+    assert line.endswith("choose one of: training, val")
+    line = assert_refused(cli, "eval", tiny_checkpoint, "--data", voc, "--split", "val", watch=[tmp_path], match="no split 'val'")
+    assert line.endswith("choose one of: train")
+
+
+def test_split_without_data_is_refused(cli, tmp_path):
+    assert_refused(cli, "eval", "--split", "train", "--count", "2", "--json", tmp_path / "e.json", watch=[tmp_path],
+                   match="pass --data DIR")
+
+
+@pytest.mark.parametrize("content,match", [
+    (bytes(range(256)) * 4, "not a CSV text file (byte 128 is not UTF-8 text)"),
+    (b"id,region\nsynth_000000\x00,north\n", "not a CSV text file (it contains NUL bytes)"),
+    (b"id,region\nsynth_000000,north,extra\n", "line 2 has more values than the header's 2"),
+    (b"id,region\nsynth_000000\n", "line 2 has fewer values than the header's 2"),
+], ids=["binary", "nul", "long-line", "short-line"])
+def test_bad_slices_file_is_one_line(cli, tmp_path, content, match):
+    bad = tmp_path / "slices.csv"
+    bad.write_bytes(content)
+    line = assert_refused(cli, "eval", "--count", "2", "--slices", bad, "--json", tmp_path / "e.json", watch=[tmp_path],
+                          match=match)
+    assert line.startswith(f"error: {bad}")
+
+
+def test_slices_csv_from_a_spreadsheet_with_a_byte_order_mark(cli, tmp_path):
+    slices = tmp_path / "slices.csv"
+    slices.write_bytes("\ufeffid,region\nsynth_000000,north\n".encode())
+    res = cli("eval", "--count", "2", "--slices", slices, "--json", tmp_path / "e.json")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["slices"]["region"]["images"] == {"north": 1}
+
+
+def test_json_path_under_a_file_is_refused_before_evaluating(cli, tmp_path):
+    (tmp_path / "f").write_text("x")
+    assert_refused(cli, "eval", "--count", "2", "--json", tmp_path / "f" / "e.json", watch=[tmp_path], match="--json")

@@ -71,3 +71,28 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     state = load_checkpoint(tmp_path / "ddp" / "last.pt").train_state
     assert state["step"] == 2
+
+
+def test_train_refuses_an_existing_run_without_resume_or_force(tiny_checkpoint, tmp_path, cli):
+    from conftest import assert_refused
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("best.pt", "last.pt", "metrics.csv"):
+        (run / name).write_bytes((tiny_checkpoint.parent / name).read_bytes())
+    recipe = write_recipe(tmp_path / "r.yaml")
+    line = assert_refused(cli, "train", "--recipe", recipe, "--out", run, watch=[run])
+    assert "already holds a run (best.pt, last.pt, metrics.csv)" in line and "--resume" in line and "--force" in line
+
+
+def test_train_force_starts_over_and_keeps_other_files(tmp_path, cli):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    (run / "metrics.csv").write_text("epoch,step\n1,1\n2,2\n3,3\n")
+    recipe = write_recipe(tmp_path / "r.yaml", {"train": {"steps_per_epoch": 2}})
+    res = cli("train", "--recipe", recipe, "--out", run, "--force")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1"] and rows[0]["miou"]  # started over, no stale rows
+    assert (run / "notes.txt").read_text() == "mine" and (run / "best.pt").is_file()

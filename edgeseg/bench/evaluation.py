@@ -3,29 +3,34 @@ from __future__ import annotations
 
 from edgeseg.bench.slices import read_slices, slice_report
 from edgeseg.data.datasets import builtin_source, open_source
+from edgeseg.errors import DataError
 from edgeseg.metrics import SegMetrics
 from edgeseg.runtime.evaluate import predict_source
 from edgeseg.runtime.loader import open_model
 from edgeseg.ui import console, print_table
 
 
-def evaluate_model(model: str | None, *, data_root: str | None = None, split: str = "val", count: int = 200,
+def evaluate_model(model: str | None, *, data_root: str | None = None, split: str | None = None, count: int = 200,
                    slices_file: str | None = None, pick: str | None = None) -> dict:
-    """mIoU, per-class IoU, pixel accuracy, Boundary IoU (and slices) as a JSON-ready dict."""
+    """mIoU, per-class IoU, pixel accuracy, Boundary IoU (and slices) as a JSON-ready dict.
+
+    ``split`` picks a split of ``data_root`` (default 'val'); the built-in set has none. Inputs
+    are checked (split, slices file, model, dataset split) before any image is predicted.
+    """
+    if data_root is None and split is not None:
+        raise DataError(f"--split {split}: the built-in synthetic eval set has no splits; "
+                        "pass --data DIR to evaluate a split of a dataset")
+    given = read_slices(slices_file) if slices_file else None
     runner, view = open_model(model, pick=pick)
     with runner:
-        if data_root is None:
+        if data_root is None:  # synthetic samples carry their own slice attributes
             source = builtin_source("eval", view.task, count, view.input_size)
-            slices = {source.get(i)[2]: source.attrs(i) for i in range(len(source))}
+            slices = given if given is not None else {source.get(i)[2]: source.attrs(i) for i in range(len(source))}
         else:
-            source = open_source(data_root, split, classes=view.classes)
-            slices = {}
-        if slices_file:
-            slices = read_slices(slices_file)
+            source = open_source(data_root, split or "val", classes=view.classes)
+            slices = given or {}
         preds, masks, ids, _ = predict_source(runner.run, source, view.input_size)
     if masks is None:
-        from edgeseg.errors import DataError
-
         raise DataError(f"{data_root}: split '{split}' has images without masks; cannot evaluate")
     metrics = SegMetrics(len(view.classes), view.classes)
     metrics.update(preds, masks)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,44 @@ from edgeseg.metrics import SegMetrics
 
 
 def read_slices(path: str | Path) -> dict[str, dict[str, str]]:
-    """CSV with an ``id`` column and one column per slice attribute -> {id: {attr: value}}."""
+    """CSV with an ``id`` column and one column per slice attribute -> {id: {attr: value}}.
+
+    DataError naming the file (and line) for a missing, binary or ragged file.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"slices file not found: {path}")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "id" not in reader.fieldnames or len(reader.fieldnames) < 2:
-            raise DataError(f"{path}: needs a header with 'id' and at least one slice column")
-        return {row["id"]: {k: v for k, v in row.items() if k != "id"} for row in reader}
+    try:
+        return _slice_rows(csv.DictReader(io.StringIO(_csv_text(path), newline="")), path)
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a valid CSV ({exc}); --slices needs a CSV with an 'id' column") from None
+
+
+_NOT_TEXT = "{path}: not a CSV text file ({why}); --slices needs a UTF-8 CSV with an 'id' column"
+
+
+def _csv_text(path: Path) -> str:
+    """The file's text (a UTF-8 byte-order mark, as spreadsheets write, is dropped); DataError if binary."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(_NOT_TEXT.format(path=path, why=f"byte {exc.start} is not UTF-8 text")) from None
+    if "\0" in text:
+        raise DataError(_NOT_TEXT.format(path=path, why="it contains NUL bytes"))
+    return text
+
+
+def _slice_rows(reader: csv.DictReader, path: Path) -> dict[str, dict[str, str]]:
+    """{id: {attr: value}} from a reader; DataError for a missing header or a ragged line."""
+    if not reader.fieldnames or "id" not in reader.fieldnames or len(reader.fieldnames) < 2:
+        raise DataError(f"{path}: needs a header with 'id' and at least one slice column")
+    rows = {}
+    for row in reader:
+        if None in row or None in row.values():
+            raise DataError(f"{path}: line {reader.line_num} has {'more' if None in row else 'fewer'} values "
+                            f"than the header's {len(reader.fieldnames)}")
+        rows[row["id"]] = {k: v for k, v in row.items() if k != "id"}
+    return rows
 
 
 def slice_report(preds: np.ndarray, masks: np.ndarray, ids: list[str], slices: dict[str, dict[str, str]],

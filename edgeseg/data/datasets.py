@@ -71,7 +71,8 @@ def _folder_pairs(base: Path, need_masks: bool) -> list[Pair]:
 def _voc_pairs(root: Path, split: str) -> list[Pair]:
     listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not listing.is_file():
-        raise DataError(f"{root}: VOC layout has no split file {listing}")
+        have = sorted(p.stem for p in listing.parent.glob("*.txt"))
+        raise DataError(f"{root}: no split '{split}' (VOC layout has no {listing}); {_choose(have)}")
     ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
     pairs = []
     for i in ids:
@@ -82,6 +83,16 @@ def _voc_pairs(root: Path, split: str) -> list[Pair]:
             raise DataError(f"{listing}: lists {i} but {mask} is missing")
         pairs.append(Pair(i, img, mask))
     return pairs
+
+
+def _choose(splits: list[str]) -> str:
+    return f"choose one of: {', '.join(splits)}" if splits else "it lists no splits"
+
+
+def split_names(root: Path) -> list[str]:
+    """The splits a folder-layout dataset has: its ``<split>/images`` folders, else train and val (derived)."""
+    folders = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+    return folders or (["train", "val"] if (root / "images").is_dir() else [])
 
 
 def detect_layout(root: Path) -> str:
@@ -96,8 +107,9 @@ def detect_layout(root: Path) -> str:
 def discover_pairs(root: str | Path, split: str, *, val_fraction: float = 0.1, need_masks: bool = True) -> list[Pair]:
     """The (image, mask) pairs of ``split`` in a dataset folder; DataError if empty or broken.
 
-    A folder layout without split sub-folders is split deterministically: every k-th id
-    (sorted) goes to 'val' where k = round(1 / val_fraction).
+    A folder layout without split sub-folders has the splits 'train' and 'val', made
+    deterministically: every k-th id (sorted) goes to 'val' where k = round(1 / val_fraction).
+    Any other split name is an error listing the splits the folder has.
     """
     root = Path(root)
     if not root.is_dir():
@@ -106,13 +118,13 @@ def discover_pairs(root: str | Path, split: str, *, val_fraction: float = 0.1, n
         pairs = _voc_pairs(root, split)
     elif (root / split / "images").is_dir():
         pairs = _folder_pairs(root / split, need_masks)
-    elif (root / "images").is_dir():
+    elif (root / "images").is_dir() and split in ("train", "val"):
         pairs = _folder_pairs(root, need_masks)
-        if split in ("train", "val") and 0 < val_fraction < 1:
+        if 0 < val_fraction < 1:
             k = max(2, round(1 / val_fraction))
             pairs = [p for i, p in enumerate(pairs) if (i % k == k - 1) == (split == "val")]
     else:
-        raise DataError(f"{root}: no '{split}' split (looked for {root / split / 'images'} and {root / 'images'})")
+        raise DataError(f"{root}: no split '{split}' (no {root / split / 'images'}); {_choose(split_names(root))}")
     if not pairs:
         raise DataError(f"{root}: split '{split}' is empty")
     return pairs

@@ -14,8 +14,10 @@ from edgeseg.errors import DataError
 def images_in_folder(folder: str | Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
     """Up to ``count`` images (evenly spaced over the sorted list) from any folder tree, resized."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"--calib {folder} is a file; it must be a folder of calibration images")
     if not folder.is_dir():
-        raise DataError(f"calibration folder not found: {folder}")
+        raise DataError(f"calibration folder not found: {folder}; --calib must be a folder of images")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and "masks" not in p.parts)
     if not files:
         raise DataError(f"{folder}: no images for calibration")

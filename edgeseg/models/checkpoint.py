@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,9 @@ import torch
 import torch.nn as nn
 
 from edgeseg import __version__
-from edgeseg.errors import CheckpointError
+from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.fsutil import write_bytes_atomic
+from edgeseg.manifest import MANIFEST_NAME
 from edgeseg.models.registry import build_model
 
 FORMAT = "edgeseg.checkpoint"
@@ -72,10 +75,52 @@ class Checkpoint:
     path: Path | None = None
 
     def model(self) -> nn.Module:
-        """The model with these weights, float32, eval mode."""
-        m = self.info.build()
-        m.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()})
-        return m.eval()
+        """The model with these weights, float32, eval mode; CheckpointError if they do not fit its info."""
+        info = self.info
+        try:
+            m = info.build()
+        except (EdgesegError, ValueError) as exc:
+            raise CheckpointError(f"{self.path}: declares a model that cannot be built ({exc})") from None
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        return load_fitting(m, state, f"{self.path}: weights do not fit the {info.arch} with {info.num_classes} "
+                                      "classes it declares", "the file was edited or is corrupt; "
+                                      "re-save it from its training run").eval()
+
+
+def _few(keys) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+
+def state_mismatch(state: dict, target: dict, needed: set | None = None, *, extra_ok: bool = False) -> str:
+    """How ``state`` fails to fit ``target`` (a model's state_dict), naming a few keys; '' when it fits.
+
+    ``needed``: the target keys that must be present (default all); ``extra_ok``: ignore keys the
+    target does not have (a backbone checkpoint's classifier).
+    """
+    needed = set(target) if needed is None else needed
+    missing = needed - set(state)
+    unexpected = set() if extra_ok else set(state) - set(target)
+    shape_bad = sorted(k for k in needed & set(state) if tuple(state[k].shape) != tuple(target[k].shape))
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {_few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_few(unexpected)}")
+    if shape_bad:
+        k = shape_bad[0]
+        parts.append(f"shape mismatch for {len(shape_bad)} keys, e.g. {k}: file {tuple(state[k].shape)} "
+                     f"vs model {tuple(target[k].shape)}")
+    return "; ".join(parts)
+
+
+def load_fitting(model: nn.Module, state: dict, what: str, fix: str) -> nn.Module:
+    """Load ``state`` into ``model`` strictly, or raise CheckpointError "``what`` (mismatch); ``fix``"."""
+    problem = state_mismatch(state, model.state_dict())
+    if problem:
+        raise CheckpointError(f"{what} ({problem}); {fix}")
+    model.load_state_dict(state)
+    return model
 
 
 def versions() -> dict:
@@ -117,32 +162,85 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     raw = _read(path)
     payload = _torch_load(raw, path)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an edgeseg checkpoint (no '{FORMAT}' marker); "
-                              "to start from torchvision/timm weights use model.weights / --weights")
+    _check_format(payload, path)
     try:
         info = ModelInfo.from_dict(payload["info"])
         state = payload["state_dict"]
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: edgeseg checkpoint is missing field {exc}") from None
+        raise CheckpointError(f"{path}: edgeseg checkpoint has a missing or malformed field "
+                              f"({exc.__class__.__name__}: {exc}); re-save it from its training run") from None
+    if not _is_state_dict(state):
+        raise CheckpointError(f"{path}: edgeseg checkpoint's state_dict is not a mapping of names to tensors; "
+                              "re-save it from its training run")
     return Checkpoint(info=info, state_dict=state, recipe=payload.get("recipe", {}), metrics=payload.get("metrics", {}),
                       train_state=payload.get("train_state"), versions=payload.get("versions", {}),
                       sha256=hashlib.sha256(raw).hexdigest(), path=path)
 
 
+def _check_format(payload: Any, path: Path) -> None:
+    """CheckpointError unless ``payload`` carries edgeseg's marker and a format version we read."""
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an edgeseg checkpoint (no '{FORMAT}' marker); "
+                              "to start from torchvision/timm weights use model.weights / --weights")
+    version = payload.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this edgeseg "
+                              f"({__version__}) reads (version {FORMAT_VERSION}); upgrade edgeseg to load it")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r} is not one edgeseg knows "
+                              f"(it reads version {FORMAT_VERSION}); re-save it from its training run")
+
+
+def _is_state_dict(payload: Any) -> bool:
+    return isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values())
+
+
 def _read(path: Path) -> bytes:
+    """The file's bytes; CheckpointError for a folder, a missing file or an empty one."""
+    if path.is_dir():
+        export_dir = (path / MANIFEST_NAME).is_file()
+        raise CheckpointError(
+            f"{path} is a folder (an export dir), not a checkpoint file; pass the .pt file it was exported from"
+            if export_dir else
+            f"{path} is a folder, not a checkpoint file, and has no {MANIFEST_NAME} so it is not an export dir "
+            "either; pass a .pt checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    return path.read_bytes()
+    raw = path.read_bytes()
+    if not raw:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint; re-save or re-download it")
+    return raw
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since PyTorch 1.6; older files are bare pickles
+# torch.load's advice lines around the reason it refused a file (not the reason itself)
+_BOILERPLATE = ("weights only load failed", "please file an issue", "check the documentation")
 
 
 def _torch_load(raw: bytes, path: Path) -> Any:
+    """``torch.load(weights_only=True)``; CheckpointError with torch's one-line reason on failure."""
     try:
-        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # the unpickler's protocol notice is advice to PyTorch users, not ours
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/unsafe files
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [exc.__class__.__name__]
-        why = next((ln for ln in lines if "Unsupported global" in ln or "error" in ln.lower()), lines[0])
-        raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch file ({why[:200]})") from None
+        raise CheckpointError(f"{path}: {_load_failure(exc, is_archive=raw.startswith(ZIP_MAGIC))}") from None
+
+
+def _load_failure(exc: Exception, *, is_archive: bool) -> str:
+    """Why torch.load refused a file, in one line: a reference to code keeps its full reason."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    unsafe = next((ln for ln in lines if "unsupported global" in ln.lower()), None)
+    if unsafe:
+        return (f"refused by weights-only loading: it references Python code, which weights never need ({unsafe[:200]}); "
+                "re-save only the weights with torch.save(model.state_dict(), path)")
+    reason = next((ln for ln in lines if not ln.lower().startswith(_BOILERPLATE)), "")
+    reason = reason.split("WeightsUnpickler error:")[-1].split(". ")[0].strip()[:160]
+    if is_archive:
+        return f"cannot be read: the PyTorch archive is truncated or corrupt ({reason}); re-save or re-download it"
+    if not isinstance(exc, pickle.UnpicklingError) or not reason:
+        reason = f"{exc.__class__.__name__}: {reason}" if reason else exc.__class__.__name__
+    return f"not a PyTorch checkpoint (could not unpickle: {reason}); check the path or re-save the file"
 
 
 def load_state_dict_file(path: str | Path) -> dict:
@@ -154,7 +252,7 @@ def load_state_dict_file(path: str | Path) -> dict:
     for key in ("state_dict", "model"):
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
             payload = payload[key]
-    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+    if not _is_state_dict(payload):
         raise CheckpointError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
     return payload
 

@@ -11,16 +11,11 @@ from pathlib import Path
 import torch.nn as nn
 
 from edgeseg.errors import CheckpointError
-from edgeseg.models.checkpoint import load_state_dict_file
+from edgeseg.models.checkpoint import load_state_dict_file, state_mismatch
 
 
 def _remap(state: dict, src: str, dst: str) -> dict:
     return {dst + k[len(src):]: v for k, v in state.items() if k.startswith(src)}
-
-
-def _few(keys) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
 
 
 def load_weights(model: nn.Module, path: str | Path, prefixes: tuple[tuple[str, str], ...] = ()) -> str:
@@ -35,24 +30,12 @@ def load_weights(model: nn.Module, path: str | Path, prefixes: tuple[tuple[str, 
     best = max(candidates, key=lambda c: len(set(_remap(state, *c)) & set(target)))
     src, dst = best
     mapped = _remap(state, src, dst)
-    needed = {k for k in target if k.startswith(dst)}
-    if best == ("", ""):
-        needed = set(target)
-    missing = needed - set(mapped)
-    unexpected = set(mapped) - set(target)
-    if best != ("", ""):
-        unexpected = set()  # backbone checkpoints carry classifier heads we do not use
-    shape_bad = [k for k in needed & set(mapped) if tuple(mapped[k].shape) != tuple(target[k].shape)]
-    if missing or unexpected or shape_bad:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_few(unexpected)}")
-        if shape_bad:
-            k = sorted(shape_bad)[0]
-            parts.append(f"shape mismatch for {len(shape_bad)} keys, e.g. {k}: file {tuple(mapped[k].shape)} "
-                         f"vs model {tuple(target[k].shape)}")
-        raise CheckpointError(f"{path}: weights do not fit this model ({'; '.join(parts)})")
-    model.load_state_dict({k: mapped[k] for k in needed}, strict=(best == ("", "")))
-    return "full model" if best == ("", "") else f"{src or '<root>'}* -> {dst}*"
+    full = best == ("", "")
+    needed = set(target) if full else {k for k in target if k.startswith(dst)}
+    # backbone checkpoints carry classifier heads we do not use
+    problem = state_mismatch(mapped, target, needed, extra_ok=not full)
+    if problem:
+        raise CheckpointError(f"{path}: weights do not fit this model ({problem}); "
+                              "use weights saved for the recipe's model.arch and options")
+    model.load_state_dict({k: mapped[k] for k in needed}, strict=full)
+    return "full model" if full else f"{src or '<root>'}* -> {dst}*"

@@ -1,6 +1,8 @@
 """LiteRT (TFLite) interpreter Runner, XNNPACK on CPU: NHWC in/out, uint8 or float input."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgeseg.errors import ArtifactError, require
@@ -23,6 +25,8 @@ class TFLiteRunner(Runner):
 
     def __init__(self, path: str, *, mean, std, expects: str = "normalized", threads: int | None = None):
         litert = require(*self.requires, "running TFLite models")
+        if Path(path).is_file() and Path(path).stat().st_size == 0:  # LiteRT would say no model was given
+            raise ArtifactError(f"{path} is empty (0 bytes); re-export it")
         try:
             self.interp = litert.Interpreter(model_path=str(path), num_threads=threads or 1)
             self.interp.allocate_tensors()

@@ -18,8 +18,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from edgeseg.data.transforms import SegDataset, eval_transform, normalize, train_transform
-from edgeseg.errors import CheckpointError
-from edgeseg.models.checkpoint import load_checkpoint, save_checkpoint
+from edgeseg.errors import CheckpointError, EdgesegError
+from edgeseg.fsutil import check_output
+from edgeseg.models.checkpoint import load_checkpoint, load_fitting, save_checkpoint
 from edgeseg.recipe import Recipe
 from edgeseg.runtime.evaluate import evaluate
 from edgeseg.runtime.torch_runner import TorchRunner
@@ -59,10 +60,27 @@ def cosine_lambda(total: int, warmup: int):
     return f
 
 
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv")
+
+
+def check_run_dir(out_dir: str | Path, *, resume: bool, force: bool) -> Path:
+    """Refuse (exit 2) a run folder that cannot be written, or that holds a run, unless ``resume`` or ``force``.
+
+    Only ``RUN_FILES`` are ever written there; with ``force`` an earlier run's files are replaced
+    (metrics.csv starts over), and other files in the folder are left alone.
+    """
+    out_dir = check_output(out_dir, is_dir=True, what="--out")
+    present = [n for n in RUN_FILES if (out_dir / n).exists()]
+    if present and not (resume or force):
+        raise EdgesegError(f"--out {out_dir} already holds a run ({', '.join(present)}); pass --resume to continue it, "
+                           "--force to start over (replaces those files), or choose a new --out")
+    return out_dir
+
+
 def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, resume: bool = False,
-          progress: bool = True) -> TrainResult:
-    """Train ``recipe``; writes last.pt, best.pt and metrics.csv into ``out_dir``."""
-    out_dir = Path(out_dir)
+          force: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``recipe``; writes last.pt, best.pt and metrics.csv into ``out_dir`` (see ``check_run_dir``)."""
+    out_dir = check_run_dir(out_dir, resume=resume, force=force)
     t = recipe.train
     device = _device(t.device)
     rank, world = _dist_setup(device)
@@ -90,6 +108,8 @@ def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, 
     loss_fn = SegLoss(t.dice_weight)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and (out_dir / "metrics.csv").exists():  # --force: a new run's metrics start over
+            (out_dir / "metrics.csv").unlink()
     bar = _progress(progress and rank == 0)
     last_metrics: dict = {}
     with bar:
@@ -149,12 +169,18 @@ def _loader(ds, t, epoch: int, steps: int, world: int, rank: int) -> DataLoader:
 
 
 def _restore(path: Path, model, opt, sched) -> tuple[int, int, dict]:
+    """Load ``path`` (last.pt) into model, optimizer and scheduler; (epoch, step, best) to continue from.
+
+    Weights that do not fit the recipe's model (the recipe changed since the run began) are a
+    CheckpointError naming the file and the mismatched keys.
+    """
     if not path.is_file():
         raise CheckpointError(f"--resume: no {path} to resume from")
     ckpt = load_checkpoint(path)
     if not ckpt.train_state:
         raise CheckpointError(f"{path}: has no training state to resume")
-    model.load_state_dict(ckpt.state_dict)
+    load_fitting(model, ckpt.state_dict, f"--resume: {path} does not fit the recipe's model",
+                 "the recipe's model changed since this run began; restore it, or train into a fresh --out")
     opt.load_state_dict(ckpt.train_state["optimizer"])
     sched.load_state_dict(ckpt.train_state["scheduler"])
     return int(ckpt.train_state["epoch"]), int(ckpt.train_state["step"]), dict(ckpt.train_state["best"])

@@ -45,8 +45,14 @@ def model_info(recipe: Recipe, classes: tuple[str, ...]) -> ModelInfo:
 
 
 def build_for_training(info: ModelInfo, weights: str | None):
-    """The model for ``info``, with ``weights`` (a local file) loaded when given."""
-    model = info.build()
+    """The model for ``info``, with ``weights`` (a local file) loaded when given.
+
+    An architecture's own option check (e.g. how many decoder_channels it needs) is a RecipeError.
+    """
+    try:
+        model = info.build()
+    except ValueError as exc:
+        raise RecipeError(f"model options {info.options} do not fit {info.arch}: {exc}") from None
     if weights:
         load_weights(model, Path(weights), get_spec(info.arch).weight_prefixes)
     return model
