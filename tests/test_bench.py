@@ -1,18 +1,22 @@
-"""Bench harness and gate: JSON schema, planted slowdown and parity drop fail, unchanged re-run passes."""
+"""Bench harness and gate: JSON schema, planted slowdown and parity drop fail, unchanged re-run passes,
+rows that cannot be checked fail, and bad options or unusable baselines are refused before any timing."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 
 import numpy as np
 import pytest
 
-from edgeseg.bench.gate import compare, over_limit
+from edgeseg.bench.gate import SCHEMA_VERSION, check_baseline, compare, over_limit
 from edgeseg.bench.calibration import open_workload
 from edgeseg.bench.latency import time_interleaved
+from edgeseg.errors import EdgesegError
 from edgeseg.runtime import loader
 
-from conftest import run_edgeseg
+from conftest import assert_refused, run_edgeseg
 
 RESULT_KEYS = {"artifact", "format", "precision", "runtime", "threads", "runs", "latency_ms", "normalized_p50", "load_ms",
                "peak_rss_mb", "bytes"}
@@ -36,9 +40,11 @@ def baseline(onnx_dir, tmp_path_factory):
     return path
 
 
-def test_bench_json_matches_design_schema(baseline):
+def test_bench_json_matches_design_schema(baseline, tiny_checkpoint):
     doc = json.loads(baseline.read_text())
-    assert doc["schema_version"] == 1 and {"cpu", "cores", "tools"} <= set(doc["host"])
+    assert doc["schema_version"] == SCHEMA_VERSION == 2 and {"cpu", "cores", "tools"} <= set(doc["host"])
+    assert doc["model"]["sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    assert doc["model"]["name"] == "tiny" and doc["model"]["source"] == "checkpoint"
     assert doc["calibration"]["p50_ms"] > 0
     fmts = {(r["format"], r["precision"]) for r in doc["results"]}
     assert fmts == {("pytorch", "fp32"), ("onnx", "fp32"), ("onnx", "fp16")}
@@ -194,11 +200,185 @@ def test_calibration_interleaving_times_both():
     assert t.normalized_p50 == pytest.approx(ratios[2], rel=1e-4)
 
 
+def with_two_threads(doc: dict) -> dict:
+    """``doc`` with every result repeated at 2 threads."""
+    return {**doc, "results": doc["results"] + [{**r, "threads": 2} for r in doc["results"]]}
+
+
 def test_gate_threads_limits_the_latency_check(baseline):
-    doc = json.loads(baseline.read_text())
-    slower = json.loads(baseline.read_text())
+    doc = with_two_threads(json.loads(baseline.read_text()))
+    slower = with_two_threads(json.loads(baseline.read_text()))
     for r in slower["results"]:
         r["normalized_p50"] *= 1.30
-    assert len(compare(doc, slower, 1.15).failures) == 3
-    gate = compare(doc, slower, 1.15, latency_threads={2})  # the baseline has 1-thread results only
-    assert gate.passed and {row["status"] for row in gate.rows} == {"info"}
+    assert len(compare(doc, slower, 1.15).failures) == 6
+    gate = compare(doc, slower, 1.15, latency_threads={2})
+    assert len(gate.failures) == 3 and all("/2t:" in f for f in gate.failures)
+    assert {row["status"] for row in gate.rows if row["key"].endswith("/1t")} == {"info"}
+
+
+# ---------------------------------------------------------------------------------------------
+# A row that cannot be checked fails the gate
+
+
+def test_result_no_longer_timed_fails_the_gate(baseline):
+    doc = json.loads(baseline.read_text())
+    now = json.loads(baseline.read_text())
+    target = next(r for r in now["results"] if r["precision"] == "fp16")
+    del target["normalized_p50"]
+    target["latency_skipped"] = "not timed here"
+    gate = compare(doc, now, 1.15)
+    assert [row["status"] for row in gate.rows if row["result"] is target] == ["UNCHECKED"]
+    assert gate.failures == ["onnx/fp16/onnxruntime/1t: latency cannot be compared (not timed here)"]
+
+
+def test_result_without_parity_fails_the_gate(baseline):
+    doc = json.loads(baseline.read_text())
+    now = json.loads(baseline.read_text())
+    target = next(r for r in now["results"] if r["precision"] == "fp16")
+    del target["parity"]
+    gate = compare(doc, now, 1.15)
+    assert [row["status"] for row in gate.rows if row["result"] is target] == ["UNCHECKED"]
+    assert len(gate.failures) == 1 and "parity was checked in the baseline but not in this run" in gate.failures[0]
+
+
+def test_result_not_in_the_baseline_fails_the_gate(baseline):
+    doc = json.loads(baseline.read_text())
+    fewer = {**doc, "results": [r for r in doc["results"] if r["precision"] != "fp16"]}
+    gate = compare(fewer, doc, 1.15)
+    assert [row["status"] for row in gate.rows if row["key"].startswith("onnx/fp16")] == ["NEW"]
+    assert gate.failures == ["onnx/fp16/onnxruntime/1t: in this run but not in the baseline; "
+                             "re-record the baseline with --update-baseline"]
+
+
+@pytest.mark.parametrize("limit", [float("nan"), float("inf"), 1.0, 0.0, -1.0])
+def test_compare_refuses_a_limit_that_is_not_a_ratio_above_1(baseline, limit):
+    doc = json.loads(baseline.read_text())
+    with pytest.raises(EdgesegError, match="--max-slowdown must be a finite ratio above 1"):
+        compare(doc, doc, limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# Refused before any timing: exit 2, one line, nothing written
+
+
+@pytest.fixture
+def no_timing(monkeypatch):
+    """Timing starts in run_bench (host) or run_android (phone): reaching either fails the test."""
+    def tripwire(*args, **kwargs):
+        raise AssertionError("timing started")
+    monkeypatch.setattr("edgeseg.bench.harness.run_bench", tripwire)
+    monkeypatch.setattr("edgeseg.bench.harness.run_android", tripwire)
+
+
+def bench_args(export_dir, out, *extra) -> tuple:
+    """A quick bench writing --json and --report under ``out``."""
+    return ("bench", export_dir, "--threads", "1", "--runs", "3", "--sessions", "1", "--parity-images", "2",
+            "--json", out / "bench.json", "--report", out / "report", *extra)
+
+
+def test_tripwire_catches_timing(cli, onnx_dir, baseline, tmp_path, no_timing):
+    """Control: valid options reach the timing (so the refusals below happen before it)."""
+    with pytest.raises(AssertionError, match="timing started"):
+        cli(*bench_args(onnx_dir, tmp_path, "--baseline", baseline))
+
+
+@pytest.mark.parametrize("limit", ["nan", "inf", "-inf", "0", "-1", "1", "1.0"])
+def test_bad_max_slowdown_is_refused_before_timing(cli, onnx_dir, baseline, tmp_path, no_timing, limit):
+    assert_refused(cli, *bench_args(onnx_dir, tmp_path, "--baseline", baseline, "--max-slowdown", limit),
+                   watch=[tmp_path, baseline], match="--max-slowdown must be a finite ratio above 1")
+
+
+@pytest.mark.parametrize("threads, gate_threads, match", [
+    ("1", "4", "--gate-threads 4 not in --threads 1"),
+    ("1", "1,2", "--gate-threads 2 not in --threads 1"),
+    ("", None, "--threads is empty"),
+    ("0", None, "--threads 0: each thread count must be 1 or more and given once"),
+    ("1,1", None, "--threads 1,1: each thread count must be 1 or more and given once"),
+    ("1,2", None, "recorded at --threads 1, this run times 1,2"),
+])
+def test_bad_threads_are_refused_before_timing(cli, onnx_dir, baseline, tmp_path, no_timing, threads, gate_threads, match):
+    args = bench_args(onnx_dir, tmp_path, "--baseline", baseline, "--threads", threads,
+                      *(("--gate-threads", gate_threads) if gate_threads else ()))
+    assert_refused(cli, *args, watch=[tmp_path, baseline], match=match)
+
+
+def test_gate_threads_without_timed_baseline_results_are_refused(baseline):
+    doc = with_two_threads(json.loads(baseline.read_text()))
+    for r in doc["results"]:
+        if r["threads"] == 2:
+            r["latency_skipped"] = r.pop("normalized_p50") and "not timed"
+    with pytest.raises(EdgesegError, match=f"--gate-threads 2: {baseline} has no timed result at that thread count"):
+        check_baseline(doc, baseline, model=doc["model"], threads=(1, 2), latency_threads={2})
+
+
+def _drop(key):
+    def edit(doc):
+        del doc["results"][1][key]
+    return edit
+
+
+def _set(key, value, row=1):
+    def edit(doc):
+        doc["results"][row][key] = value
+    return edit
+
+
+BAD_BASELINES = {
+    "schema 99": (lambda d: d.update(schema_version=99), "schema_version 99, this edgeseg reads 2"),
+    "schema 1, no model": (lambda d: (d.update(schema_version=1), d.pop("model")), "schema_version 1, this edgeseg reads 2"),
+    "no model": (lambda d: d.pop("model"), "records no model identity"),
+    "another model": (lambda d: d["model"].update(name="other", sha256="0" * 64), "a baseline of model 'other'"),
+    "results not a list": (lambda d: d.update(results={}), "not an edgeseg bench JSON (no results list)"),
+    "no results": (lambda d: d.update(results=[]), "no results to gate against"),
+    "row not an object": (lambda d: d["results"].__setitem__(1, "fast"), "result 1 is not an object"),
+    "row without format": (_drop("format"), "result 1 has no format"),
+    "threads as text": (_set("threads", "1"), "result 1 has no thread count"),
+    "p50 as text": (_set("normalized_p50", "fast"), "result 1 has normalized_p50 'fast', not a positive number"),
+    "p50 NaN": (_set("normalized_p50", float("nan")), "result 1 has normalized_p50 nan, not a positive number"),
+    "p50 zero": (_set("normalized_p50", 0), "result 1 has normalized_p50 0, not a positive number"),
+    "untimed without reason": (_drop("normalized_p50"), "result 1 has neither normalized_p50 nor latency_skipped"),
+    "parity as text": (_set("parity", "ok"), "result 1 has a parity that is not an object"),
+    "skipped row": (_set("skipped", "onnxruntime is not installed"), "result 1 was skipped when the baseline was recorded"),
+    "repeated row": (lambda d: d["results"].append(dict(d["results"][1])), "repeats an earlier result"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BASELINES))
+def test_unusable_baseline_is_refused_before_timing(cli, onnx_dir, baseline, tmp_path, no_timing, name):
+    edit, match = BAD_BASELINES[name]
+    doc = json.loads(baseline.read_text())
+    edit(doc)
+    bad = tmp_path / "baseline" / "bad.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps(doc))
+    line = assert_refused(cli, *bench_args(onnx_dir, tmp_path / "out", "--baseline", bad), watch=[tmp_path], match=match)
+    assert str(bad) in line
+
+
+def test_baseline_of_another_real_model_is_refused(cli, baseline, tmp_path, no_timing):
+    """The packaged calibration export (another model, real files) against the tiny model's baseline."""
+    from edgeseg.bench.calibration import ASSETS
+
+    other = tmp_path / "other"
+    shutil.copytree(ASSETS, other)
+    line = assert_refused(cli, *bench_args(other, tmp_path / "out", "--baseline", baseline), watch=[tmp_path, baseline],
+                          match="a baseline of model 'tiny'")
+    assert "this run benchmarks 'edgeseg-calibration-v1'" in line
+
+
+@pytest.mark.parametrize("option", ["--json", "--report", "--baseline"])
+def test_output_under_a_file_is_refused_before_timing(cli, onnx_dir, tmp_path, no_timing, option):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    outputs = {"--json": tmp_path / "bench.json", "--report": tmp_path / "report", "--baseline": tmp_path / "base.json"}
+    outputs[option] = blocker / "inside"
+    args = [a for item in outputs.items() for a in item]
+    assert_refused(cli, "bench", onnx_dir, "--threads", "1", *args, "--update-baseline", watch=[tmp_path],
+                   match=f"{option} {blocker / 'inside'}: {blocker} is a file")
+
+
+def test_report_onto_a_file_is_refused_before_timing(cli, onnx_dir, tmp_path, no_timing):
+    report = tmp_path / "report"
+    report.write_text("a file")
+    line = assert_refused(cli, *bench_args(onnx_dir, tmp_path), watch=[tmp_path], match="is a file")
+    assert str(report) in line and "--report" in line

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeseg.manifest import read_manifest
+from edgeseg.manifest import file_digest, read_manifest
 
-from conftest import one_line_error, run_edgeseg
+from conftest import assert_refused, one_line_error, run_edgeseg
 
 FORMATS = ("onnx", "tflite", "coreml")
 PRECISIONS = ("fp32", "int8")
@@ -308,3 +308,65 @@ def test_table_output_shows_tensors_ops_and_delegate_coverage(cli, exported, fmt
         assert '"partitions": 1' in text and "person" in text
     if fmt == "onnx":
         assert '"nnapi"' in text and '"coreml_mlprogram"' in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity: a file is described only when it is the one its manifest lists; reading changes nothing
+
+
+def file_states(root: Path) -> dict:
+    """Every file under ``root``: relative path -> (sha256, mtime in ns)."""
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def export_copy(exported, tmp_path) -> Path:
+    """A copy of the module's export, safe to change."""
+    dest = tmp_path / "exp"
+    shutil.copytree(exported.root, dest)
+    return dest
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_swapped_fp32_and_int8_files_are_refused(cli, export_copy, fmt):
+    """Each file is a valid model, but not the one the manifest describes: inspect used to report the wrong precision."""
+    suffix = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}[fmt]
+    fp32, int8, tmp = (export_copy / f"tiny-{p}{suffix}" for p in ("fp32", "int8", "tmp"))
+    fp32.rename(tmp)
+    int8.rename(fp32)
+    tmp.rename(int8)
+    for path in (fp32, int8):
+        line = assert_refused(cli, "inspect", path, "--json", watch=[export_copy], match=f"{path}: sha256")
+        assert "does not match" in line and "re-export" in line
+
+
+def test_reading_an_mlpackage_never_modifies_it(cli, export_copy, tmp_path):
+    """inspect and the Core ML runner read a copy: coremltools rewrites Manifest.json of what it opens.
+
+    The package's Manifest.json is first written compactly (same content; the manifest's sha256
+    updated), so that a rewrite would change its bytes, not only its mtime.
+    """
+    from edgeseg.runtime.loader import runner_for_artifact
+
+    pkg = export_copy / "tiny-fp32.mlpackage"
+    inner = pkg / "Manifest.json"
+    inner.write_text(json.dumps(json.loads(inner.read_text()), separators=(",", ":")))
+    raw = json.loads((export_copy / "manifest.json").read_text())
+    next(a for a in raw["artifacts"] if a["path"] == pkg.name)["sha256"] = file_digest(pkg)[1]
+    (export_copy / "manifest.json").write_text(json.dumps(raw))
+
+    # the check has teeth: coremltools opening the package itself rewrites it
+    ct = pytest.importorskip("coremltools")
+    control = tmp_path / "control.mlpackage"
+    shutil.copytree(pkg, control)
+    before = file_states(control)
+    ct.models.MLModel(str(control), skip_model_load=True)
+    assert file_states(control)["Manifest.json"][0] != before["Manifest.json"][0]
+
+    before = file_states(export_copy)
+    assert inspect_json(cli, pkg)["format"] == "coreml"
+    manifest = read_manifest(export_copy)
+    with runner_for_artifact(manifest.find("coreml", "fp32"), manifest) as runner:
+        assert runner.run(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 2, 64, 64)
+    assert file_states(export_copy) == before

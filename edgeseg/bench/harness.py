@@ -1,8 +1,9 @@
 """``edgeseg bench``: time and check every exported file through its Runner (layer 3).
 
-One JSON document (schema in DESIGN.md): host, calibration workload, and one result per
-(artifact, threads) with latency percentiles, normalized p50, load time, peak RSS, size and
-parity. The PyTorch fp32 reference is timed too, so each result shows its speed-up.
+One JSON document (schema in DESIGN.md): host, the benchmarked model's identity, calibration
+workload, and one result per (artifact, threads) with latency percentiles, normalized p50, load
+time, peak RSS, size and parity. The PyTorch fp32 reference is timed too, so each result shows
+its speed-up. ``plan_bench`` checks everything it can before any timing starts.
 """
 from __future__ import annotations
 
@@ -18,17 +19,17 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.bench.calibration import CalibrationPool
+from edgeseg.bench.gate import SCHEMA_VERSION
 from edgeseg.bench.latency import combine_sessions, peak_rss_mb, reset_peak_rss, summarize, time_interleaved
 from edgeseg.bench.parity import DEFAULT_THRESHOLDS, check_parity, reference_set
 from edgeseg.bench.slices import read_slices
 from edgeseg.data.datasets import builtin_source, open_source
-from edgeseg.errors import ArtifactError, MissingExtra
+from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra
 from edgeseg.manifest import MANIFEST_NAME, Artifact, Manifest, find_artifact_for_file, read_manifest
 from edgeseg.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
 
-SCHEMA_VERSION = 1
 TOOLS = ("torch", "onnxruntime", "ai-edge-litert", "coremltools")
 
 
@@ -44,6 +45,13 @@ class BenchRequest:
     reference: bool = True  # also time the PyTorch fp32 reference
     sample_images: int = 3  # images per artifact in the report's mask strip
     slices_file: str | None = None  # CSV id,attribute... (built-in set: its own attributes)
+
+    def __post_init__(self):
+        if not self.threads:
+            raise EdgesegError("--threads is empty; give a comma-separated list, e.g. --threads 1,2")
+        if min(self.threads) < 1 or len(set(self.threads)) < len(self.threads):
+            raise EdgesegError(f"--threads {','.join(map(str, self.threads))}: each thread count must be 1 or more and "
+                               "given once, e.g. --threads 1,2")
 
 
 @dataclass
@@ -91,7 +99,8 @@ def host_info() -> dict:
 
 
 def collect_artifacts(paths) -> list[tuple[Manifest, Artifact]]:
-    """Expand export directories and files into (manifest, artifact) pairs."""
+    """Expand export directories and files into (manifest, artifact) pairs, every file checked
+    against its manifest (``Artifact.verified_file``: inside the directory, sha256 as listed)."""
     out = []
     for p in map(Path, paths):
         if p.is_dir() and (p / MANIFEST_NAME).is_file():
@@ -103,17 +112,43 @@ def collect_artifacts(paths) -> list[tuple[Manifest, Artifact]]:
             raise ArtifactError(f"not found: {p}")
     if not out:
         raise ArtifactError(f"no artifacts in {', '.join(map(str, paths))}")
+    for _, art in out:
+        art.verified_file()
     return out
 
 
+def bench_model(pairs: list[tuple[Manifest, Artifact]]) -> dict:
+    """The identity (``Manifest.model_identity``) of the one model all pairs were exported from;
+    ArtifactError when they come from different models."""
+    by_model = {m.model_identity()["sha256"]: m for m, _ in pairs}
+    if len(by_model) > 1:
+        raise ArtifactError("the paths hold exports of different models (" + ", ".join(str(m.root) for m in by_model.values())
+                            + "); bench one model per run")
+    return next(iter(by_model.values())).model_identity()
+
+
+@dataclass
+class BenchPlan:
+    """A bench run checked before any timing: its request, the verified artifacts, the model's identity."""
+
+    req: BenchRequest
+    pairs: list[tuple[Manifest, Artifact]]
+    model: dict
+
+
+def plan_bench(req: BenchRequest) -> BenchPlan:
+    """Read and verify every artifact of ``req.paths`` (all from one model); nothing is timed."""
+    pairs = collect_artifacts(req.paths)
+    return BenchPlan(req, pairs, bench_model(pairs))
+
+
 def reference_checkpoint(manifest: Manifest):
-    """The checkpoint an export was made from: its recorded path, or the packaged default by hash."""
-    rec = manifest.model.get("checkpoint", {})
-    path = Path(rec.get("path", ""))
-    if path.is_file():
-        return load_checkpoint(path)
-    if DEFAULT_CHECKPOINT.is_file() and hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest() == rec.get("sha256"):
-        return load_checkpoint(DEFAULT_CHECKPOINT)
+    """The checkpoint an export was made from, found by the sha256 its manifest records: at its
+    recorded path, or the packaged default; None when neither has those bytes (no reference)."""
+    rec = manifest.model.get("checkpoint") or {}
+    for path in (Path(rec.get("path") or ""), DEFAULT_CHECKPOINT):
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == rec.get("sha256"):
+            return load_checkpoint(path)
     return None
 
 
@@ -133,14 +168,14 @@ def _parity_set(manifest: Manifest, ckpt, req: BenchRequest):
     return ref
 
 
-def run_bench(req: BenchRequest, on_result=None, recheck=None) -> "BenchOutcome":
+def run_bench(plan: BenchPlan, on_result=None, recheck=None) -> "BenchOutcome":
     """Benchmark every artifact (and the PyTorch reference) at every thread count.
 
     ``recheck(results) -> results`` (optional) picks results to time once more, with fresh loads
     and the same settings, after all are done; each gets a ``confirmation`` (its normalized p50
     then). The gate's ``over_limit`` is what ``edgeseg bench --confirm`` passes.
     """
-    pairs = collect_artifacts(req.paths)
+    req, pairs = plan.req, plan.pairs
     manifest = pairs[0][0]
     ckpt = reference_checkpoint(manifest)
     ref = _parity_set(manifest, ckpt, req) if ckpt is not None else None
@@ -165,7 +200,7 @@ def run_bench(req: BenchRequest, on_result=None, recheck=None) -> "BenchOutcome"
         workloads = calib.names()
     _add_speedups(results)
     cal = [r["calibration_p50"] for r in results if "calibration_p50" in r]
-    doc = {"schema_version": SCHEMA_VERSION, "host": host_info(),
+    doc = {"schema_version": SCHEMA_VERSION, "host": host_info(), "model": plan.model,
            "calibration": {"workload": "; ".join(workloads), "p50_ms": summarize(cal)["p50"] if cal else None,
                            "note": "a fixed small segmenter run through the same runtime, precision class and thread "
                                    "count as each result (its `calibration_workload`), timed just before every model "
@@ -249,7 +284,7 @@ def android_result(art: Artifact, parsed: dict, *, threads: int, use_gpu: bool, 
             "delegate": parsed.get("delegate")}
 
 
-def run_android(req: BenchRequest, *, serial: str | None, binary: str, use_gpu: bool = False) -> dict:
+def run_android(plan: BenchPlan, *, serial: str | None, binary: str, use_gpu: bool = False) -> dict:
     """Time every .tflite artifact on an Android phone with ``benchmark_model`` over adb.
 
     Phones have no calibration workload here, so ``normalized_p50`` is the raw p50 and the
@@ -259,14 +294,15 @@ def run_android(req: BenchRequest, *, serial: str | None, binary: str, use_gpu: 
 
     if not Path(binary).is_file():
         raise ArtifactError(f"--benchmark-binary: {binary} not found (build TFLite's benchmark_model for Android)")
+    req = plan.req
     model_name = check_adb(serial)
     results = []
-    for _, art in collect_artifacts(req.paths):
+    for _, art in plan.pairs:
         if art.format != "tflite":
             continue
         for threads in req.threads:
-            parsed = run_on_device(model_path=str(art.file), binary_path=binary, serial=serial, threads=threads,
+            parsed = run_on_device(model_path=str(art.verified_file()), binary_path=binary, serial=serial, threads=threads,
                                    use_gpu=use_gpu, use_xnnpack=not use_gpu, runs=req.runs, warmup=req.warmup)
             results.append(android_result(art, parsed, threads=threads, use_gpu=use_gpu, device=model_name))
-    return {"schema_version": SCHEMA_VERSION, "host": {**host_info(), "device": model_name},
+    return {"schema_version": SCHEMA_VERSION, "host": {**host_info(), "device": model_name}, "model": plan.model,
             "calibration": {"workload": "none on device", "p50_ms": None}, "results": results}

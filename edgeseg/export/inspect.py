@@ -13,44 +13,46 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import ArtifactError, require
-from edgeseg.manifest import file_digest
+from edgeseg.manifest import MANIFEST_NAME, Artifact, Manifest, file_digest, find_artifact_for_file
 
 
 def inspect_file(path: str | Path) -> dict:
-    """A JSON-ready description of an .onnx, .tflite or .mlpackage file."""
+    """A JSON-ready description of an .onnx, .tflite or .mlpackage file; reading never modifies it.
+
+    A file that an edgeseg manifest.json beside it lists is first checked against that entry
+    (sha256, inside the directory; ArtifactError otherwise), so the precision and parity reported
+    from the manifest are this file's.
+    """
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"model file not found: {path}")
     kind = {".onnx": _onnx, ".tflite": _tflite, ".mlpackage": _coreml}.get(path.suffix)
     if kind is None:
         raise ArtifactError(f"{path}: unknown model type (expected .onnx, .tflite or .mlpackage)")
+    manifest, entry = _manifest_entry(path)
+    if entry is not None:
+        entry.verified_file()
     size, digest = file_digest(path)
     info = {"file": str(path), "bytes": size, "sha256": digest}
     info.update(kind(path))
-    entry, macs = _manifest_entry(path)
-    if entry:
-        info["manifest"] = {k: entry.get(k) for k in ("precision", "quantized", "parity")}
-        info.setdefault("macs", macs)
+    if entry is not None:
+        info["manifest"] = {"precision": entry.precision, "quantized": entry.quantized, "parity": entry.parity}
+        info.setdefault("macs", manifest.model.get("macs"))
     return info
 
 
-def _manifest_entry(path: Path) -> tuple[dict | None, int | None]:
-    """(this file's entry, model MACs) from an edgeseg manifest.json beside ``path``, if there is one.
+def _manifest_entry(path: Path) -> tuple[Manifest | None, Artifact | None]:
+    """(manifest, this file's entry) from an edgeseg manifest.json beside ``path``, or (None, None).
 
-    A manifest.json that is not edgeseg's (another tool's, or damaged) is ignored: the file
-    itself is still described.
+    A manifest.json that is not edgeseg's (another tool's, or damaged), or that does not list the
+    file, is ignored: the file itself is still described.
     """
-    manifest = path.parent / "manifest.json"
-    if not manifest.is_file():
+    if not (path.parent / MANIFEST_NAME).is_file():
         return None, None
     try:
-        raw = json.loads(manifest.read_text())
-        entry = next((a for a in raw["artifacts"] if isinstance(a, dict) and a.get("path") == path.name), None)
-        model = raw.get("model")
-        macs = model.get("macs") if isinstance(model, dict) else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return find_artifact_for_file(path)
+    except ArtifactError:
         return None, None
-    return entry, macs
 
 
 def _onnx(path: Path) -> dict:
@@ -127,8 +129,10 @@ def _constant_elements(interp, ops: list[dict]) -> int:
 def _coreml(path: Path) -> dict:
     require("coremltools", "coreml", "inspecting Core ML files")
     from edgeseg.export.coreml_convert import read_coreml_info
+    from edgeseg.runtime.coreml_runner import package_copy
 
-    info = read_coreml_info(path)
+    with package_copy(path) as copy:
+        info = {**read_coreml_info(copy), "path": str(path)}
     return {"format": "coreml", **info, "delegate_coverage": {"coreml": "compute-unit placement is decided on device; "
                                                               "ops listed under 'ops' are all standard ML Program ops"}}
 

@@ -1,11 +1,21 @@
-"""Core ML Runners: Apple's runtime on macOS, the numpy reference interpreter elsewhere."""
+"""Core ML Runners: Apple's runtime on macOS, the numpy reference interpreter elsewhere.
+
+coremltools rewrites the ``Manifest.json`` of every .mlpackage it opens (even with
+``skip_model_load``), so edgeseg opens private copies: reading never modifies an export, and an
+export on a read-only file system can be read.
+"""
 from __future__ import annotations
 
+import contextlib
 import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from edgeseg.errors import require
+from edgeseg.errors import ArtifactError, require
 from edgeseg.manifest import Artifact, Manifest
 from edgeseg.runtime.base import Runner, check_batch
 from edgeseg.runtime.loader import RUNNER_FACTORIES
@@ -13,6 +23,22 @@ from edgeseg.runtime.loader import RUNNER_FACTORIES
 
 def on_macos() -> bool:
     return platform.system() == "Darwin"
+
+
+@contextlib.contextmanager
+def package_copy(path: str | Path) -> Iterator[Path]:
+    """A private copy of the .mlpackage at ``path`` for coremltools to open, removed on exit.
+
+    ArtifactErrors raised inside name ``path``, not the copy.
+    """
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="edgeseg-mlpackage-") as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copytree(path, copy)
+        try:
+            yield copy
+        except ArtifactError as exc:
+            raise ArtifactError(str(exc).replace(str(copy), str(path))) from None
 
 
 class CoreMLRunner(Runner):
@@ -23,7 +49,10 @@ class CoreMLRunner(Runner):
 
     def __init__(self, path: str, *, input_name: str, output_name: str, compute_units: str = "CPU_ONLY"):
         ct = require("coremltools", "coreml", "running Core ML models")
-        self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
+        with contextlib.ExitStack() as stack:  # the copy lives as long as the model (Apple's runtime may read it later)
+            copy = stack.enter_context(package_copy(path))
+            self.model = ct.models.MLModel(str(copy), compute_units=getattr(ct.ComputeUnit, compute_units))
+            self._copy = stack.pop_all()
         spec = self.model.get_spec()
         img = spec.description.input[0].type.imageType
         self.height, self.width = img.height, img.width
@@ -43,6 +72,10 @@ class CoreMLRunner(Runner):
         outs = [self.model.predict({self.input_name: Image.fromarray(img)})[self.output_name] for img in images]
         return np.concatenate([np.asarray(o, dtype=np.float32).reshape(1, *np.shape(o)[-3:]) for o in outs])
 
+    def close(self) -> None:
+        self.model = None
+        self._copy.close()
+
 
 class CoreMLReferenceRunner(Runner):
     """Evaluates the exported ML Program op by op with numpy (a reference, not Apple's runtime)."""
@@ -55,7 +88,8 @@ class CoreMLReferenceRunner(Runner):
         require("coremltools", "coreml", "reading Core ML models")
         from edgeseg.runtime.coreml_reference import CoreMLReferenceProgram
 
-        self.program = CoreMLReferenceProgram.load(path)
+        with package_copy(path) as copy:  # the program holds its weights in memory once loaded
+            self.program = CoreMLReferenceProgram.load(copy)
         self.threads = None
 
     def run(self, images: np.ndarray) -> np.ndarray:

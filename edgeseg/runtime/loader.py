@@ -53,6 +53,10 @@ def view_of_manifest(manifest: Manifest, art: Artifact) -> ModelView:
 def runner_for_artifact(art: Artifact, manifest: Manifest, threads: int | None = None, *, spin: bool = True) -> Runner:
     """The Runner for one manifest entry; EdgesegError saying why when its runtime is missing.
 
+    The file is opened only after ``Artifact.verified_file`` (inside the export directory, sha256
+    as listed), so every consumer (predict, eval, bench, export's parity check) runs what the
+    manifest describes or stops with ArtifactError.
+
     ``spin=False`` asks runtimes that busy-wait between runs (ONNX Runtime's thread pool) not
     to, so a second session timed next to this one gets the CPU; others ignore it.
     """
@@ -60,8 +64,7 @@ def runner_for_artifact(art: Artifact, manifest: Manifest, threads: int | None =
     factory = RUNNER_FACTORIES.get(art.format)
     if factory is None:
         raise ArtifactError(f"{art.path}: no runner for format {art.format!r}")
-    if not art.file.exists():
-        raise ArtifactError(f"{art.file}: listed in the manifest but missing")
+    art.verified_file()
     return factory(art, manifest, threads, spin)
 
 

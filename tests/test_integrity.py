@@ -1,0 +1,188 @@
+"""Integrity of export directories: every file is checked against manifest.json before it is used.
+
+The tiny model is exported once (ONNX fp32 + int8) and copied into each test's tmp_path before it
+is tampered with. Every consumer (predict, eval, bench, inspect) refuses, exit 2 with one line
+naming the file and the fix, a file whose sha256 does not match (the fp32 file replaced by the
+int8 one runs silently otherwise) and a path that leaves the directory (``..``, absolute, or a
+symlink out), and writes nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgeseg.errors import ArtifactError
+from edgeseg.manifest import MANIFEST_NAME, check_relative, file_digest, read_manifest
+
+from conftest import assert_refused, run_edgeseg
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint exported once to ONNX fp32 and int8; tests copy it before changing it."""
+    out = tmp_path_factory.mktemp("integrity") / "exp"
+    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32,int8",
+                    "--parity-images", "2", "--calib-count", "4", "--threshold", "int8=0.9")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture
+def export_copy(exported, tmp_path) -> Path:
+    dest = tmp_path / "exp"
+    shutil.copytree(exported, dest)
+    return dest
+
+
+def edit_manifest(export_dir: Path, **paths: str) -> None:
+    """Set the ``path`` of the artifacts named by precision (``fp32="../x.onnx"``) in manifest.json."""
+    raw = json.loads((export_dir / MANIFEST_NAME).read_text())
+    for a in raw["artifacts"]:
+        a["path"] = paths.get(a["precision"], a["path"])
+    (export_dir / MANIFEST_NAME).write_text(json.dumps(raw, indent=2))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Two 64x64 input images for predict."""
+    root = tmp_path_factory.mktemp("integrity_images")
+    r = run_edgeseg("data", "synth", root, "--count", "2", "--size", "64")
+    assert r.returncode == 0, r.stderr
+    return root / "images"
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    """Where consumers would write (missing until one does)."""
+    return tmp_path / "out"
+
+
+def consumers(export_dir: Path, file: Path, out: Path, images: Path) -> dict[str, tuple]:
+    """The same export read by every command that opens exported files; they write under ``out`` only."""
+    return {"predict": ("predict", export_dir, images, "--out", out / "pred", "--artifact", "onnx:fp32"),
+            "eval": ("eval", export_dir, "--count", "2", "--json", out / "eval.json"),
+            "eval-file": ("eval", file, "--count", "2", "--json", out / "eval.json"),
+            "bench": ("bench", export_dir, "--threads", "1", "--runs", "3", "--sessions", "1", "--warmup", "0",
+                      "--json", out / "bench.json", "--report", out / "report"),
+            "inspect": ("inspect", file, "--json")}
+
+
+COMMANDS = ["predict", "eval", "eval-file", "bench", "inspect"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes that do not match the manifest
+
+
+def test_untouched_copy_is_accepted(cli, export_copy, out, images):
+    """Control: the copied export itself passes the check, so the refusals below are about the tampering."""
+    res = cli(*consumers(export_copy, export_copy / "tiny-fp32.onnx", out, images)["eval"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(cli("inspect", export_copy / "tiny-fp32.onnx", "--json").stdout)
+    assert info["manifest"]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_swapped_files_are_refused(cli, export_copy, out, images, command):
+    """The fp32 and int8 files swapped: each is a valid model, but not the one the manifest describes."""
+    fp32, int8 = export_copy / "tiny-fp32.onnx", export_copy / "tiny-int8.onnx"
+    tmp = fp32.with_suffix(".tmp")
+    fp32.rename(tmp)
+    int8.rename(fp32)
+    tmp.rename(int8)
+    line = assert_refused(cli, *consumers(export_copy, fp32, out, images)[command], watch=[export_copy, out],
+                          match=f"{fp32}: sha256")
+    assert "does not match" in line and "re-export" in line
+
+
+def test_inspect_no_longer_reports_the_wrong_precision(cli, export_copy):
+    """The fp32 file overwritten with the int8 bytes: inspect used to call it fp32."""
+    shutil.copy(export_copy / "tiny-int8.onnx", export_copy / "tiny-fp32.onnx")
+    assert_refused(cli, "inspect", export_copy / "tiny-fp32.onnx", watch=[export_copy], match="does not match")
+    # the int8 file itself is still described, with its own precision
+    info = json.loads(cli("inspect", export_copy / "tiny-int8.onnx", "--json").stdout)
+    assert info["manifest"]["precision"] == "int8"
+
+
+def test_missing_file_names_the_file(cli, export_copy, out, images):
+    (export_copy / "tiny-fp32.onnx").unlink()
+    assert_refused(cli, *consumers(export_copy, export_copy / "tiny-fp32.onnx", out, images)["eval"], watch=[export_copy, out],
+                   match=f"{export_copy / 'tiny-fp32.onnx'}: listed in")
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths that leave the export directory
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "bench"])
+@pytest.mark.parametrize("path", ["../outside/tiny-fp32.onnx", "ABSOLUTE"])
+def test_path_out_of_the_directory_is_refused(cli, export_copy, out, images, command, path):
+    """A real model waits at the target: without the check it would be opened and run."""
+    outside = export_copy.parent / "outside"
+    outside.mkdir()
+    shutil.copy(export_copy / "tiny-fp32.onnx", outside / "tiny-fp32.onnx")
+    path = str(outside / "tiny-fp32.onnx") if path == "ABSOLUTE" else path
+    edit_manifest(export_copy, fp32=path)
+    line = assert_refused(cli, *consumers(export_copy, export_copy / "tiny-int8.onnx", out, images)[command],
+                          watch=[export_copy, outside, out], match=f"artifact path {path!r} leaves the export directory")
+    assert str(export_copy / MANIFEST_NAME) in line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_symlink_out_of_the_directory_is_refused(cli, export_copy, out, images, command):
+    """The listed file is a symlink to the same bytes elsewhere: its sha256 matches, its place does not."""
+    outside = export_copy.parent / "outside.onnx"
+    (export_copy / "tiny-fp32.onnx").rename(outside)
+    (export_copy / "tiny-fp32.onnx").symlink_to(outside)
+    assert_refused(cli, *consumers(export_copy, export_copy / "tiny-fp32.onnx", out, images)[command], watch=[export_copy, out],
+                   match=f"resolves to {outside}, outside the export directory")
+
+
+def test_symlink_inside_the_directory_is_accepted(export_copy):
+    (export_copy / "tiny-fp32.onnx").rename(export_copy / "real.onnx")
+    (export_copy / "tiny-fp32.onnx").symlink_to("real.onnx")
+    art = read_manifest(export_copy).find("onnx", "fp32")
+    assert art.verified_file() == export_copy / "tiny-fp32.onnx"
+
+
+@pytest.mark.parametrize("bad", ["../x.onnx", "a/../../x.onnx", "/etc/passwd", "C:\\x.onnx", "..\\x.onnx", "", ".",
+                                 None, 3])
+def test_check_relative_refuses_paths_that_leave(bad):
+    with pytest.raises(ArtifactError, match="leaves the export directory"):
+        check_relative(bad, Path("exp/manifest.json"))
+
+
+@pytest.mark.parametrize("good", ["tiny-fp32.onnx", "sub/tiny.onnx", "./tiny.onnx", "..tiny.onnx"])
+def test_check_relative_accepts_plain_relative_paths(good):
+    assert check_relative(good, Path("exp/manifest.json")) == good
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing cost
+
+
+def test_each_file_is_hashed_once_until_it_changes(export_copy, monkeypatch):
+    """bench loads a file once per (thread count x session): the hash is computed once, and again
+    only after the file changes (a replacement with the same size is caught too)."""
+    from edgeseg.runtime.loader import runner_for_artifact
+
+    reads = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or real(self))
+    manifest = read_manifest(export_copy)
+    art = manifest.find("onnx", "fp32")
+    for _ in range(3):
+        runner_for_artifact(art, manifest, 1).close()
+    assert reads.count("tiny-fp32.onnx") == 1
+
+    data = bytearray(real(art.file))
+    data[-1] ^= 1  # same size, different bytes
+    art.file.write_bytes(bytes(data))
+    os.utime(art.file, ns=(0, 0))  # even with an old mtime: the inode's ctime changed
+    with pytest.raises(ArtifactError, match="does not match"):
+        art.verified_file()
+    assert file_digest(art.file)[1] != art.sha256
