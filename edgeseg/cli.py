@@ -42,6 +42,24 @@ class Group(click.Group):
         decorator = super().command(*args, **kwargs)
         return lambda fn: decorator(handle_errors(fn))
 
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """click's usage errors as one ``error:`` line too (exit 2), Ctrl-C anywhere as exit 130."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "edgeseg"
+            click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeseg")
@@ -100,14 +118,19 @@ def data_synth(out, task, count, size, seed):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.epochs=3.")
 @click.option("--weights", type=click.Path(), help="Start from a local weights file (torchvision/timm/edgeseg).")
 @click.option("--resume", is_flag=True, help="Continue from <out>/last.pt.")
-def train(recipe_path, data_root, out_dir, overrides, weights, resume):
-    """Train or fine-tune a segmenter from a recipe."""
+@click.option("--force", is_flag=True, help="Start over in a run folder that holds a run (replaces its best.pt, last.pt, metrics.csv).")
+def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):
+    """Train or fine-tune a segmenter from a recipe.
+
+    An --out folder that already holds a run is refused unless --resume or --force.
+    """
     from edgeseg.recipe import load_recipe
     from edgeseg.train.loop import train as run_training
 
     extra = (f"model.weights={weights}",) if weights else ()
     recipe = load_recipe(recipe_path, tuple(overrides) + extra)
-    result = run_training(recipe, out_dir=out_dir or Path("runs") / recipe.name, data_root=data_root, resume=resume)
+    result = run_training(recipe, out_dir=out_dir or Path("runs") / recipe.name, data_root=data_root, resume=resume,
+                          force=force)
     click.echo(f"done: {result.steps} steps; best val mIoU {result.best.get('miou', float('nan')):.4f}; "
                f"checkpoints in {result.out_dir}")
 
@@ -115,14 +138,17 @@ def train(recipe_path, data_root, out_dir, overrides, weights, resume):
 @main.command("eval")
 @click.argument("model", required=False)
 @click.option("--data", "data_root", type=click.Path(), help="Dataset folder [built-in synthetic eval set].")
-@click.option("--split", default="val", show_default=True)
+@click.option("--split", help="Split of --data to evaluate [val].")
 @click.option("--count", type=click.IntRange(1), default=200, show_default=True, help="Synthetic images when no --data.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False))
 @click.option("--slices", "slices_file", type=click.Path(dir_okay=False), help="CSV id,slice... for per-slice IoU.")
 def eval_cmd(model, data_root, split, count, json_out, slices_file):
     """Evaluate a checkpoint or exported model (default: the packaged portrait model)."""
     from edgeseg.bench.evaluation import evaluate_model, print_eval
+    from edgeseg.fsutil import check_output
 
+    if json_out:
+        check_output(json_out, is_dir=False, what="--json")
     result = evaluate_model(model, data_root=data_root, split=split, count=count, slices_file=slices_file)
     print_eval(result)
     write_json(json_out, result)
@@ -143,13 +169,19 @@ def csv_list(ctx, param, value):
 @click.option("--parity-images", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--threshold", "thresholds", multiple=True, metavar="PRECISION=MIN_AGREEMENT",
               help="Override a parity threshold, e.g. int8=0.97.")
-def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, parity_images, thresholds):
-    """Export a checkpoint (default: the packaged portrait model) to ONNX, TFLite and Core ML."""
+@click.option("--force", is_flag=True,
+              help="Export into a non-empty folder that is not an earlier export (its other files are kept).")
+def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, parity_images, thresholds, force):
+    """Export a checkpoint (default: the packaged portrait model) to ONNX, TFLite and Core ML.
+
+    Into an existing --out folder, only an earlier export's files (those its manifest lists) are
+    replaced; anything else there is kept.
+    """
     from edgeseg.export.pipeline import ExportRequest, run_export
     from edgeseg.export.report import export_table, parse_thresholds
 
     req = ExportRequest(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, parity_images,
-                        parse_thresholds(thresholds))
+                        parse_thresholds(thresholds), force=force)
     result = run_export(req, on_artifact=lambda a: click.echo(f"  exported {a.path} ({a.bytes / 1024:.0f} KB)"))
     export_table(result)
     if result.failed:
@@ -165,14 +197,24 @@ def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_
 @click.option("--refine", is_flag=True, help="Refine edges with the full-resolution image (guided matting).")
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
 @click.option("--artifact", "pick", metavar="FORMAT[:PRECISION]", help="Which file of an export directory to run.")
-def predict(model, inputs, out_dir, output, background, refine, threads, pick):
-    """Segment images with a checkpoint, an exported file or an export directory ('default' = packaged model)."""
-    from edgeseg.apply.predict import expand_inputs, predict_files
+@click.option("--force", is_flag=True, help="Replace existing files in --out that edgeseg predict did not write (never an input).")
+def predict(model, inputs, out_dir, output, background, refine, threads, pick, force):
+    """Segment images with a checkpoint, an exported file or an export directory ('default' = packaged model).
+
+    Each image is written as --out/<name>.png; a folder's sub-folders are mirrored
+    (photos/sub/a.jpg -> OUT/sub/a.png) and files already in --out are not read as inputs. Refused before anything runs (exit 2): two inputs with
+    one output name (a.jpg and a.png in one folder: rename one or use two --out folders), an
+    output on an input, --out being an input folder, and existing files in --out that edgeseg
+    predict did not write (a ledger, .edgeseg-predict.json, records what it wrote, so re-runs
+    replace their own outputs; --force replaces the others too). Unreadable or oversized images
+    are skipped and reported (exit 2 after the rest are written).
+    """
+    from edgeseg.apply.predict import plan_predict, run_predict
     from edgeseg.ui import progress_bar
 
-    with progress_bar("predict", len(expand_inputs(inputs))) as advance:
-        report = predict_files(model, inputs, out_dir, output=output, background=background, refine=refine,
-                               threads=threads, pick=pick, on_progress=lambda p: advance())
+    plan = plan_predict(inputs, out_dir, output=output, background=background, force=force)
+    with progress_bar("predict", len(plan.jobs)) as advance:
+        report = run_predict(model, plan, refine=refine, threads=threads, pick=pick, on_progress=lambda p: advance())
     for path, reason in report.failed:
         click.echo(f"skipped {path}: {reason}", err=True)
     click.echo(f"wrote {len(report.written)} {output} images to {out_dir}")
@@ -222,31 +264,42 @@ def _announce_retiming(results: list[dict], max_slowdown: float) -> list[dict]:
 @click.option("--slices", "slices_file", type=click.Path(dir_okay=False), help="CSV id,slice... for per-slice IoU.")
 def bench(paths, data_dir, threads, runs, warmup, sessions, parity_images, json_out, report_dir, baseline, max_slowdown,
           update_baseline, gate_threads, confirm, device, benchmark_binary, use_gpu, slices_file):
-    """Time every exported file through its runtime, check parity, and gate against a baseline."""
-    from edgeseg.bench.gate import compare, load_bench_json, over_limit
-    from edgeseg.bench.harness import BenchRequest, run_android, run_bench
+    """Time every exported file through its runtime, check parity, and gate against a baseline.
+
+    Options, output locations, every file's sha256 and the baseline are checked before any timing.
+    """
+    from edgeseg.bench.gate import check_options, compare, load_baseline, over_limit
+    from edgeseg.bench.harness import BenchRequest, plan_bench, run_android, run_bench
     from edgeseg.bench.report import COLUMNS, table_rows, write_report
+    from edgeseg.fsutil import check_output
     from edgeseg.ui import print_table
 
     if update_baseline and not baseline:
         raise EdgesegError("--update-baseline needs --baseline FILE (where to write it)")
+    if device != "host" and not device.startswith("android"):
+        raise EdgesegError(f"--device must be host or android[:SERIAL], got {device!r}")
+    if device != "host" and not benchmark_binary:
+        raise EdgesegError("--device android needs --benchmark-binary PATH (TFLite's benchmark_model for the phone)")
     req = BenchRequest(tuple(paths), data_dir, threads, runs, warmup, sessions=sessions, parity_images=parity_images,
                        slices_file=slices_file)
-    old = load_bench_json(baseline) if baseline and not update_baseline else None  # fail before timing, not after
-    gated = set(gate_threads) if gate_threads else None
+    gated = check_options(threads, gate_threads, max_slowdown)
+    for out, is_dir, what in ((json_out, False, "--json"), (report_dir, True, "--report"),
+                              (baseline if update_baseline else None, False, "--baseline")):
+        if out:
+            check_output(out, is_dir=is_dir, what=what)
+    plan = plan_bench(req)
+    old = None
+    if baseline and not update_baseline:
+        old = load_baseline(baseline, model=plan.model, threads=threads, latency_threads=gated)
     outcome = None
     if device == "host":
         recheck = None
         if old is not None and confirm:
             recheck = lambda results: _announce_retiming(over_limit(old, results, max_slowdown, gated), max_slowdown)  # noqa: E731
-        outcome = run_bench(req, on_result=_echo_result, recheck=recheck)
+        outcome = run_bench(plan, on_result=_echo_result, recheck=recheck)
         doc = outcome.doc
-    elif device.startswith("android"):
-        if not benchmark_binary:
-            raise EdgesegError("--device android needs --benchmark-binary PATH (TFLite's benchmark_model for the phone)")
-        doc = run_android(req, serial=device.partition(":")[2] or None, binary=benchmark_binary, use_gpu=use_gpu)
     else:
-        raise EdgesegError(f"--device must be host or android[:SERIAL], got {device!r}")
+        doc = run_android(plan, serial=device.partition(":")[2] or None, binary=benchmark_binary, use_gpu=use_gpu)
     print_table("bench", COLUMNS, table_rows(doc))
     write_json(json_out, doc)
     if report_dir:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from edgeseg.apply import compose
 from edgeseg.apply.compose import (
     PALETTE,
     alpha_matte,
@@ -190,3 +191,57 @@ def test_overlay_tints_classes_and_draws_boundaries(scene):
 def test_mismatched_inputs_raise_one_line_errors(scene, call):
     image, alpha, classes = scene
     _one_line_error(lambda: call(image, alpha, classes))
+
+
+# ----------------------------------------------------------------------------------------------
+# row bands: every mode is computed a band at a time; the result is the whole-image one
+# ----------------------------------------------------------------------------------------------
+
+
+def _reference_blur(image: np.ndarray, alpha: np.ndarray, strength: float) -> np.ndarray:
+    """Portrait blur from its definition on the whole image: one 2-D FFT of the mirrored image, float64."""
+    h, w = alpha.shape
+    sigma = strength * compose.BLUR_SIGMA_PER_DIAGONAL * np.hypot(h, w)
+    a = np.clip(alpha.astype(np.float64), 0, 1)[..., None]
+    wb = (1 - a) ** 2
+    rgb = image.astype(np.float64)
+    stack = np.concatenate([rgb * wb, wb, rgb], -1)
+    pad = int(np.ceil(3 * sigma))
+    hp, wp = compose._fft_size(h + 2 * pad), compose._fft_size(w + 2 * pad)
+    xp = np.pad(stack, ((pad, hp - h - pad), (pad, wp - w - pad), (0, 0)), mode="symmetric")
+    fy, fx = np.fft.fftfreq(hp)[:, None], np.fft.rfftfreq(wp)[None, :]
+    transfer = np.exp(-2.0 * (np.pi * sigma) ** 2 * (fy**2 + fx**2))[..., None]
+    out = np.fft.irfft2(np.fft.rfft2(xp, axes=(0, 1)) * transfer, s=(hp, wp), axes=(0, 1))[pad: pad + h, pad: pad + w]
+    num, den, plain = out[..., :3], np.maximum(out[..., 3:4], 0), out[..., 4:]
+    background = (num + compose.MASKED_BLUR_FLOOR * plain) / (den + compose.MASKED_BLUR_FLOOR)
+    return np.clip(np.rint(a * rgb + (1 - a) * background), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("band_pixels", [1, 500, 1 << 20])
+def test_blur_background_matches_the_whole_image_2d_fft(scene, monkeypatch, band_pixels):
+    """Separable row-then-column blur in bands = the 2-D FFT blur (off by at most 1 where it rounds at .5)."""
+    image, alpha, _ = scene
+    monkeypatch.setattr(compose, "BAND_PIXELS", band_pixels)
+    for strength in (1.0, 2.5):
+        got = np.asarray(blur_background(image, alpha, strength=strength)).astype(int)
+        want = _reference_blur(image, alpha, strength).astype(int)
+        assert np.abs(got - want).max() <= 1 and np.mean(got != want) < 1e-3
+
+
+@pytest.mark.parametrize("mode", ["alpha", "cutout", "replace", "overlay"])
+def test_banded_modes_equal_the_whole_image(scene, monkeypatch, mode):
+    image, alpha, classes = scene
+    alpha = alpha * 1.2 - 0.1  # values outside [0, 1] are clipped band by band too
+    background = np.random.default_rng(1).integers(0, 256, (31, 45, 3), dtype=np.uint8)
+    calls = {"alpha": lambda: alpha_matte(alpha), "cutout": lambda: cutout(image, alpha),
+             "replace": lambda: replace_background(image, alpha, background), "overlay": lambda: overlay(image, classes)}
+    whole = np.asarray(calls[mode]())
+    monkeypatch.setattr(compose, "BAND_PIXELS", 1)  # bands of 8 rows
+    np.testing.assert_array_equal(np.asarray(calls[mode]()), whole)
+
+
+def test_row_bands_cover_every_row_once_with_clipped_halos(monkeypatch):
+    monkeypatch.setattr(compose, "BAND_PIXELS", 100)
+    bands = list(compose.row_bands(45, 10, halo=3))
+    assert [b[:2] for b in bands] == [(0, 10), (10, 20), (20, 30), (30, 40), (40, 45)]
+    assert bands[0][2:] == (0, 13) and bands[2][2:] == (17, 33) and bands[-1][2:] == (37, 45)

@@ -1,13 +1,22 @@
-"""edgeseg predict on real files: every output mode, odd sizes, EXIF, RGBA/gray/16-bit, corrupt inputs."""
+"""edgeseg predict on real files: every output mode, odd sizes, EXIF, RGBA/gray/16-bit, corrupt and
+oversized inputs, output ownership (never a user's file), and peak memory per pixel."""
 from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from edgeseg.apply.predict import LEDGER_NAME
 from edgeseg.data import synth
 
-from conftest import one_line_error
+from conftest import ROOT, assert_refused, one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +82,175 @@ def test_predict_with_exported_file_matches_checkpoint(cli, tiny_checkpoint, pho
 def test_replace_without_background_exits_2(cli, tiny_checkpoint, photos, tmp_path):
     res = cli("predict", tiny_checkpoint, photos / "odd.png", "--out", tmp_path / "o", "--output", "replace")
     assert res.exit_code == 2 and "--background" in one_line_error(res.output)
+
+
+# ----------------------------------------------------------------------------------------------
+# ownership: edgeseg only replaces what it wrote
+# ----------------------------------------------------------------------------------------------
+
+
+def _folder(root: Path, photos: Path, *names: str) -> Path:
+    """A folder holding copies of the odd-sized photo under ``names`` (sub/paths allowed, any image suffix)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(photos / "odd.png").convert("RGB").save(root / name)
+    return root
+
+
+def test_out_equal_to_the_input_folder_is_refused_and_originals_kept(cli, tiny_checkpoint, photos, tmp_path):
+    folder = _folder(tmp_path / "photos", photos, "a.png", "b.jpg")
+    line = assert_refused(cli, "predict", tiny_checkpoint, folder, "--out", folder, watch=[folder],
+                          match="is the input folder")
+    assert str(folder) in line
+
+
+def test_an_output_on_an_input_file_is_refused_even_with_force(cli, tiny_checkpoint, photos, tmp_path):
+    folder = _folder(tmp_path / "photos", photos, "a.png")
+    for extra in ((), ("--force",)):
+        line = assert_refused(cli, "predict", tiny_checkpoint, folder / "a.png", "--out", folder, *extra,
+                              watch=[folder], match="would write over input")
+        assert "a.png" in line
+
+
+def test_inputs_sharing_an_output_name_are_refused_naming_both(cli, tiny_checkpoint, photos, tmp_path):
+    folder = _folder(tmp_path / "photos", photos, "a.jpg", "a.png", "b.png")
+    out = tmp_path / "out"
+    line = assert_refused(cli, "predict", tiny_checkpoint, folder, "--out", out, watch=[folder, out],
+                          match="would both be written to a.png")
+    assert "a.jpg" in line and str(folder / "a.png") in line
+    # files given one by one from two folders clash the same way
+    other = _folder(tmp_path / "other", photos, "b.jpg")
+    assert_refused(cli, "predict", tiny_checkpoint, folder / "b.png", other / "b.jpg", "--out", out,
+                   watch=[folder, other, out], match="would both be written to b.png")
+
+
+def test_sub_folders_are_mirrored(cli, tiny_checkpoint, photos, tmp_path):
+    folder = _folder(tmp_path / "photos", photos, "a.jpg", "sub/a.jpg", "sub/deeper/c.png")
+    res = cli("predict", tiny_checkpoint, folder, "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    assert "wrote 3" in res.output
+    for name in ("a.png", "sub/a.png", "sub/deeper/c.png"):
+        assert Image.open(tmp_path / "out" / name).size == (70, 90)
+
+
+def test_out_inside_an_input_folder_never_reads_its_outputs_back(cli, tiny_checkpoint, photos, tmp_path):
+    folder = _folder(tmp_path / "photos", photos, "a.jpg", "b.png")
+    for _ in range(2):  # the second run does not take masks/*.png as photos
+        res = cli("predict", tiny_checkpoint, folder, "--out", folder / "masks")
+        assert res.exit_code == 0, res.output
+        assert "wrote 2" in res.output
+    assert sorted(p.name for p in (folder / "masks").iterdir()) == [LEDGER_NAME, "a.png", "b.png"]
+    # and a folder inside --out is an input like any other
+    res = cli("predict", tiny_checkpoint, folder, "--out", tmp_path)
+    assert res.exit_code == 0 and "wrote 4" in res.output, res.output  # a, b, masks/a, masks/b
+    assert (tmp_path / "masks" / "a.png").is_file()
+
+
+def test_rerun_into_the_same_out_replaces_only_its_own_files(cli, tiny_checkpoint, photos, tmp_path):
+    folder = _folder(tmp_path / "photos", photos, "a.jpg", "sub/b.png")
+    out = tmp_path / "out"
+    for output in ("mask", "alpha"):  # the second run replaces the first run's files (the ledger lists them)
+        res = cli("predict", tiny_checkpoint, folder, "--out", out, "--output", output)
+        assert res.exit_code == 0, res.output
+        assert Image.open(out / "sub" / "b.png").mode == {"mask": "P", "alpha": "L"}[output]
+    ledger = json.loads((out / LEDGER_NAME).read_text())["files"]
+    assert set(ledger) == {"a.png", "sub/b.png"}
+    # a file the user changed since is no longer edgeseg's: refused, then replaced with --force
+    Image.new("RGB", (5, 5), "red").save(out / "a.png")
+    line = assert_refused(cli, "predict", tiny_checkpoint, folder, "--out", out, watch=[folder, out],
+                          match="not written by edgeseg predict")
+    assert str(out / "a.png") in line and "--force" in line
+    res = cli("predict", tiny_checkpoint, folder, "--out", out, "--force")
+    assert res.exit_code == 0, res.output
+    assert Image.open(out / "a.png").size == (70, 90)
+
+
+def test_existing_user_files_in_out_are_refused_before_the_model_loads(cli, photos, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "odd.png").write_bytes(b"my own picture")
+    (out / "notes.txt").write_text("kept")
+    missing_model = tmp_path / "no-such-model.pt"  # refused on the outputs first: the model is never opened
+    line = assert_refused(cli, "predict", missing_model, photos / "odd.png", "--out", out, watch=[out, photos],
+                          match="1 existing file(s)")
+    assert str(out / "odd.png") in line
+
+
+def test_a_ledger_that_is_not_ours_is_refused(cli, tiny_checkpoint, photos, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LEDGER_NAME).write_text("not json")
+    assert_refused(cli, "predict", tiny_checkpoint, photos / "odd.png", "--out", out, watch=[out],
+                   match="is not an edgeseg predict ledger")
+
+
+def test_unwritable_out_is_refused(cli, tiny_checkpoint, photos, tmp_path, read_only_dir):
+    assert_refused(cli, "predict", tiny_checkpoint, photos / "odd.png", "--out", read_only_dir / "out",
+                   watch=[read_only_dir], match="not writable")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_refused(cli, "predict", tiny_checkpoint, photos / "odd.png", "--out", blocker / "out",
+                   watch=[tmp_path], match="is a file")
+
+
+# ----------------------------------------------------------------------------------------------
+# oversized images: skipped like corrupt ones, the batch goes on
+# ----------------------------------------------------------------------------------------------
+
+
+def _png_bomb(path: Path, width: int, height: int) -> None:
+    """A 1-bit black PNG of width x height: a few KB on disk, width * height pixels when decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    data = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_skipped_and_the_rest_written(cli, tiny_checkpoint, photos, tmp_path):
+    folder = _folder(tmp_path / "in", photos, "good.png")
+    _png_bomb(folder / "bomb.png", 20000, 20000)  # 400 MP: over twice Pillow's limit, Pillow refuses to open it
+    res = cli("predict", tiny_checkpoint, folder, "--out", tmp_path / "o")
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    skipped = [ln for ln in res.stderr.splitlines() if ln.startswith("skipped")]
+    assert len(skipped) == 1 and "bomb.png" in skipped[0]
+    assert f"{20000 * 20000} pixels" in skipped[0] and f"limit of {Image.MAX_IMAGE_PIXELS} pixels" in skipped[0]
+    assert "1 of 2 inputs" in res.stderr
+    assert (tmp_path / "o" / "good.png").is_file() and not (tmp_path / "o" / "bomb.png").exists()
+
+
+def test_image_over_the_pixel_limit_is_skipped_before_decoding(cli, tiny_checkpoint, photos, tmp_path, monkeypatch):
+    """Between the limit and twice it Pillow only warns: edgeseg refuses there too, naming the size."""
+    folder = _folder(tmp_path / "in", photos, "good.png")  # 90 x 70 = 6300 pixels
+    Image.new("RGB", (100, 120)).save(folder / "big.png")  # 12000 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10000)
+    res = cli("predict", tiny_checkpoint, folder, "--out", tmp_path / "o")
+    assert res.exit_code == 2, res.output
+    assert "big.png: image of 100x120 = 12000 pixels is over the limit of 10000 pixels" in res.stderr
+    assert (tmp_path / "o" / "good.png").is_file() and not (tmp_path / "o" / "big.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# memory: peak RSS grows by a bounded number of bytes per pixel (never a bound on time)
+# ----------------------------------------------------------------------------------------------
+
+MAX_BYTES_PER_PIXEL = 80  # measured 40-44 B/px here (25-27 at 8000x6000): benchmarks/predict_memory.py
+
+
+def test_peak_memory_per_pixel_is_bounded(tiny_checkpoint, tmp_path):
+    """--output blur --refine (the heaviest mode) and replace, 1500x1000, each in a fresh process."""
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "predict_memory.py"), "--model", str(tiny_checkpoint),
+                          "--size", "1500x1000", "--output", "blur", "--output", "replace", "--refine", "on",
+                          "--workdir", str(tmp_path), "--json", str(tmp_path / "memory.json")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    results = json.loads((tmp_path / "memory.json").read_text())["results"]
+    assert [r["output"] for r in results] == ["blur", "replace"]
+    for r in results:
+        assert r["width"] * r["height"] == 1500 * 1000
+        assert r["bytes_per_pixel"] < MAX_BYTES_PER_PIXEL, r

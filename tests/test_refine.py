@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgeseg.apply import compose
 from edgeseg.apply.refine import guided_filter, refine_alpha
 from edgeseg.errors import EdgesegError
 from edgeseg.metrics import band_width, boundary_band
@@ -57,8 +58,16 @@ def tiny():
     return guide, src
 
 
+@pytest.fixture(params=["whole", "banded"])
+def bands(request, monkeypatch):
+    """Run each test on the whole image and again in bands of 8 rows (the smallest), so band edges and halos are hit."""
+    if request.param == "banded":
+        monkeypatch.setattr(compose, "BAND_PIXELS", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("colour", [True, False])
-def test_guided_filter_matches_brute_force(tiny, colour):
+def test_guided_filter_matches_brute_force(tiny, colour, bands):
     guide, src = tiny
     g = guide if colour else guide[..., 1]
     for r, eps in ((1, 1e-3), (2, 1e-2), (6, 1e-4)):  # r = 6 exceeds the image: all windows clipped
@@ -67,7 +76,7 @@ def test_guided_filter_matches_brute_force(tiny, colour):
         np.testing.assert_allclose(got, _reference_filter(g, src, r, eps), atol=2e-5)
 
 
-def test_weighted_guided_filter_matches_brute_force(tiny):
+def test_weighted_guided_filter_matches_brute_force(tiny, bands):
     guide, src = tiny
     weights = np.random.default_rng(2).random(src.shape) + 0.01
     got = guided_filter(guide, src, 2, 1e-3, weights=weights)
@@ -95,7 +104,7 @@ def test_guided_filter_with_src_equal_to_guide_and_small_eps_keeps_edges():
     np.testing.assert_allclose(guided_filter(gray, gray, 3, 1e-10), gray, atol=1e-4)
 
 
-def test_fast_guided_filter_is_close_to_the_full_one():
+def test_fast_guided_filter_is_close_to_the_full_one(bands):
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[:96, :128]
     guide = np.dstack([np.sin(xx / 9.0), np.cos(yy / 7.0), np.sin((xx + yy) / 11.0)]) * 0.4 + 0.5
@@ -226,3 +235,28 @@ def test_refine_alpha_rejects_bad_inputs():
         with pytest.raises(EdgesegError) as err:
             call()
         assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# row bands: the memory-lean path gives the whole-image result
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("subsample", [1, 2, None])
+def test_refine_alpha_in_bands_equals_the_whole_image(monkeypatch, subsample):
+    """Bands of 8 rows (many band edges, halos wider than the band) change nothing beyond float32 rounding."""
+    image, truth, _ = _portrait(seed=3)
+    blurred = _low_res_prediction(truth)
+    whole = refine_alpha(image, blurred, subsample=subsample)
+    monkeypatch.setattr(compose, "BAND_PIXELS", 1)
+    banded = refine_alpha(image, blurred, subsample=subsample)
+    np.testing.assert_allclose(banded, whole, atol=1e-6)
+
+
+def test_fast_guided_filter_in_bands_equals_the_whole_image(monkeypatch):
+    rng = np.random.default_rng(6)
+    guide = rng.integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    src, weights = rng.random((61, 83)), rng.random((61, 83)) + 0.01
+    whole = guided_filter(guide, src, 6, 1e-3, weights=weights, subsample=3)
+    monkeypatch.setattr(compose, "BAND_PIXELS", 1)
+    np.testing.assert_allclose(guided_filter(guide, src, 6, 1e-3, weights=weights, subsample=3), whole, atol=1e-6)

@@ -1,28 +1,40 @@
 """``edgeseg predict``: run any model on images of any size and write masks or composites (layer 3).
 
 Each image is resized to the model input, the logits are mapped back to the original size
-(bilinear), and the foreground matte is ``1 - P(background)``. A bad image is reported and
-skipped; the rest are still processed.
+(bilinear), and the foreground matte is ``1 - P(background)``. A bad image (unreadable, or over
+Pillow's pixel limit) is reported and skipped; the rest are still processed.
+
+Ownership: edgeseg only replaces what it wrote. ``plan_predict`` decides every output name and
+refuses, before the model is loaded or any image is read, a plan that would write two inputs to
+one name, write over an input, or replace a file that edgeseg did not write. What it wrote is
+recorded in a ledger in the output folder (``LEDGER_NAME``: name -> sha256 of the bytes written),
+so a re-run into the same folder replaces its own earlier outputs, and only those.
+
+Memory: full-resolution results are built a band of rows at a time (``compose.row_bands``), so a
+photo needs a few tens of bytes per pixel whatever its size and output mode.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from edgeseg.apply import compose
 from edgeseg.apply.refine import refine_alpha
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import resize_pixels
 from edgeseg.errors import DataError, EdgesegError
-from edgeseg.fsutil import atomic_path
+from edgeseg.fsutil import atomic_path, check_output, write_text_atomic
 from edgeseg.runtime.loader import open_model
 
 OUTPUTS = ("mask", "alpha", "cutout", "blur", "replace", "overlay")
+#: The ledger of what ``edgeseg predict`` wrote into an output folder.
+LEDGER_NAME = ".edgeseg-predict.json"
+LEDGER_SCHEMA = 1
 
 
 @dataclass
@@ -33,33 +45,240 @@ class Prediction:
     alpha: np.ndarray  # float32 [H, W] in [0, 1]: foreground probability (or refined matte)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One input image and the name of its output inside the output folder (posix, relative)."""
+
+    source: Path
+    name: str
+
+
+@dataclass
+class PredictPlan:
+    """What ``run_predict`` will write: checked by ``plan_predict`` before anything runs."""
+
+    out_dir: Path
+    jobs: list[Job]
+    output: str = "mask"
+    background: np.ndarray | None = None  # uint8 HxWx3 for --output replace
+    ledger: dict[str, str] = field(default_factory=dict)  # output name -> sha256 edgeseg wrote
+
+
 @dataclass
 class PredictReport:
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
 
 
-def expand_inputs(inputs) -> list[Path]:
-    """Files as given, folders expanded (sorted, image suffixes only); missing paths are kept to be reported."""
-    out: list[Path] = []
+# ----------------------------------------------------------------------------------------------
+# planning: output names, and the checks that keep a user's files safe
+# ----------------------------------------------------------------------------------------------
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _folder_jobs(folder: Path, out: Path) -> list[Job]:
+    """Images under ``folder`` (sorted, image suffixes only), named by their path in it.
+
+    When the output folder ``out`` (resolved) lies inside ``folder``, nothing under it is taken:
+    earlier outputs are not inputs.
+    """
+    inner = _inside(out, folder.resolve())
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not (inner and _inside(p.resolve(), out)))
+    return [Job(p, p.relative_to(folder).with_name(f"{p.stem}.png").as_posix()) for p in files]
+
+
+def input_jobs(inputs, out_dir: str | Path) -> list[Job]:
+    """Files as given (output ``<stem>.png``), folders expanded with their sub-folders mirrored
+    (``photos/sub/a.jpg`` -> ``sub/a.png``). Files already under ``out_dir`` are not taken from a
+    folder that contains it; missing paths are kept, to be reported when read.
+    """
+    out = Path(out_dir).resolve()
+    jobs: list[Job] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            out += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(item)
-    return out
+        jobs += _folder_jobs(item, out) if item.is_dir() else [Job(item, f"{item.stem}.png")]
+    return jobs
+
+
+def _listing(names: list, limit: int = 3) -> str:
+    shown = ", ".join(map(str, names[:limit]))
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _refuse_input_folder(inputs, out_dir: Path) -> None:
+    out = out_dir.resolve()
+    for item in map(Path, inputs):
+        if item.is_dir() and item.resolve() == out:
+            raise EdgesegError(f"--out {out_dir} is the input folder {item}; outputs never go among the inputs, "
+                               "choose another --out folder")
+
+
+def _refuse_collisions(jobs: list[Job]) -> None:
+    """Two inputs with one output name (compared ignoring case, as macOS and Windows do) are refused."""
+    seen: dict[str, Job] = {}
+    clashes = []
+    for job in jobs:
+        first = seen.setdefault(job.name.casefold(), job)
+        if first is not job:
+            clashes.append((first, job))
+    if clashes:
+        first, second = clashes[0]
+        more = f" (and {len(clashes) - 1} more clashes)" if len(clashes) > 1 else ""
+        raise EdgesegError(f"inputs {first.source} and {second.source} would both be written to {second.name}{more}; "
+                           "rename one, or run them into different --out folders")
+
+
+def _refuse_writing_inputs(jobs: list[Job], out_dir: Path, extra_inputs=()) -> None:
+    """No output path may resolve to an input file (symlinks and ``..`` included)."""
+    inputs = {p.resolve() for p in [*(j.source for j in jobs), *map(Path, extra_inputs)] if p.exists()}
+    hit = [job.source for job in jobs if (out_dir / job.name).resolve() in inputs]
+    if hit:
+        raise EdgesegError(f"--out {out_dir} would write over input {_listing(hit)}; choose another --out folder")
+
+
+def _refuse_blocked_paths(jobs: list[Job], out_dir: Path) -> None:
+    """An output whose place is a folder, or whose sub-folder cannot be made or written, is refused."""
+    for parent in sorted({(out_dir / job.name).parent for job in jobs}):
+        check_output(parent, is_dir=True, what="--out")
+    for job in jobs:
+        if (out_dir / job.name).is_dir():
+            raise EdgesegError(f"{out_dir / job.name} is a folder; edgeseg predict writes a file there and never "
+                               "replaces a folder")
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_ledger(out_dir: Path, *, force: bool = False) -> dict[str, str]:
+    """The names and sha256 of the files edgeseg predict wrote in ``out_dir`` ({} when none).
+
+    A ledger file that is not ours is refused (it would be replaced) unless ``force``.
+    """
+    path = out_dir / LEDGER_NAME
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        files = data["files"]
+        if data.get("schema_version") != LEDGER_SCHEMA or not all(isinstance(v, str) for v in files.values()):
+            raise ValueError("unknown layout")
+        return dict(files)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        if force:
+            return {}
+        raise EdgesegError(f"{path} is not an edgeseg predict ledger ({exc.__class__.__name__}); "
+                           "move it away, or pass --force to replace it") from None
+
+
+def _ours(path: Path, sha: str | None) -> bool:
+    """Whether ``path`` holds exactly the bytes whose sha256 the ledger recorded."""
+    try:
+        return sha is not None and path.is_file() and sha256_file(path) == sha
+    except OSError:
+        return False
+
+
+def _refuse_foreign_files(jobs: list[Job], out_dir: Path, ledger: dict[str, str]) -> None:
+    """An existing output file may be replaced only when the ledger lists it with its current sha256."""
+    foreign = [out_dir / j.name for j in jobs
+               if (out_dir / j.name).exists() and not _ours(out_dir / j.name, ledger.get(j.name))]
+    if foreign:
+        raise EdgesegError(f"{len(foreign)} existing file(s) in --out {out_dir} were not written by edgeseg predict "
+                           f"(or changed since): {_listing(foreign)}; pass --force to replace them")
+
+
+def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", background: str | None = None,
+                 force: bool = False) -> PredictPlan:
+    """Check everything ``run_predict`` will need and write, before any model or image is touched.
+
+    Promise: raises EdgesegError (one line, naming the files) and writes nothing when: the output
+    mode or ``background`` is bad; ``out_dir`` cannot be a writable folder; there are no
+    inputs; ``out_dir`` is an input folder; two inputs map to one output name; an output would
+    land on an input file; an output's place is a folder or lies under a file; or an existing
+    output file was not written by edgeseg predict (per the ledger and its sha256) - that last
+    one only without ``force``. ``force`` never allows writing over an input.
+    """
+    if output not in OUTPUTS:
+        raise EdgesegError(f"unknown output {output!r}; choose from {', '.join(OUTPUTS)}")
+    if output == "replace" and not background:
+        raise EdgesegError("--output replace needs --background IMAGE")
+    out_dir = check_output(out_dir, is_dir=True, what="--out")
+    _refuse_input_folder(inputs, out_dir)
+    jobs = input_jobs(inputs, out_dir)
+    if not jobs:
+        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+    _refuse_collisions(jobs)
+    _refuse_writing_inputs(jobs, out_dir, [background] if background else [])
+    _refuse_blocked_paths(jobs, out_dir)
+    ledger = read_ledger(out_dir, force=force)
+    if not force:
+        _refuse_foreign_files(jobs, out_dir, ledger)
+    bg = load_image(background) if output == "replace" else None
+    return PredictPlan(out_dir, jobs, output, bg, ledger)
+
+
+# ----------------------------------------------------------------------------------------------
+# one image
+# ----------------------------------------------------------------------------------------------
+
+
+def _linear_taps(n_in: int, n_out: int):
+    """Bilinear resize along one axis as PyTorch does it (``align_corners=False``).
+
+    Returns ``(i0, i1, t)``: ``out[k] = (1 - t[k]) * in[i0[k]] + t[k] * in[i1[k]]``.
+    """
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, np.clip(src - i0, 0.0, 1.0).astype(np.float32)
+
+
+def _logit_rows(logits: np.ndarray, h: int, w: int) -> Callable[[int, int], np.ndarray]:
+    """Rows of ``logits`` ([C, h_in, w_in]) resized bilinearly to h x w, on demand: [C, rows, w] float32.
+
+    Equals ``F.interpolate(..., mode="bilinear", align_corners=False)`` (within float32 rounding)
+    without holding the full-size tensor: the width is resized once at the model's height.
+    """
+    x0, x1, tx = _linear_taps(logits.shape[2], w)
+    wide = logits[:, :, x0] * (1 - tx) + logits[:, :, x1] * tx  # [C, h_in, w]
+    y0, y1, ty = _linear_taps(logits.shape[1], h)
+
+    def rows(a: int, b: int) -> np.ndarray:
+        t = ty[a:b, None]
+        return wide[:, y0[a:b]] * (1 - t) + wide[:, y1[a:b]] * t
+    return rows
 
 
 def predict_image(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, input_size, *, refine: bool = False) -> Prediction:
-    """Segment one uint8 RGB image of any size; outputs at the image's own size."""
-    logits = run(resize_pixels(image, input_size)[None])
+    """Segment one uint8 RGB image of any size; outputs at the image's own size.
+
+    ``classes`` is the arg-max class, ``alpha`` = 1 - softmax probability of class 0, both from
+    the logits upsampled bilinearly to the image; with ``refine`` the matte is refined on the
+    image's edges (``refine_alpha``) and, for a two-class model, ``classes`` = alpha >= 0.5.
+    Memory: the two results (5 bytes per pixel) plus bands of work.
+    """
+    logits = np.asarray(run(resize_pixels(image, input_size)[None]), dtype=np.float32)[0]
     h, w = image.shape[:2]
-    probs = F.interpolate(torch.from_numpy(logits), size=(h, w), mode="bilinear", align_corners=False).softmax(1)[0]
-    alpha = (1.0 - probs[0]).numpy().astype(np.float32)
-    classes = probs.argmax(0).to(torch.uint8).numpy()
+    rows = _logit_rows(logits, h, w)
+    alpha = np.empty((h, w), np.float32)
+    classes = np.empty((h, w), np.uint8)
+    for y0, y1, _, _ in compose.row_bands(h, w):
+        z = rows(y0, y1)
+        classes[y0:y1] = z.argmax(0)
+        z = np.exp(z - z.max(0))
+        alpha[y0:y1] = 1.0 - z[0] / z.sum(0)
     if refine:
         alpha = refine_alpha(image, alpha)
-        if probs.shape[0] == 2:
+        if logits.shape[0] == 2:
             classes = (alpha >= 0.5).astype(np.uint8)
     return Prediction(classes, alpha)
 
@@ -79,33 +298,53 @@ def render(mode: str, image: np.ndarray, pred: Prediction, background: np.ndarra
     return compose.overlay(image, pred.classes)
 
 
-def predict_files(model: str | None, inputs, out_dir: str | Path, *, output: str = "mask", background: str | None = None,
-                  refine: bool = False, threads: int | None = None, pick: str | None = None,
-                  on_progress: Callable[[Path], None] | None = None) -> PredictReport:
-    """Segment every input image and write ``out_dir/<stem>.png`` per image."""
-    if output not in OUTPUTS:
-        raise EdgesegError(f"unknown output {output!r}; choose from {', '.join(OUTPUTS)}")
-    if output == "replace" and not background:
-        raise EdgesegError("--output replace needs --background IMAGE")
-    bg = load_image(background) if background else None
-    files = expand_inputs(inputs)
-    if not files:
-        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
-    out_dir = Path(out_dir)
+def _write_png(picture, dest: Path) -> str:
+    """Save ``picture`` as PNG at ``dest`` atomically; returns the sha256 of the bytes written."""
+    with atomic_path(dest) as tmp:
+        picture.save(tmp, format="PNG")
+        return sha256_file(tmp)
+
+
+# ----------------------------------------------------------------------------------------------
+# a batch
+# ----------------------------------------------------------------------------------------------
+
+
+def _write_ledger(plan: PredictPlan) -> None:
+    payload = {"schema_version": LEDGER_SCHEMA, "tool": "edgeseg predict", "files": dict(sorted(plan.ledger.items()))}
+    write_text_atomic(plan.out_dir / LEDGER_NAME, json.dumps(payload, indent=1) + "\n")
+
+
+def run_predict(model: str | None, plan: PredictPlan, *, refine: bool = False, threads: int | None = None,
+                pick: str | None = None, on_progress: Callable[[Path], None] | None = None) -> PredictReport:
+    """Segment every job of ``plan`` and write ``out_dir/<name>`` per image.
+
+    An image that cannot be read is reported in ``failed`` and skipped. After each file, the
+    ledger records it (atomically), so a later run may replace it and nothing else.
+    """
     report = PredictReport()
     runner, view = open_model(model, threads=threads, pick=pick)
     with runner:
-        for path in files:
+        for job in plan.jobs:
             try:
-                image = load_image(path)
+                image = load_image(job.source)
             except DataError as exc:
-                report.failed.append((str(path), str(exc)))
+                report.failed.append((str(job.source), str(exc)))
             else:
                 pred = predict_image(runner.run, image, view.input_size, refine=refine)
-                dest = out_dir / f"{path.stem}.png"
-                with atomic_path(dest) as tmp:
-                    render(output, image, pred, bg).save(tmp, format="PNG")
+                dest = plan.out_dir / job.name
+                plan.ledger[job.name] = _write_png(render(plan.output, image, pred, plan.background), dest)
+                del image, pred
+                _write_ledger(plan)
                 report.written.append(dest)
             if on_progress:
-                on_progress(path)
+                on_progress(job.source)
     return report
+
+
+def predict_files(model: str | None, inputs, out_dir: str | Path, *, output: str = "mask", background: str | None = None,
+                  refine: bool = False, threads: int | None = None, pick: str | None = None, force: bool = False,
+                  on_progress: Callable[[Path], None] | None = None) -> PredictReport:
+    """``plan_predict`` then ``run_predict``: segment every input image into ``out_dir``."""
+    plan = plan_predict(inputs, out_dir, output=output, background=background, force=force)
+    return run_predict(model, plan, refine=refine, threads=threads, pick=pick, on_progress=on_progress)

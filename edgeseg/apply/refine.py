@@ -21,9 +21,12 @@ with a confidence-weighted guided filter.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from PIL import Image
 
+from edgeseg.apply.compose import row_bands
 from edgeseg.errors import EdgesegError
 
 #: Confidence exponent of ``refine_alpha``: weight = |2 alpha - 1| ** CONFIDENCE_POWER, so alpha
@@ -85,20 +88,130 @@ def box_mean(x: np.ndarray, r: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
+# working in row bands: fits at full or reduced resolution, a band of rows at a time
+# ----------------------------------------------------------------------------------------------
+#
+# Every full-resolution step is either per pixel or a window mean, so it runs on a band of rows
+# (``row_bands``) widened by the windows' reach: float64 temporaries then cost a few MB per band
+# instead of tens of bytes per pixel of the photo, and the result is the same as on the whole.
+
+RowSource = Callable[[int, int], tuple]  # (y0, y1) -> arrays for rows [y0, y1)
+
+
+def _to_float(rows: np.ndarray) -> np.ndarray:
+    """Rows as float64; uint8 is scaled to [0, 1] (times 1/255), floats are kept."""
+    return rows.astype(np.float64) * (1.0 / 255.0) if rows.dtype == np.uint8 else rows.astype(np.float64)
+
+
+def _as_guide(rows: np.ndarray) -> np.ndarray:
+    """Guide rows as float64 HxWxC (C = 1 or 3); uint8 is scaled to [0, 1], floats are kept."""
+    g = _to_float(np.asarray(rows))
+    return g[..., None] if g.ndim == 2 else g
+
+
+def _check_guide(guide: np.ndarray) -> np.ndarray:
+    g = np.asarray(guide)
+    if not (g.ndim == 2 or (g.ndim == 3 and g.shape[2] in (1, 3))):
+        raise EdgesegError(f"guide must be HxW or HxWx3, got shape {g.shape}")
+    return g
+
+
+def _map_rows(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """``fn`` (per pixel, on float64 rows) applied to HxW ``x`` band by band; float32 result."""
+    out = np.empty(x.shape, np.float32)
+    for y0, y1, _, _ in row_bands(*x.shape[:2]):
+        out[y0:y1] = fn(x[y0:y1].astype(np.float64))
+    return out
+
+
+def _windowed(fit: Callable[..., tuple], halo: int, inputs: tuple) -> RowSource:
+    """Rows of ``fit(*inputs)`` computed on demand from the input rows widened by ``halo``.
+
+    ``fit`` takes rows of each input (``None`` passes through) and returns a tuple of arrays for
+    those rows; each output row must depend only on input rows within ``halo`` of it (window
+    means clipped at the image border), so the rows returned equal those of a fit on the whole.
+    """
+    h = inputs[0].shape[0]
+
+    def rows(y0: int, y1: int) -> tuple:
+        lo, hi = max(0, y0 - halo), min(h, y1 + halo)
+        outs = fit(*(None if x is None else x[lo:hi] for x in inputs))
+        return tuple(o[y0 - lo: y1 - lo] for o in outs)
+    return rows
+
+
+def _collect(rows: RowSource, h: int, w: int) -> tuple:
+    """All rows of a row source, band by band, as whole float32 arrays (what Pillow resizes anyway)."""
+    outs = None
+    for y0, y1, _, _ in row_bands(h, w):
+        band = rows(y0, y1)
+        if outs is None:
+            outs = tuple(np.empty((h,) + o.shape[1:], np.float32) for o in band)
+        for out, o in zip(outs, band):
+            out[y0:y1] = o
+    return outs
+
+
+def _channels(x: np.ndarray) -> list[np.ndarray]:
+    return [x] if x.ndim == 2 else [x[..., i] for i in range(x.shape[2])]
+
+
+def _shrink(x: np.ndarray, lh: int, lw: int) -> np.ndarray:
+    """Bilinear (antialiased) resize of full-resolution HxW or HxWxC ``x`` to lh x lw, as float32.
+
+    uint8 is read as [0, 1]. One float32 channel (what Pillow resizes) exists at a time, filled
+    band by band.
+    """
+    h, w = x.shape[:2]
+    buf = np.empty((h, w), np.float32)
+    small = []
+    for chan in _channels(x):
+        for y0, y1, _, _ in row_bands(h, w):
+            buf[y0:y1] = _to_float(chan[y0:y1])
+        small.append(np.asarray(Image.fromarray(buf, "F").resize((lw, lh), Image.BILINEAR)))
+    return small[0] if x.ndim == 2 else np.stack(small, -1)
+
+
+def _upsampled(arrays: tuple, h: int, w: int) -> RowSource:
+    """Rows of each low-resolution array (lh x lw [x C]) resized bilinearly to h x w, as float64.
+
+    Pillow's ``box`` picks the source rows of each band, so a band equals the same rows of the
+    whole resize (within float32 rounding).
+    """
+    images = [[Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), "F") for c in _channels(x)] for x in arrays]
+    flat = [x.ndim == 2 for x in arrays]  # the closure keeps Pillow's copies only, not the arrays
+
+    def rows(y0: int, y1: int) -> tuple:
+        out = []
+        for chans, is_flat in zip(images, flat):
+            lw, lh = chans[0].size
+            box = (0, y0 * lh / h, lw, y1 * lh / h)
+            up = [np.asarray(im.resize((w, y1 - y0), Image.BILINEAR, box=box), dtype=np.float64) for im in chans]
+            out.append(up[0] if is_flat else np.stack(up, -1))
+        return tuple(out)
+    return rows
+
+
+def _fit_rows(make_fit: Callable[[int], tuple], radius: int, inputs: tuple, subsample: int) -> RowSource:
+    """Rows, at full resolution, of a windowed fit over ``inputs`` (full-resolution arrays or None).
+
+    ``make_fit(radius)`` returns ``(fit, halo)`` for ``_windowed``. With ``subsample`` 1 the fit
+    runs on demand at full resolution. Otherwise (the fast guided filter's trick) the inputs are
+    shrunk by ``subsample`` (bilinear, antialiased), fitted there with ``radius / subsample`` (at
+    least 1), and the fitted arrays upsampled bilinearly to full resolution band by band.
+    """
+    h, w = inputs[0].shape[:2]
+    if subsample == 1:
+        return _windowed(*make_fit(radius), inputs)
+    lh, lw = max(1, round(h / subsample)), max(1, round(w / subsample))
+    small = tuple(None if x is None else _shrink(x, lh, lw) for x in inputs)
+    fitted = _collect(_windowed(*make_fit(max(1, round(radius / subsample))), small), lh, lw)
+    return _upsampled(fitted, h, w)
+
+
+# ----------------------------------------------------------------------------------------------
 # the guided filter
 # ----------------------------------------------------------------------------------------------
-
-
-def _as_guide(guide: np.ndarray) -> np.ndarray:
-    """Guide as float64 HxWxC (C = 1 or 3); uint8 is scaled to [0, 1], floats are kept."""
-    g = np.asarray(guide)
-    scale = 1.0 / 255.0 if g.dtype == np.uint8 else 1.0
-    g = g.astype(np.float64) * scale
-    if g.ndim == 2:
-        g = g[..., None]
-    if g.ndim != 3 or g.shape[2] not in (1, 3):
-        raise EdgesegError(f"guide must be HxW or HxWx3, got shape {np.asarray(guide).shape}")
-    return g
 
 
 def _solve_sym3(cov: np.ndarray, rhs: np.ndarray, eps: float) -> np.ndarray:
@@ -151,13 +264,13 @@ def _average_coefficients(a: np.ndarray, b: np.ndarray, wbar: np.ndarray | None,
     return m[..., :-1], m[..., -1]
 
 
-def _resize(x: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear (antialiased when shrinking) resize of an HxW or HxWxC float array to h x w."""
-    chans = x[..., None] if x.ndim == 2 else x
-    out = np.stack(
-        [np.asarray(Image.fromarray(np.ascontiguousarray(chans[..., i], dtype=np.float32), "F")
-                    .resize((w, h), Image.BILINEAR)) for i in range(chans.shape[2])], -1)
-    return out[..., 0].astype(np.float64) if x.ndim == 2 else out.astype(np.float64)
+def _guided_coefficients(r: int, eps: float) -> tuple:
+    """``(fit, halo)``: rows of guide, src, weights -> the averaged coefficients (mean a, mean b) of those rows."""
+    def fit(g, p, w):
+        weights = None if w is None else w.astype(np.float64)
+        a, b, wbar = _linear_coefficients(_as_guide(g), p.astype(np.float64), weights, r, eps)
+        return _average_coefficients(a, b, wbar, r)
+    return fit, 2 * r  # a window of windows
 
 
 def _check_filter_args(g: np.ndarray, src: np.ndarray, radius: int, eps: float, subsample: int) -> None:
@@ -180,7 +293,8 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, *
     (ridge regression; the 3x3 colour covariance is used in full), and ``mean_a``/``mean_b``
     average the coefficients of all windows covering the pixel - exactly He et al.'s filter.
     A uint8 guide is scaled to [0, 1] (so ``eps`` is in those units); float guides are used as is.
-    Cost is O(1) per pixel in ``radius``.
+    Cost is O(1) per pixel in ``radius``; computed in float64 a band of rows at a time, so memory
+    beyond the inputs is the float32 result plus a few MB.
 
     ``weights`` (HxW, > 0): weighted means in that objective (weighted least squares), and each
     window's coefficients count in proportion to its mean weight; equal weights give the plain
@@ -189,25 +303,18 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, *
     factor (radius divided by it, at least 1) and upsampled bilinearly before being applied to
     the full-resolution guide. Returns float32 HxW (not clipped).
     """
-    g = _as_guide(guide)
-    p = np.asarray(src, dtype=np.float64)
-    _check_filter_args(g, p, radius, eps, subsample)
-    w = None if weights is None else np.asarray(weights, dtype=np.float64)
-    if w is not None and (w.shape != p.shape or not np.all(w > 0)):
-        raise EdgesegError(f"weights must be positive with src's shape {p.shape}, got shape {w.shape}")
-    h, wd = p.shape
-    s, r = int(subsample), int(radius)
-    if s > 1:
-        lh, lw = max(1, round(h / s)), max(1, round(wd / s))
-        g_lo, p_lo = _resize(g, lh, lw), _resize(p, lh, lw)
-        w_lo = None if w is None else _resize(w, lh, lw)
-        a, b, wbar = _linear_coefficients(g_lo, p_lo, w_lo, max(1, round(r / s)), eps)
-        ma, mb = _average_coefficients(a, b, wbar, max(1, round(r / s)))
-        ma, mb = _resize(ma, h, wd), _resize(mb, h, wd)
-    else:
-        a, b, wbar = _linear_coefficients(g, p, w, r, eps)
-        ma, mb = _average_coefficients(a, b, wbar, r)
-    return (np.sum(ma * g, -1) + mb).astype(np.float32)
+    guide, src = _check_guide(guide), np.asarray(src)
+    _check_filter_args(guide, src, radius, eps, subsample)
+    if weights is not None:
+        weights = np.asarray(weights)
+        if weights.shape != src.shape or not np.all(weights > 0):
+            raise EdgesegError(f"weights must be positive with src's shape {src.shape}, got shape {weights.shape}")
+    coefficients = _fit_rows(lambda r: _guided_coefficients(r, eps), int(radius), (guide, src, weights), int(subsample))
+    out = np.empty(src.shape, np.float32)
+    for y0, y1, _, _ in row_bands(*src.shape):
+        ma, mb = coefficients(y0, y1)
+        out[y0:y1] = np.sum(ma * _as_guide(guide[y0:y1]), -1) + mb
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,21 +357,20 @@ def _masked_means(g: np.ndarray, weights: list[np.ndarray], radii: list[int]):
     return list(zip(means, found))
 
 
-def _local_colours(g: np.ndarray, alpha: np.ndarray, conf: np.ndarray, radius: int, subsample: int):
-    """Local foreground and background colours from confidently labelled pixels near each pixel.
+def _local_colours(radius: int) -> tuple:
+    """``(fit, halo)``: rows of image, alpha, confidence -> local foreground and background colours.
 
-    Searches radii ``radius * (1, 2, 4)`` (fitted at 1/subsample resolution, then upsampled)
-    and returns (F, B, found) with found True where both colours were seen.
+    The colours F and B are means over confidently labelled pixels within ``radius``, doubling
+    the window where none is in reach (``radius * (1, 2, 4)``); ``found`` (1.0 or 0.0) says
+    whether both colours were seen.
     """
-    h, w = alpha.shape
-    if subsample > 1:
-        lh, lw = max(1, round(h / subsample)), max(1, round(w / subsample))
-        f, b, found = _local_colours(_resize(g, lh, lw), _resize(alpha, lh, lw), _resize(conf, lh, lw),
-                                     max(1, round(radius / subsample)), 1)
-        return _resize(f, h, w), _resize(b, h, w), _resize(found.astype(np.float64), h, w) > 0.5
     radii = [radius * 2**k for k in range(SAMPLE_SCALES)]
-    (f, f_ok), (b, b_ok) = _masked_means(g, [conf * (alpha > 0.5), conf * (alpha < 0.5)], radii)
-    return f, b, f_ok & b_ok
+
+    def fit(g, alpha, conf):
+        a, c = alpha.astype(np.float64), conf.astype(np.float64)
+        (f, f_ok), (b, b_ok) = _masked_means(_as_guide(g), [c * (a > 0.5), c * (a < 0.5)], radii)
+        return f, b, (f_ok & b_ok).astype(np.float64)
+    return fit, radii[-1]
 
 
 def _solve_compositing(g, alpha, conf, f, b, found) -> np.ndarray:
@@ -279,6 +385,29 @@ def _solve_compositing(g, alpha, conf, f, b, found) -> np.ndarray:
     trust = dd / (dd + COLOUR_SEPARATION) * found
     estimate = trust * colour_alpha + (1.0 - trust) * alpha
     return conf * alpha + (1.0 - conf) * estimate
+
+
+def _colour_estimate(image: np.ndarray, alpha: np.ndarray, r: int, s: int) -> np.ndarray:
+    """Step (1) of ``refine_alpha``: alpha re-estimated from local F, B colours (float32 HxW).
+
+    ``alpha`` is float32 HxW in [0, 1]. F and B are means over windows of >= 4 r px: fitting them
+    at 1/(r/2) resolution loses nothing.
+    """
+    conf = _map_rows(confidence, alpha)
+    colours = _fit_rows(_local_colours, SAMPLE_RADIUS_FACTOR * r, (image, alpha, conf), max(s, r // 2))
+    estimate = np.empty(alpha.shape, np.float32)
+    for y0, y1, _, _ in row_bands(*alpha.shape):
+        f, b, found = colours(y0, y1)
+        a, c = alpha[y0:y1].astype(np.float64), conf[y0:y1].astype(np.float64)
+        estimate[y0:y1] = _solve_compositing(_as_guide(image[y0:y1]), a, c, f, b, found > 0.5)
+    return estimate
+
+
+def _clipped_float32(alpha: np.ndarray) -> np.ndarray:
+    """``alpha`` clipped to [0, 1] as float32: the array itself when it already is (no copy), else a copy."""
+    if alpha.dtype == np.float32 and (alpha.size == 0 or (alpha.min() >= 0.0 and alpha.max() <= 1.0)):
+        return alpha
+    return np.clip(alpha.astype(np.float32), 0.0, 1.0)
 
 
 def _check_matte_inputs(image: np.ndarray, alpha: np.ndarray) -> None:
@@ -315,20 +444,18 @@ def refine_alpha(image_uint8_hwc: np.ndarray, alpha: np.ndarray, *, radius: int 
     trades edge sharpness for noise; ``subsample`` (default ``radius // 4``: 1 below a ~750-px
     short side, 2 at 1024x768, 7 at 4000x3000) fits colours and filter coefficients at
     1/subsample resolution for speed, still solving for every full-resolution pixel.
+
+    Memory: a few float32 copies of the matte (4 bytes per pixel each) plus bands of float64
+    work; the colour guide is never held as floats at full resolution.
     """
-    image = np.asarray(image_uint8_hwc)
-    a = np.asarray(alpha, dtype=np.float64)
-    _check_matte_inputs(image, a)
-    h, w = a.shape
+    image, alpha = np.asarray(image_uint8_hwc), np.asarray(alpha)
+    _check_matte_inputs(image, alpha)
+    h, w = alpha.shape
     r = default_radius(h, w) if radius is None else int(radius)
     s = default_subsample(r) if subsample is None else int(subsample)
     if r < 1 or s < 1:
         raise EdgesegError(f"radius and subsample must be >= 1, got {r} and {s}")
-    a = np.clip(a, 0.0, 1.0)
-    g = image.astype(np.float64) / 255.0
-    conf = confidence(a)
-    # F and B are means over windows of >= 4 r px: fitting them at 1/(r/2) resolution loses nothing
-    f, b, found = _local_colours(g, a, conf, SAMPLE_RADIUS_FACTOR * r, max(s, r // 2))
-    estimate = _solve_compositing(g, a, conf, f, b, found)
-    q = guided_filter(g, estimate, r, eps, weights=confidence(estimate) + WEIGHT_FLOOR, subsample=s)
-    return np.clip(q, 0.0, 1.0)
+    estimate = _colour_estimate(image, _clipped_float32(alpha), r, s)
+    weights = _map_rows(lambda e: confidence(e) + WEIGHT_FLOOR, estimate)
+    q = guided_filter(image, estimate, r, eps, weights=weights, subsample=s)
+    return np.clip(q, 0.0, 1.0, out=q)

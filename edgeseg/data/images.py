@@ -1,9 +1,12 @@
 """Reading images and masks robustly (layer 1).
 
-Any problem (missing, unreadable, wrong mode) raises DataError naming the file.
+Any problem (missing, unreadable, wrong mode, more pixels than Pillow's decompression-bomb limit)
+raises DataError naming the file.
 """
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +17,37 @@ from edgeseg.errors import DataError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def _too_large(path: Path, pixels: str, limit: int) -> DataError:
+    return DataError(f"{path}: image of {pixels} pixels is over the limit of {limit} pixels "
+                     "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs); not read")
+
+
+def _check_pixels(path: Path, img: Image.Image) -> None:
+    """Refuse an image with more pixels than ``Image.MAX_IMAGE_PIXELS`` before it is decoded."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        img.close()
+        raise _too_large(path, f"{img.width}x{img.height} = {img.width * img.height}", limit)
+
+
 def _open(path: Path) -> Image.Image:
+    """Open and decode ``path``; DataError naming the file when it is missing, unreadable or too large.
+
+    Up to ``Image.MAX_IMAGE_PIXELS`` Pillow decodes; above it (where Pillow would warn, and
+    above twice it raise) the file is refused before its pixels are decoded.
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():  # this call only: the size is checked below instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        _check_pixels(path, img)
         img.load()
         return img
+    except Image.DecompressionBombError as exc:  # over twice the limit: Pillow refuses in open()
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(path, found[1] if found else "too many", Image.MAX_IMAGE_PIXELS) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot read image ({str(exc).splitlines()[0][:120] or exc.__class__.__name__})") from None
 
@@ -34,15 +61,20 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
         hi = 65535.0 if a.max() > 255 else 255.0
         g = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=2)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 RGB [H, W, 3], applying its EXIF orientation."""
+    """Read an image as uint8 RGB [H, W, 3], applying its EXIF orientation.
+
+    DataError naming the file when it is missing, unreadable, or has more pixels than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (then nothing is decoded). Memory: the decoded image once
+    plus the returned array; no further full-size copy.
+    """
     path = Path(path)
     img = _open(path)
     try:
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)
     except (OSError, ValueError, TypeError):
         pass  # broken EXIF: keep the stored orientation
     return to_rgb_array(img)
