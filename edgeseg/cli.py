@@ -81,7 +81,11 @@ def write_json(path: str | None, payload: dict) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the table as JSON.")
 def models(json_out):
     """List the registered architectures with params and MACs at their default size."""
+    from edgeseg.fsutil import check_output
     from edgeseg.models.report import model_table
+
+    if json_out:
+        check_output(json_out, is_dir=False, what="--json")
 
     rows = model_table()
     from edgeseg.ui import print_table

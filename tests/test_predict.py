@@ -254,3 +254,14 @@ def test_peak_memory_per_pixel_is_bounded(tiny_checkpoint, tmp_path):
     for r in results:
         assert r["width"] * r["height"] == 1500 * 1000
         assert r["bytes_per_pixel"] < MAX_BYTES_PER_PIXEL, r
+
+
+def test_artifact_option_for_a_checkpoint_is_refused(tiny_checkpoint, tmp_path, cli):
+    from conftest import assert_refused
+
+    img = tmp_path / "in" / "a.png"
+    img.parent.mkdir()
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(img)
+    assert_refused(cli, "predict", tiny_checkpoint, img, "--out", tmp_path / "out", "--artifact", "tflite:int8",
+                   watch=[tmp_path], match="--artifact tflite:int8 picks a file of an export directory")
+    assert_refused(cli, "models", "--json", img / "x.json", watch=[tmp_path], match="is a file")

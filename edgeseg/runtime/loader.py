@@ -71,19 +71,22 @@ def runner_for_artifact(art: Artifact, manifest: Manifest, threads: int | None =
 def open_model(spec: str | None, *, threads: int | None = None, pick: str | None = None) -> tuple[Runner, ModelView]:
     """A Runner and its ModelView for a checkpoint path, 'default', an exported file or an export dir.
 
-    For an export directory ``pick`` selects 'format:precision' (default: the first artifact).
+    For an export directory ``pick`` selects 'format:precision' (default: the first artifact);
+    for anything else it is refused rather than ignored.
     """
-    if spec is not None and spec != "default":
-        path = Path(spec)
-        if path.is_dir() and (path / MANIFEST_NAME).is_file():
-            manifest = read_manifest(path)
-            art = _pick(manifest, pick)
-            return runner_for_artifact(art, manifest, threads), view_of_manifest(manifest, art)
-        if path.suffix in (".onnx", ".tflite", ".mlpackage"):
-            manifest, art = find_artifact_for_file(path)
-            return runner_for_artifact(art, manifest, threads), view_of_manifest(manifest, art)
-        if not path.exists():
-            raise EdgesegError(f"model not found: {path}")
+    path = None if spec in (None, "default") else Path(spec)
+    if path is not None and path.is_dir() and (path / MANIFEST_NAME).is_file():
+        manifest = read_manifest(path)
+        art = _pick(manifest, pick)
+        return runner_for_artifact(art, manifest, threads), view_of_manifest(manifest, art)
+    if pick is not None:
+        raise EdgesegError(f"--artifact {pick} picks a file of an export directory, but {spec or 'default'} is not one; "
+                           "drop --artifact or name the export directory")
+    if path is not None and path.suffix in (".onnx", ".tflite", ".mlpackage"):
+        manifest, art = find_artifact_for_file(path)
+        return runner_for_artifact(art, manifest, threads), view_of_manifest(manifest, art)
+    if path is not None and not path.exists():
+        raise EdgesegError(f"model not found: {path}")
     from edgeseg.runtime.torch_runner import TorchRunner
 
     ckpt = resolve_checkpoint(spec)
