@@ -81,6 +81,37 @@ def check_output(path: str | os.PathLike, *, is_dir: bool, what: str = "output")
     return path
 
 
+JSON_MARK = "written_by"  # key of every JSON report edgeseg writes: "edgeseg <version>"
+
+
+def check_json_output(path: str | os.PathLike, *, what: str = "--json") -> Path:
+    """``check_output`` for a JSON report; an existing file there is replaced only if edgeseg wrote it.
+
+    So ``--json`` can never overwrite a checkpoint, a manifest, a CSV or a model that the command
+    reads: only a JSON object carrying ``JSON_MARK``, or a bench JSON of an earlier version
+    (``schema_version``, ``host`` and ``results``).
+    """
+    path = check_output(path, is_dir=False, what=what)
+    if (path.exists() or path.is_symlink()) and not _edgeseg_json(path):
+        raise EdgesegError(f"{what} {path} exists and is not a JSON report edgeseg wrote; choose another path "
+                           "(edgeseg only replaces what it wrote)")
+    return path
+
+
+def _edgeseg_json(path: Path) -> bool:
+    import json
+
+    try:
+        if path.stat().st_size > 64 * 2**20:
+            return False
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict):
+        return False
+    return str(doc.get(JSON_MARK, "")).startswith("edgeseg") or {"schema_version", "host", "results"} <= set(doc)
+
+
 STAGING_PREFIX = ".edgeseg-staging-"
 
 

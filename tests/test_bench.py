@@ -382,3 +382,17 @@ def test_report_onto_a_file_is_refused_before_timing(cli, onnx_dir, tmp_path, no
     report.write_text("a file")
     line = assert_refused(cli, *bench_args(onnx_dir, tmp_path), watch=[tmp_path], match="is a file")
     assert str(report) in line and "--report" in line
+
+
+@pytest.mark.parametrize("target", ["manifest.json", "tiny-fp32.onnx", "checkpoint"])
+def test_json_outputs_never_replace_the_commands_inputs(cli, onnx_dir, tiny_checkpoint, tmp_path, no_timing, target):
+    import shutil
+
+    export = tmp_path / "export"
+    shutil.copytree(onnx_dir, export)
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(tiny_checkpoint.read_bytes())
+    victim = ckpt if target == "checkpoint" else export / target
+    for option in (("--json", victim), ("--baseline", victim, "--update-baseline")):
+        assert_refused(cli, "bench", export, "--threads", "1", *option, watch=[tmp_path],
+                       match="is not a JSON report edgeseg wrote")

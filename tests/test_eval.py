@@ -117,3 +117,19 @@ def test_slices_csv_from_a_spreadsheet_with_a_byte_order_mark(cli, tmp_path):
 def test_json_path_under_a_file_is_refused_before_evaluating(cli, tmp_path):
     (tmp_path / "f").write_text("x")
     assert_refused(cli, "eval", "--count", "2", "--json", tmp_path / "f" / "e.json", watch=[tmp_path], match="--json")
+
+
+def test_json_output_never_replaces_a_file_edgeseg_did_not_write(tiny_checkpoint, tmp_path, cli):
+    from conftest import assert_refused
+
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(tiny_checkpoint.read_bytes())
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    for target in (mine, notes):
+        assert_refused(cli, "eval", mine, "--count", "2", "--json", target, watch=[tmp_path],
+                       match="is not a JSON report edgeseg wrote")
+    out = tmp_path / "eval.json"
+    assert cli("eval", mine, "--count", "2", "--json", out).exit_code == 0
+    assert cli("eval", mine, "--count", "2", "--json", out).exit_code == 0  # its own report is replaced
+    assert json.loads(out.read_text())["written_by"].startswith("edgeseg")

@@ -94,8 +94,20 @@ def test_export_refuses_to_replace_a_file_no_export_listed(tiny_checkpoint, tmp_
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps({"schema_version": 1, "model": {}, "artifacts": []}))
     (out / "tiny-fp32.onnx").write_bytes(b"the user's own model")
-    assert_refused(cli, "export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32",
-                   watch=[tmp_path], match="would be replaced (tiny-fp32.onnx)")
+    for force in ((), ("--force",)):
+        assert_refused(cli, "export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32", *force,
+                       watch=[tmp_path], match="tiny-fp32.onnx would be replaced and edgeseg did not write them")
+
+
+def test_export_force_never_replaces_a_users_manifest_or_folder(tiny_checkpoint, tmp_path, cli):
+    from conftest import assert_refused
+
+    out = tmp_path / "pwa"
+    (out / "tiny-fp32.onnx").mkdir(parents=True)
+    (out / "tiny-fp32.onnx" / "keep.txt").write_text("keep")
+    (out / "manifest.json").write_text('{"name": "My PWA"}')
+    assert_refused(cli, "export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32", "--force",
+                   watch=[tmp_path], match="manifest.json, tiny-fp32.onnx would be replaced")
 
 
 def test_export_force_writes_beside_the_users_files(tiny_checkpoint, tmp_path):

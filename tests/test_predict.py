@@ -265,3 +265,13 @@ def test_artifact_option_for_a_checkpoint_is_refused(tiny_checkpoint, tmp_path, 
     assert_refused(cli, "predict", tiny_checkpoint, img, "--out", tmp_path / "out", "--artifact", "tflite:int8",
                    watch=[tmp_path], match="--artifact tflite:int8 picks a file of an export directory")
     assert_refused(cli, "models", "--json", img / "x.json", watch=[tmp_path], match="is a file")
+
+
+def test_a_mistyped_input_path_is_refused_before_anything_is_written(tiny_checkpoint, tmp_path, cli):
+    from conftest import assert_refused
+
+    img = tmp_path / "in" / "a.png"
+    img.parent.mkdir()
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(img)
+    assert_refused(cli, "predict", tiny_checkpoint, tmp_path / "in" / "nope.jpg", img, "--out", tmp_path / "out",
+                   watch=[tmp_path], match="input not found:")

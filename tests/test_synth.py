@@ -151,6 +151,19 @@ def test_write_dataset_into_an_empty_folder_keeps_its_mode(tmp_path):
     assert (out / "images" / "synth_000000.png").is_file() and (out.stat().st_mode & 0o777) == 0o750
 
 
+@pytest.mark.parametrize("copied_marker", ['{}', None])
+def test_data_synth_rerun_refuses_a_users_file_added_to_its_folder(tmp_path, cli, copied_marker):
+    from conftest import assert_refused
+
+    out = tmp_path / "ds"
+    assert cli("data", "synth", out, "--count", "2", "--size", "32").exit_code == 0
+    (out / "images" / "my_photo.jpg").write_bytes(b"mine")
+    if copied_marker is not None:
+        (out / synth.SYNTH_MARKER).write_text(copied_marker)
+    line = assert_refused(cli, "data", "synth", out, "--count", "2", "--size", "32", watch=[tmp_path])
+    assert "not written by 'edgeseg data synth'" in line
+
+
 @pytest.mark.parametrize("user_files", [["notes.txt"], ["images/photo.jpg"], ["classes.txt"]])
 def test_data_synth_refuses_a_users_folder(tmp_path, cli, user_files):
     from conftest import assert_refused

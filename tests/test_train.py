@@ -96,3 +96,22 @@ def test_train_force_starts_over_and_keeps_other_files(tmp_path, cli):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1"] and rows[0]["miou"]  # started over, no stale rows
     assert (run / "notes.txt").read_text() == "mine" and (run / "best.pt").is_file()
+
+
+def test_resume_and_force_together_are_refused(tmp_path, cli):
+    from conftest import assert_refused
+
+    assert_refused(cli, "train", "--recipe", write_recipe(tmp_path / "r.yaml"), "--out", tmp_path / "run", "--resume",
+                   "--force", watch=[tmp_path], match="give one of them")
+
+
+def test_run_stopped_before_its_first_epoch_leaves_nothing(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", {"train": {"steps_per_epoch": 2000}})
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "train", "--recipe", str(recipe), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # building the model and data, then some steps of the first epoch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert not out.exists()

@@ -202,7 +202,7 @@ def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", backgroun
 
     Promise: raises EdgesegError (one line, naming the files) and writes nothing when: the output
     mode or ``background`` is bad; ``out_dir`` cannot be a writable folder; there are no
-    inputs; ``out_dir`` is an input folder; two inputs map to one output name; an output would
+    inputs or an input path that does not exist; ``out_dir`` is an input folder; two inputs map to one output name; an output would
     land on an input file; an output's place is a folder or lies under a file; or an existing
     output file was not written by edgeseg predict (per the ledger and its sha256) - that last
     one only without ``force``. ``force`` never allows writing over an input.
@@ -211,6 +211,9 @@ def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", backgroun
         raise EdgesegError(f"unknown output {output!r}; choose from {', '.join(OUTPUTS)}")
     if output == "replace" and not background:
         raise EdgesegError("--output replace needs --background IMAGE")
+    missing = [str(p) for p in inputs if not Path(p).exists()]
+    if missing:
+        raise DataError(f"input not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check the path")
     out_dir = check_output(out_dir, is_dir=True, what="--out")
     _refuse_input_folder(inputs, out_dir)
     jobs = input_jobs(inputs, out_dir)

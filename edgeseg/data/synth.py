@@ -191,16 +191,30 @@ def write_dataset(out: str | Path, task: str, count: int, size, seed: int) -> Pa
 
 
 def _check_synth_target(out: Path) -> None:
-    """Refuse a non-empty folder unless an earlier ``write_dataset`` made it and it holds nothing else."""
+    """Refuse a non-empty folder unless an earlier ``write_dataset`` made it and it holds exactly what that
+    run wrote (its marker says how many samples; any other file, e.g. a photo added to images/, is the user's)."""
     if not out.is_dir():
         return
     entries = sorted(p.name for p in out.iterdir() if not is_staging(p))
-    ours = (out / SYNTH_MARKER).is_file()
-    foreign = [n for n in entries if not ours or n not in _SYNTH_NAMES]
+    if not entries:
+        return
+    expected = _files_written(out)
+    present = {str(p.relative_to(out)) for p in out.rglob("*") if not is_staging(p.relative_to(out).parts[0])}
+    foreign = sorted(present - expected) if expected else entries
     if foreign:
-        listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-        raise DataError(f"{out} is not empty ({listed}) and was not written by 'edgeseg data synth'; "
-                        "choose an empty or new folder")
+        raise DataError(f"{out} is not empty ({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}) and was not "
+                        "written by 'edgeseg data synth'; choose an empty or new folder")
+
+
+def _files_written(out: Path) -> set[str]:
+    """Every path (relative, folders included) that the write_dataset run recorded in ``out``'s marker wrote; empty if none."""
+    try:
+        count = int(json.loads((out / SYNTH_MARKER).read_text())["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    digits = max(6, len(str(count - 1)))
+    samples = {f"{sub}/synth_{i:0{digits}d}.png" for sub in ("images", "masks") for i in range(count)}
+    return samples | {"images", "masks", "classes.txt", "slices.csv", SYNTH_MARKER}
 
 
 # ---------------------------------------------------------------------------- arguments

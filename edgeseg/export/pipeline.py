@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg import __version__
-from edgeseg.bench.parity import DEFAULT_MAX_GT_DROP, DEFAULT_THRESHOLDS, check_parity, reference_set, skipped
+from edgeseg.bench.parity import (DEFAULT_MAX_GT_DROP, DEFAULT_STRESS_THRESHOLDS, DEFAULT_THRESHOLDS, check_parity,
+                                  reference_set, skipped, stress_set)
 from edgeseg.errors import EdgesegError, MissingExtra, require
 from edgeseg.export.base import EXPORTERS, ExportJob, embedded_metadata
 from edgeseg.export.calibration import calibration_images, parity_source
@@ -43,6 +44,8 @@ class ExportRequest:
     thresholds: dict = field(default_factory=dict)
     max_gt_drop: float = DEFAULT_MAX_GT_DROP
     force: bool = False  # write into a non-empty folder that is not an earlier export
+    stress_thresholds: dict = field(default_factory=dict)
+    stress: bool = True  # also check parity on the stress set (corruptions + real photos)
 
 
 @dataclass
@@ -128,9 +131,8 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
     for exporter in exporters.values():  # after the cheap input checks: these imports are slow and chatty
         _check_extra(exporter)
     model = ckpt.model()
-    ref = reference_set(TorchRunner(model, input_size=info.input_size, mean=info.mean, std=info.std), source,
-                        info.input_size, req.parity_images, info.classes, described)
-    thresholds = {**DEFAULT_THRESHOLDS, **req.thresholds}
+    gate = ParityGate.build(TorchRunner(model, input_size=info.input_size, mean=info.mean, std=info.std), req,
+                            reference_set_args=(source, info.input_size, req.parity_images, info.classes, described))
     staging = staging_dir(dest)
     try:
         manifest = Manifest(model=model_section(ckpt, model, task), tools=tool_versions())
@@ -140,7 +142,7 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
             for precision in req.precisions:
                 job = ExportJob(model, info, precision, calib, staging, f"{info.name}-{precision}", metadata=meta)
                 art = exporter.export(job)
-                art.parity = _parity(art, manifest, ref, thresholds[precision], req.max_gt_drop)
+                art.parity = gate.check(art, manifest)
                 manifest.artifacts.append(art)
                 if on_artifact:
                     on_artifact(art)
@@ -154,16 +156,35 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
     return ExportResult(manifest, dest)
 
 
-def _parity(art: Artifact, manifest: Manifest, ref, threshold: float, max_gt_drop: float) -> dict:
-    try:
-        runner = runner_for_artifact(art, manifest)
-    except MissingExtra as exc:
-        return skipped(str(exc), threshold)
-    with runner:
-        result = check_parity(runner, ref, threshold=threshold, max_gt_drop=max_gt_drop)
-    if runner.runtime == "coreml-reference":
-        result["note"] = "evaluated by edgeseg's numpy reference interpreter of the ML Program, not Apple's Core ML runtime"
-    return result
+@dataclass
+class ParityGate:
+    """The parity and stress references (PyTorch fp32 on the same pixels) and the thresholds per precision."""
+
+    ref: object  # ReferenceSet
+    stress: object | None  # ReferenceSet of the stress images, or None when not checked
+    thresholds: dict
+    stress_thresholds: dict
+    max_gt_drop: float
+
+    @classmethod
+    def build(cls, reference, req: ExportRequest, *, reference_set_args) -> "ParityGate":
+        ref = reference_set(reference, *reference_set_args)
+        return cls(ref, stress_set(reference, ref) if req.stress else None, {**DEFAULT_THRESHOLDS, **req.thresholds},
+                   {**DEFAULT_STRESS_THRESHOLDS, **req.stress_thresholds}, req.max_gt_drop)
+
+    def check(self, art: Artifact, manifest: Manifest) -> dict:
+        """The manifest ``parity`` block of one file (``skipped`` when its runtime is not installed)."""
+        threshold = self.thresholds[art.precision]
+        try:
+            runner = runner_for_artifact(art, manifest)
+        except MissingExtra as exc:
+            return skipped(str(exc), threshold)
+        with runner:
+            result = check_parity(runner, self.ref, threshold=threshold, max_gt_drop=self.max_gt_drop,
+                                  stress=self.stress, stress_threshold=self.stress_thresholds[art.precision])
+        if runner.runtime == "coreml-reference":
+            result["note"] = "evaluated by edgeseg's numpy reference interpreter of the ML Program, not Apple's Core ML runtime"
+        return result
 
 
 def _earlier_export_names(dest: Path) -> set[str]:
@@ -186,18 +207,23 @@ def owned_by_earlier_export(dest: Path, names: set[str], force: bool) -> set[str
     """Refuse (exit 2) to export into ``dest`` where that would replace something edgeseg did not write.
 
     A missing or empty folder, or one holding an earlier export, is fine: the earlier export's
-    files are returned (they may be replaced or removed); other files there are kept. Without
-    ``force``, a non-empty folder that is not an earlier export is refused, and so is any existing
-    entry named like a file this export will write (``names``) that no earlier export listed.
+    files are returned (they may be replaced or removed); other files there are kept. An existing
+    entry named like a file this export writes (``names``) that no earlier export listed is always
+    refused; a non-empty folder that is not an earlier export is refused unless ``force``.
     """
     if not dest.is_dir():
         return set()
     owned = _earlier_export_names(dest)
     foreign = sorted(p.name for p in dest.iterdir() if p.name not in owned and not is_staging(p))
     clash = sorted(n for n in foreign if n in names)
-    if force or not (clash or (foreign and not owned)):
-        return owned
-    listed = ", ".join((clash or foreign)[:5]) + (" ..." if len(clash or foreign) > 5 else "")
-    what = "would be replaced" if clash else "are not from an earlier edgeseg export"
-    raise EdgesegError(f"--out {dest}: files there {what} ({listed}); choose an empty or new folder, "
-                       "or pass --force to write the export beside them")
+    if clash:
+        raise EdgesegError(f"--out {dest}: {_some(clash)} would be replaced and edgeseg did not write them; "
+                           "move or rename them, or choose another --out")
+    if foreign and not owned and not force:
+        raise EdgesegError(f"--out {dest}: files there are not from an earlier edgeseg export ({_some(foreign)}); "
+                           "choose an empty or new folder, or pass --force to write the export beside them")
+    return owned
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")

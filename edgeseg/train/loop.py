@@ -7,6 +7,7 @@ run replays the interrupted epoch and ends on the same step count.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from edgeseg.data.transforms import SegDataset, eval_transform, normalize, train_transform
 from edgeseg.errors import CheckpointError, EdgesegError
-from edgeseg.fsutil import check_output
+from edgeseg.fsutil import check_output, write_text_atomic
 from edgeseg.models.checkpoint import load_checkpoint, load_fitting, save_checkpoint
 from edgeseg.recipe import Recipe
 from edgeseg.runtime.evaluate import evaluate
@@ -69,6 +70,8 @@ def check_run_dir(out_dir: str | Path, *, resume: bool, force: bool) -> Path:
     Only ``RUN_FILES`` are ever written there; with ``force`` an earlier run's files are replaced
     (metrics.csv starts over), and other files in the folder are left alone.
     """
+    if resume and force:
+        raise EdgesegError("--resume continues a run and --force starts it over; give one of them")
     out_dir = check_output(out_dir, is_dir=True, what="--out")
     present = [n for n in RUN_FILES if (out_dir / n).exists()]
     if present and not (resume or force):
@@ -93,7 +96,8 @@ def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, 
     model = build_for_training(info, recipe.model.weights).to(device)
     d = recipe.data
     train_ds = SegDataset(train_src, train_transform(info.input_size, hflip=d.augment.hflip, scale=d.augment.scale,
-                                                     rotate=d.augment.rotate, color=d.augment.color))
+                                                     rotate=d.augment.rotate, color=d.augment.color,
+                                                     corrupt=d.augment.corrupt))
     steps_per_epoch = t.steps_per_epoch or max(1, len(train_ds) // (t.batch_size * world))
     total = steps_per_epoch * t.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -106,10 +110,6 @@ def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, 
     use_amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = SegLoss(t.dice_weight)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and (out_dir / "metrics.csv").exists():  # --force: a new run's metrics start over
-            (out_dir / "metrics.csv").unlink()
     bar = _progress(progress and rank == 0)
     last_metrics: dict = {}
     with bar:
@@ -139,7 +139,10 @@ def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, 
             if rank == 0:
                 last_metrics = _validate(model, info, val_src)
                 last_metrics.update(epoch=epoch + 1, step=step, train_loss=round(sum(losses) / max(1, len(losses)), 5))
-                _append_csv(out_dir / "metrics.csv", last_metrics, info.classes)
+                # the run folder and its files appear with the first epoch's results (a run stopped
+                # earlier leaves nothing); a new run (--force) starts metrics.csv over right then
+                _write_csv_row(out_dir / "metrics.csv", last_metrics, info.classes,
+                               start_over=not resume and epoch == start_epoch)
                 rec = recipe.to_dict()
                 if last_metrics["miou"] > best["miou"]:
                     best = dict(last_metrics)
@@ -194,16 +197,21 @@ def _validate(model, info, val_src) -> dict:
     return {k: metrics[k] for k in ("miou", "pixel_accuracy", "boundary_iou", "per_class_iou")}
 
 
-def _append_csv(path: Path, row: dict, classes) -> None:
+def _write_csv_row(path: Path, row: dict, classes, *, start_over: bool) -> None:
+    """Append one epoch's row to metrics.csv; ``start_over`` (or no file yet) writes header + row atomically."""
     flat = {k: v for k, v in row.items() if k != "per_class_iou"}
     flat.update({f"iou_{c}": row["per_class_iou"].get(c) for c in classes})
     cols = ["epoch", "step", "train_loss", "miou", "pixel_accuracy", "boundary_iou"] + [f"iou_{c}" for c in classes]
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        if new:
-            w.writeheader()
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    if start_over or not path.exists():
+        w.writeheader()
         w.writerow({c: flat.get(c) for c in cols})
+        write_text_atomic(path, buf.getvalue())
+        return
+    w.writerow({c: flat.get(c) for c in cols})
+    with path.open("a", newline="") as f:
+        f.write(buf.getvalue())
 
 
 def _progress(enabled: bool):
