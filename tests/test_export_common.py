@@ -221,3 +221,35 @@ def test_ctrl_c_exits_130_with_one_line_and_no_export(tiny_checkpoint, tmp_path)
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert not out.exists()  # nothing half-written where the export was going
     assert [p.name for p in tmp_path.iterdir()] == []  # and the staging folder is gone
+
+
+STRESS_KEYS = {"agreement_miou", "images", "corruptions", "threshold", "passed", "per_corruption", "gated", "real_photos"}
+
+
+def test_stress_parity_is_recorded_for_every_file(onnx_export):
+    from edgeseg.data.corruptions import CORRUPTIONS
+
+    out, r = onnx_export
+    for a in read_manifest(out).artifacts:
+        stress = a.parity["stress"]
+        assert STRESS_KEYS <= set(stress) and stress["gated"] is False  # the default: measured, not gated
+        assert stress["corruptions"] == sorted(CORRUPTIONS) and stress["real_photos"] == 8  # clean crops; 8 more corrupted
+        assert stress["images"] == 4 * 2 + 16 and 0 <= stress["agreement_miou"] <= 1
+        assert stress["threshold"] == {"fp32": 0.999, "fp16": 0.99, "int8": 0.95}[a.precision]
+    assert "stress agreement" in r.stdout
+
+
+def test_broken_calibration_fails_stress_parity_when_gated(tiny_checkpoint, tmp_path):
+    from PIL import Image
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(4):  # flat grey frames: every activation range collapses
+        Image.new("RGB", (64, 64), (128, 128, 128)).save(calib / f"{i}.png")
+    out = tmp_path / "e"
+    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "int8", "--calib", calib,
+                    "--parity-images", "4", "--threshold", "int8=0.01", "--stress", "gate")
+    assert r.returncode == 1, r.stderr
+    stress = read_manifest(out).artifacts[0].parity["stress"]
+    assert stress["gated"] is True and stress["passed"] is False and stress["agreement_miou"] < 0.95
+    assert "LOW" in r.stdout

@@ -21,7 +21,7 @@ from edgeseg import __version__
 from edgeseg.bench.calibration import CalibrationPool
 from edgeseg.bench.gate import SCHEMA_VERSION
 from edgeseg.bench.latency import combine_sessions, peak_rss_mb, reset_peak_rss, summarize, time_interleaved
-from edgeseg.bench.parity import DEFAULT_THRESHOLDS, check_parity, reference_set
+from edgeseg.bench.parity import DEFAULT_STRESS_THRESHOLDS, DEFAULT_THRESHOLDS, check_parity, reference_set, stress_set
 from edgeseg.bench.slices import read_slices
 from edgeseg.data.datasets import builtin_source, open_source
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra
@@ -66,6 +66,19 @@ class Target:
     artifact: Artifact | None = None
     threshold: float | None = None
     extra: dict = field(default_factory=dict)
+    stress_threshold: float | None = None
+    gate_stress: bool = False
+
+
+def _artifact_target(man: Manifest, art: Artifact) -> Target:
+    """A Target for an exported file, held to the thresholds its export recorded (defaults for older exports)."""
+    recorded = art.parity or {}
+    stress = recorded.get("stress") or {}
+    return Target(art.path, art.format, art.precision, art.bytes,
+                  lambda threads, a=art, m=man: runner_for_artifact(a, m, threads), art,
+                  recorded.get("threshold", DEFAULT_THRESHOLDS.get(art.precision)),
+                  stress_threshold=stress.get("threshold", DEFAULT_STRESS_THRESHOLDS.get(art.precision)),
+                  gate_stress=bool(stress.get("gated", False)))
 
 
 def bench_targets(pairs: list[tuple[Manifest, Artifact]], reference_ckpt=None) -> list[Target]:
@@ -74,10 +87,7 @@ def bench_targets(pairs: list[tuple[Manifest, Artifact]], reference_ckpt=None) -
     if reference_ckpt is not None:
         targets.append(Target("pytorch-fp32", "pytorch", "fp32", Path(reference_ckpt.path).stat().st_size,
                               lambda threads, c=reference_ckpt: TorchRunner.from_checkpoint(c, threads)))
-    for man, art in pairs:
-        targets.append(Target(art.path, art.format, art.precision, art.bytes,
-                              lambda threads, a=art, m=man: runner_for_artifact(a, m, threads), art,
-                              DEFAULT_THRESHOLDS.get(art.precision)))
+    targets += [_artifact_target(man, art) for man, art in pairs]
     return targets
 
 
@@ -161,6 +171,7 @@ def _parity_set(manifest: Manifest, ckpt, req: BenchRequest):
         source, desc = builtin_source("eval", m.get("task", "portrait"), req.parity_images, size), "built-in synthetic eval set"
     ref_runner = TorchRunner.from_checkpoint(ckpt)
     ref = reference_set(ref_runner, source, size, req.parity_images, m["classes"], desc)
+    ref.stress = stress_set(ref_runner, ref)
     if req.slices_file:
         ref.slices = read_slices(req.slices_file)
     elif not req.data_dir:
@@ -242,7 +253,8 @@ def _bench_target(t: Target, threads: int, req: BenchRequest, calib: Calibration
         else:
             row["latency_skipped"] = runner.latency_note
         if parity is None and ref is not None and t.artifact is not None:
-            parity = check_parity(runner, ref, threshold=t.threshold)
+            parity = check_parity(runner, ref, threshold=t.threshold, stress=ref.stress,
+                                  stress_threshold=t.stress_threshold, gate_stress=t.gate_stress)
         if ref is not None and t.name not in samples:
             samples[t.name] = np.stack([runner.run(img[None])[0].argmax(0) for img in ref.images[: req.sample_images]])
     if workload is not None:

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeseg.data.corruptions import CORRUPTIONS, stress_images
 from edgeseg.metrics import SegMetrics, agreement_miou
 from edgeseg.runtime.base import Runner
 from edgeseg.runtime.evaluate import model_inputs
 
 DEFAULT_THRESHOLDS = {"fp32": 0.999, "fp16": 0.995, "int8": 0.98, "pal6": 0.98}
+# agreement on the stress set (phone-camera corruptions and real photographs)
+DEFAULT_STRESS_THRESHOLDS = {"fp32": 0.999, "fp16": 0.99, "int8": 0.95, "pal6": 0.95}
 DEFAULT_MAX_GT_DROP = 1.0  # mIoU points
 
 
@@ -28,6 +31,7 @@ class ReferenceSet:
     classes: tuple[str, ...]
     description: str
     slices: dict | None = None  # image id -> {attribute: value}, for per-slice IoU
+    stress: "ReferenceSet | None" = None  # its stress set (``stress_set``), when checked
 
     @property
     def argmax(self) -> np.ndarray:
@@ -50,15 +54,47 @@ def reference_set(reference: Runner, source, size: tuple[int, int], count: int, 
     return ReferenceSet(images, masks, [i for _, _, i in items], logits, tuple(classes), description)
 
 
+def stress_set(reference: Runner, ref: ReferenceSet) -> ReferenceSet:
+    """The stress set of ``ref``: its images under phone-camera corruptions plus real photographs
+    (``edgeseg.data.corruptions.stress_images``), with the reference's logits on them; no labels."""
+    images, ids = stress_images(ref.images, ref.ids, tuple(ref.images.shape[1:3]))
+    logits = run_all(reference, images)
+    return ReferenceSet(images, None, ids, logits, ref.classes, f"stress set of {ref.description}")
+
+
+def _group(image_id: str) -> str:
+    """'p3:jpeg' -> 'jpeg'; 'grace_hopper:square' -> 'real photo'; 'grace_hopper:square:jpeg' -> 'jpeg'."""
+    parts = image_id.split(":")
+    return parts[-1] if parts[-1] in CORRUPTIONS else "real photo"
+
+
+def check_stress(runner: Runner, stress: ReferenceSet, *, threshold: float) -> dict:
+    """The ``parity.stress`` block: argmax agreement mIoU with the reference over the stress set,
+    per corruption too, and pass/fail against ``threshold``."""
+    preds = run_all(runner, stress.images).argmax(1).astype(np.uint8)
+    n = len(stress.classes)
+    agreement = agreement_miou(preds, stress.argmax, n)
+    groups: dict[str, list[int]] = {}
+    for k, image_id in enumerate(stress.ids):
+        groups.setdefault(_group(image_id), []).append(k)
+    per = {g: round(float(agreement_miou(preds[v], stress.argmax[v], n)), 4) for g, v in groups.items()}
+    return {"agreement_miou": round(float(agreement), 6), "images": int(len(stress.images)),
+            "corruptions": sorted(g for g in groups if g != "real photo"), "real_photos": len(groups.get("real photo", [])),
+            "per_corruption": per, "threshold": threshold, "passed": bool(agreement >= threshold)}
+
+
 def run_all(runner: Runner, images: np.ndarray) -> np.ndarray:
     """Logits of a runner for each image (batch 1, as phones run)."""
     return np.concatenate([runner.run(img[None]) for img in images])
 
 
-def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_drop: float = DEFAULT_MAX_GT_DROP) -> dict:
+def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_drop: float = DEFAULT_MAX_GT_DROP,
+                 stress: ReferenceSet | None = None, stress_threshold: float | None = None,
+                 gate_stress: bool = True) -> dict:
     """The manifest ``parity`` block for one runner: agreement/GT mIoU, max |Δlogit|, pass/fail.
 
-    When ``ref`` has slices and labels, adds IoU per slice ("slices").
+    When ``ref`` has slices and labels, adds IoU per slice ("slices"). With a ``stress`` set, adds
+    the ``stress`` block (``check_stress``, with ``gated``); with ``gate_stress`` the file passes only if both pass.
     """
     logits = run_all(runner, ref.images)
     preds = logits.argmax(1).astype(np.uint8)
@@ -69,6 +105,9 @@ def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_
     if gt is not None and ref_gt is not None:
         passed = passed and (ref_gt - gt) * 100 <= max_gt_drop
     extra = {}
+    if stress is not None:
+        extra["stress"] = {**check_stress(runner, stress, threshold=stress_threshold), "gated": gate_stress}
+        passed = passed and (extra["stress"]["passed"] or not gate_stress)
     if ref.slices and ref.masks is not None:
         from edgeseg.bench.slices import slice_report
 

@@ -9,7 +9,7 @@ import numpy as np
 from edgeseg.fsutil import atomic_path, write_text_atomic
 
 COLUMNS = ["artifact", "runtime", "threads", "p50 ms", "p90 ms", "normalized p50", "speed-up vs PyTorch", "load ms",
-           "peak RSS MB", "size KB", "agreement mIoU", "GT mIoU"]
+           "peak RSS MB", "size KB", "agreement mIoU", "stress agreement", "GT mIoU"]
 
 
 def table_rows(doc: dict) -> list[list[str]]:
@@ -17,7 +17,7 @@ def table_rows(doc: dict) -> list[list[str]]:
     rows = []
     for r in doc["results"]:
         if "skipped" in r:
-            rows.append([r["artifact"], r.get("runtime", ""), str(r["threads"])] + ["-"] * 8 + [f"skipped: {r['skipped']}"])
+            rows.append([r["artifact"], r.get("runtime", ""), str(r["threads"])] + ["-"] * 9 + [f"skipped: {r['skipped']}"])
             continue
         p = r.get("parity") or {}
         timing = ["-"] * 6  # parity only (latency_skipped says why)
@@ -27,7 +27,8 @@ def table_rows(doc: dict) -> list[list[str]]:
                       _opt(r.get("speedup_vs_pytorch"), "{:.2f}x"), _opt(r.get("load_ms"), "{:.0f}"),
                       _opt(r.get("peak_rss_mb"), "{:.0f}")]
         rows.append([r["artifact"], r["runtime"], str(r["threads"]), *timing, f"{r['bytes'] / 1024:.0f}",
-                     _opt(p.get("agreement_miou"), "{:.4f}"), _opt(p.get("gt_miou"), "{:.4f}")])
+                     _opt(p.get("agreement_miou"), "{:.4f}"), _opt((p.get("stress") or {}).get("agreement_miou"), "{:.4f}"),
+                     _opt(p.get("gt_miou"), "{:.4f}")])
     return rows
 
 

@@ -13,11 +13,30 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from edgeseg.data.corruptions import PHOTOMETRIC, corrupt
 from edgeseg.metrics import IGNORE_INDEX
 
 
-def train_transform(size: tuple[int, int], *, hflip: bool, scale: Sequence[float], rotate: float, color: float) -> v2.Compose:
-    """Random flip/affine (scale, rotation, shift)/colour jitter, then resize to ``size``."""
+class PhoneCorruption:
+    """With probability ``p``, one photometric phone-camera corruption (noise, blur, JPEG, exposure,
+    colour cast, low light) of the image; the mask is unchanged. Random draws come from torch's
+    generator, so a seeded epoch replays exactly."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, img, msk):
+        if self.p <= 0 or torch.rand(()).item() >= self.p:
+            return img, msk
+        name = PHOTOMETRIC[int(torch.randint(len(PHOTOMETRIC), ()))]
+        pixels = corrupt(img.permute(1, 2, 0).numpy(), name, int(torch.randint(2**31 - 1, ())))
+        return tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()), msk
+
+
+def train_transform(size: tuple[int, int], *, hflip: bool, scale: Sequence[float], rotate: float, color: float,
+                    corrupt: float = 0.0) -> v2.Compose:
+    """Random flip/affine (scale, rotation, shift)/colour jitter, then resize to ``size``; then, with
+    probability ``corrupt``, one photometric phone-camera corruption (``PhoneCorruption``)."""
     steps: list = [v2.Resize(size, antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
@@ -25,6 +44,8 @@ def train_transform(size: tuple[int, int], *, hflip: bool, scale: Sequence[float
                                  fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}))
     if color > 0:
         steps.append(v2.ColorJitter(brightness=color, contrast=color, saturation=color, hue=min(0.5, color / 6)))
+    if corrupt > 0:
+        steps.append(PhoneCorruption(corrupt))
     return v2.Compose(steps)
 
 

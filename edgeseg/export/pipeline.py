@@ -27,6 +27,7 @@ from edgeseg.models.profile import count_macs, count_params
 from edgeseg.runtime.loader import runner_for_artifact, synth_task_for
 from edgeseg.runtime.torch_runner import TorchRunner
 
+STRESS_MODES = ("gate", "report", "off")
 TOOL_PACKAGES = ("torch", "torchvision", "timm", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-litert",
                  "ai-edge-quantizer", "mediapipe", "coremltools")
 
@@ -45,7 +46,7 @@ class ExportRequest:
     max_gt_drop: float = DEFAULT_MAX_GT_DROP
     force: bool = False  # write into a non-empty folder that is not an earlier export
     stress_thresholds: dict = field(default_factory=dict)
-    stress: bool = True  # also check parity on the stress set (corruptions + real photos)
+    stress: str = "report"  # stress set (corruptions + real photos): "gate" | "report" (measured, not gated) | "off"
 
 
 @dataclass
@@ -119,6 +120,8 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
     ``on_artifact(artifact)`` is called after each file is checked (for progress output).
     """
     dest = check_output(req.out_dir, is_dir=True, what="--out")
+    if req.stress not in STRESS_MODES:
+        raise EdgesegError(f"--stress must be one of {', '.join(STRESS_MODES)}, got {req.stress!r}")
     exporters = load_exporters(req.formats, req.precisions)
     ckpt = resolve_checkpoint(req.checkpoint)
     info = ckpt.info
@@ -165,12 +168,13 @@ class ParityGate:
     thresholds: dict
     stress_thresholds: dict
     max_gt_drop: float
+    gate_stress: bool = False  # False: stress agreement is measured and recorded, but does not fail the file
 
     @classmethod
     def build(cls, reference, req: ExportRequest, *, reference_set_args) -> "ParityGate":
         ref = reference_set(reference, *reference_set_args)
-        return cls(ref, stress_set(reference, ref) if req.stress else None, {**DEFAULT_THRESHOLDS, **req.thresholds},
-                   {**DEFAULT_STRESS_THRESHOLDS, **req.stress_thresholds}, req.max_gt_drop)
+        return cls(ref, None if req.stress == "off" else stress_set(reference, ref), {**DEFAULT_THRESHOLDS, **req.thresholds},
+                   {**DEFAULT_STRESS_THRESHOLDS, **req.stress_thresholds}, req.max_gt_drop, req.stress == "gate")
 
     def check(self, art: Artifact, manifest: Manifest) -> dict:
         """The manifest ``parity`` block of one file (``skipped`` when its runtime is not installed)."""
@@ -181,7 +185,8 @@ class ParityGate:
             return skipped(str(exc), threshold)
         with runner:
             result = check_parity(runner, self.ref, threshold=threshold, max_gt_drop=self.max_gt_drop,
-                                  stress=self.stress, stress_threshold=self.stress_thresholds[art.precision])
+                                  stress=self.stress, stress_threshold=self.stress_thresholds[art.precision],
+                                  gate_stress=self.gate_stress)
         if runner.runtime == "coreml-reference":
             result["note"] = "evaluated by edgeseg's numpy reference interpreter of the ML Program, not Apple's Core ML runtime"
         return result

@@ -5,7 +5,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.ui import console, print_table
 
 
-def parse_thresholds(items, precisions=("fp32", "fp16", "int8", "pal6")) -> dict:
+def parse_thresholds(items, precisions=("fp32", "fp16", "int8", "pal6"), option: str = "--threshold") -> dict:
     """('int8=0.97', ...) -> {'int8': 0.97}; a known precision and 0 < value <= 1, or EdgesegError."""
     out = {}
     for item in items:
@@ -14,11 +14,11 @@ def parse_thresholds(items, precisions=("fp32", "fp16", "int8", "pal6")) -> dict
         try:
             number = float(value)
         except ValueError:
-            raise EdgesegError(f"--threshold expects PRECISION=NUMBER, got {item!r}") from None
+            raise EdgesegError(f"{option} expects PRECISION=NUMBER, got {item!r}") from None
         if key not in precisions:
-            raise EdgesegError(f"--threshold {item!r}: unknown precision {key!r}; use one of {', '.join(precisions)}")
+            raise EdgesegError(f"{option} {item!r}: unknown precision {key!r}; use one of {', '.join(precisions)}")
         if not 0.0 < number <= 1.0:  # also false for nan
-            raise EdgesegError(f"--threshold {item!r}: the minimum agreement must be in (0, 1], e.g. {key}=0.98")
+            raise EdgesegError(f"{option} {item!r}: the minimum agreement must be in (0, 1], e.g. {key}=0.98")
         out[key] = number
     return out
 
@@ -33,15 +33,18 @@ def export_table(result) -> None:
     for a in result.manifest.artifacts:
         p = a.parity
         if "skipped" in p:
-            rows.append([a.format, a.precision, f"{a.bytes / 1024:.0f} KB", "-", "-", "-", "skipped: " + p["skipped"]])
+            rows.append([a.format, a.precision, f"{a.bytes / 1024:.0f} KB", "-", "-", "-", "-", "skipped: " + p["skipped"]])
             continue
         gt = p.get("gt_miou")
         drop = None if gt is None or p.get("reference_gt_miou") is None else (p["reference_gt_miou"] - gt) * 100
         gt_txt = "n/a" if gt is None else f"{gt:.4f} ({-drop:+.2f} pt)"
-        rows.append([a.format, a.precision, f"{a.bytes / 1024:.0f} KB", _f(p["agreement_miou"]), gt_txt,
+        stress = p.get("stress")
+        stress_txt = "-" if not stress else (f"{stress['agreement_miou']:.4f} {'ok' if stress['passed'] else 'LOW'}"
+                                             f"{'' if stress.get('gated', True) else ' (not gated)'}")
+        rows.append([a.format, a.precision, f"{a.bytes / 1024:.0f} KB", _f(p["agreement_miou"]), stress_txt, gt_txt,
                      _f(p["max_abs_logit_diff"], 3), f"{'PASS' if p['passed'] else 'FAIL'} ({p['runtime']})"])
-    print_table(f"export -> {result.out_dir}", ["format", "precision", "size", "agreement mIoU", "GT mIoU (vs PyTorch)",
-                                               "max |Δlogit|", "parity"], rows)
+    print_table(f"export -> {result.out_dir}", ["format", "precision", "size", "agreement mIoU", "stress agreement",
+                                               "GT mIoU (vs PyTorch)", "max |Δlogit|", "parity"], rows)
     ref = next((a.parity.get("reference_gt_miou") for a in result.manifest.artifacts if a.parity.get("reference_gt_miou") is not None), None)
     if ref is not None:
         console.print(f"PyTorch fp32 reference GT mIoU: {ref:.4f}")
