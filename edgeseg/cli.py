@@ -20,7 +20,52 @@ class GateFailed(Exception):
 
 
 def handle_errors(fn):
-    """Map EdgesegError to a one-line message and exit 2, GateFailed to exit 1, Ctrl-C to 130."""
+    """Map EdgesegError to a one-line message and exit 2, GateFailed to exit 1, Ctrl-C to 130.
+
+    An OSError from the machine rather than from edgeseg (disk full, quota, read-only or
+    permission-denied location, a name too long) is bad input too: one line naming what the
+    system said, the file, and the fix, exit 2. Any other exception is a bug and keeps its traceback.
+    """
+    import errno
+    import io
+    import os
+
+    fixes = {
+        errno.ENOSPC: "free space or choose another location",
+        errno.EDQUOT: "free space (or raise the quota) or choose another location",
+        errno.EROFS: "choose a writable location",
+        errno.EACCES: "fix its permissions or choose another location",
+        errno.EPERM: "fix its permissions or choose another location",
+        errno.ENAMETOOLONG: "choose a shorter name or location",
+    }
+
+    def file_of(exc: OSError) -> str | None:
+        """The file an OSError is about: its own filename, else the innermost file open for writing
+        (a failed write() or close() carries no name)."""
+        if exc.filename is not None:
+            return os.fsdecode(exc.filename)
+        tb, frames = exc.__traceback__, []
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        try:
+            for frame in reversed(frames):
+                for value in list(frame.f_locals.values()):
+                    if isinstance(value, io.IOBase):
+                        name, mode = getattr(value, "name", None), getattr(value, "mode", "")
+                        if isinstance(name, (str, bytes)) and set(str(mode)) & set("wax+"):
+                            return os.fsdecode(name)
+        except Exception:  # naming the file is a courtesy: never let it hide the error itself
+            pass
+        return None
+
+    def one_line(exc: OSError) -> str:
+        name = file_of(exc)
+        if name is not None and len(name) > 160:
+            name = f"{name[:80]}...{name[-60:]}"
+        where = f": {name}" if name else ""
+        return f"error: {exc.strerror or errno.errorcode.get(exc.errno, exc)}{where}; {fixes[exc.errno]}"
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -34,6 +79,11 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except OSError as exc:
+            if exc.errno not in fixes:
+                raise
+            click.echo(one_line(exc), err=True)
+            sys.exit(2)
     return wrapper
 
 
@@ -48,6 +98,9 @@ class Group(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `edgeseg` or `edgeseg data`: the help, on stdout
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "edgeseg"
             click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
@@ -71,21 +124,22 @@ def main():
 
 
 def write_json(path: str | None, payload: dict) -> None:
+    """Write a JSON report atomically, marked as edgeseg's (so a later run may replace it)."""
     if path:
-        from edgeseg.fsutil import write_text_atomic
+        from edgeseg.fsutil import JSON_MARK, write_text_atomic
 
-        write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+        write_text_atomic(path, json.dumps({**payload, JSON_MARK: f"edgeseg {__version__}"}, indent=2) + "\n")
 
 
 @main.command()
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the table as JSON.")
 def models(json_out):
     """List the registered architectures with params and MACs at their default size."""
-    from edgeseg.fsutil import check_output
+    from edgeseg.fsutil import check_json_output
     from edgeseg.models.report import model_table
 
     if json_out:
-        check_output(json_out, is_dir=False, what="--json")
+        check_json_output(json_out)
 
     rows = model_table()
     from edgeseg.ui import print_table
@@ -149,10 +203,10 @@ def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):
 def eval_cmd(model, data_root, split, count, json_out, slices_file):
     """Evaluate a checkpoint or exported model (default: the packaged portrait model)."""
     from edgeseg.bench.evaluation import evaluate_model, print_eval
-    from edgeseg.fsutil import check_output
+    from edgeseg.fsutil import check_json_output
 
     if json_out:
-        check_output(json_out, is_dir=False, what="--json")
+        check_json_output(json_out)
     result = evaluate_model(model, data_root=data_root, split=split, count=count, slices_file=slices_file)
     print_eval(result)
     write_json(json_out, result)
@@ -173,9 +227,15 @@ def csv_list(ctx, param, value):
 @click.option("--parity-images", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--threshold", "thresholds", multiple=True, metavar="PRECISION=MIN_AGREEMENT",
               help="Override a parity threshold, e.g. int8=0.97.")
+@click.option("--stress-threshold", "stress_thresholds", multiple=True, metavar="PRECISION=MIN_AGREEMENT",
+              help="Override a stress-parity threshold (phone-camera corruptions and real photos), e.g. int8=0.9.")
+@click.option("--stress", type=click.Choice(["gate", "report", "off"]), default="report", show_default=True,
+              help="Stress parity (parity images under phone-camera corruptions, plus real photos): gate on it, "
+                   "only measure and record it, or skip it.")
 @click.option("--force", is_flag=True,
               help="Export into a non-empty folder that is not an earlier export (its other files are kept).")
-def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, parity_images, thresholds, force):
+def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, parity_images, thresholds,
+           stress_thresholds, stress, force):
     """Export a checkpoint (default: the packaged portrait model) to ONNX, TFLite and Core ML.
 
     Into an existing --out folder, only an earlier export's files (those its manifest lists) are
@@ -185,7 +245,8 @@ def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_
     from edgeseg.export.report import export_table, parse_thresholds
 
     req = ExportRequest(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, parity_images,
-                        parse_thresholds(thresholds), force=force)
+                        parse_thresholds(thresholds), force=force, stress=stress,
+                        stress_thresholds=parse_thresholds(stress_thresholds, option="--stress-threshold"))
     result = run_export(req, on_artifact=lambda a: click.echo(f"  exported {a.path} ({a.bytes / 1024:.0f} KB)"))
     export_table(result)
     if result.failed:
@@ -275,7 +336,7 @@ def bench(paths, data_dir, threads, runs, warmup, sessions, parity_images, json_
     from edgeseg.bench.gate import check_options, compare, load_baseline, over_limit
     from edgeseg.bench.harness import BenchRequest, plan_bench, run_android, run_bench
     from edgeseg.bench.report import COLUMNS, table_rows, write_report
-    from edgeseg.fsutil import check_output
+    from edgeseg.fsutil import check_json_output, check_output
     from edgeseg.ui import print_table
 
     if update_baseline and not baseline:
@@ -287,10 +348,11 @@ def bench(paths, data_dir, threads, runs, warmup, sessions, parity_images, json_
     req = BenchRequest(tuple(paths), data_dir, threads, runs, warmup, sessions=sessions, parity_images=parity_images,
                        slices_file=slices_file)
     gated = check_options(threads, gate_threads, max_slowdown)
-    for out, is_dir, what in ((json_out, False, "--json"), (report_dir, True, "--report"),
-                              (baseline if update_baseline else None, False, "--baseline")):
+    for out, what in ((json_out, "--json"), (baseline if update_baseline else None, "--baseline")):
         if out:
-            check_output(out, is_dir=is_dir, what=what)
+            check_json_output(out, what=what)
+    if report_dir:
+        check_output(report_dir, is_dir=True, what="--report")
     plan = plan_bench(req)
     old = None
     if baseline and not update_baseline:

@@ -59,23 +59,42 @@ def write_text_atomic(dest: str | os.PathLike, text: str) -> Path:
 def check_output(path: str | os.PathLike, *, is_dir: bool, what: str = "output") -> Path:
     """Refuse an output location that cannot be written, before any work starts; creates nothing.
 
-    Refused (EdgesegError naming the path and the fix): a file where a folder is needed or a folder
-    where a file is needed, an ancestor that is a file, and a location whose nearest existing folder
-    is not writable (permissions or a read-only file system).
+    Refused (EdgesegError naming the path and the fix): a name longer than file systems allow
+    (255 bytes per component), a symlink that points nowhere (the output or an ancestor), a file
+    where a folder is needed or a folder where a file is needed, an ancestor that is a file, and a
+    location whose nearest existing folder is not writable (permissions or a read-only file system).
     """
     path = Path(path)
-    if path.exists():
-        if is_dir and not path.is_dir():
-            raise EdgesegError(f"{what} {path} is a file, not a folder; choose a folder path")
-        if not is_dir and path.is_dir():
-            raise EdgesegError(f"{what} {path} is a folder; give a file path")
-    parent = path if (is_dir and path.is_dir()) else path.parent
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
+    shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:60]}...{str(path)[-30:]}"
+    name_max = 255  # bytes in one path component (ext4, xfs, btrfs, tmpfs, APFS, NTFS)
+    long_part = next((part for part in path.parts if len(os.fsencode(part)) > name_max), None)
+    if long_part is not None:
+        raise EdgesegError(f"{what} {shown}: a name in it is {len(os.fsencode(long_part))} bytes, longer than file "
+                           f"systems allow ({name_max}); choose a shorter name")
+
+    def dangling(link: Path) -> str:
+        return f"{link} is a symlink to {os.readlink(link)}, which does not exist; remove the link or choose another path"
+
+    try:
+        if path.is_symlink() and not path.exists():
+            raise EdgesegError(f"{what} {dangling(path)}")
+        if path.exists():
+            if is_dir and not path.is_dir():
+                raise EdgesegError(f"{what} {path} is a file, not a folder; choose a folder path")
+            if not is_dir and path.is_dir():
+                raise EdgesegError(f"{what} {path} is a folder; give a file path")
+        parent = path if (is_dir and path.is_dir()) else path.parent
+        probe = parent
+        while not probe.exists():
+            if probe.is_symlink():
+                raise EdgesegError(f"{what} {path}: {dangling(probe)}")
+            probe = probe.parent
+        writable = probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+    except OSError as exc:  # e.g. the whole path is longer than PATH_MAX, or a folder on the way cannot be searched
+        raise EdgesegError(f"{what} {shown}: cannot be used ({exc.strerror or exc}); choose another path") from None
     if not probe.is_dir():
         raise EdgesegError(f"{what} {path}: {probe} is a file, so no folder can be made there; choose another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if not writable:
         raise EdgesegError(f"{what} {path}: {probe} is not writable (permissions or a read-only file system); "
                            "choose a writable location")
     return path

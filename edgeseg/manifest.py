@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
+import re
 from pathlib import PurePosixPath, PureWindowsPath
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +24,18 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 FORMATS = ("onnx", "tflite", "coreml")
 SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
+
+# A model's name becomes file names (``<name>-<precision><suffix>``): a plain file stem, so that no
+# name can reach outside the folder it is written into; 100 ASCII characters keep every file name
+# edgeseg derives from it (staging and .old names included) under the 255-byte limit.
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+MODEL_NAME_RULE = ("a plain file name of at most 100 ASCII letters, digits, '.', '_' and '-', not starting with '.' "
+                   "(it names the exported files)")
+
+
+def is_model_name(name: object) -> bool:
+    """True when ``name`` may name exported files (see ``MODEL_NAME_RULE``)."""
+    return isinstance(name, str) and MODEL_NAME_PATTERN.fullmatch(name) is not None
 
 
 @dataclass
@@ -165,11 +179,95 @@ def read_manifest(directory: str | Path) -> Manifest:
                             schema_version=raw.get("schema_version", 0), root=directory)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: bad JSON or UTF-8
         raise ArtifactError(f"{path}: not a valid edgeseg manifest ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(manifest.model, dict):
-        raise ArtifactError(f"{path}: not a valid edgeseg manifest ('model' is not an object)")
+    problem = model_problem(manifest.model)
+    if problem:
+        raise ArtifactError(f"{path}: not a valid edgeseg manifest ({problem}); re-export, or fix the manifest")
     for a in arts:
         check_relative(a.path, path)
+    height, width = manifest.model["input"]["height"], manifest.model["input"]["width"]
+    for a in arts:
+        problem = artifact_problem(a, height, width)
+        if problem:
+            raise ArtifactError(f"{path}: artifact {a.path!r}: {problem}; re-export, or fix the manifest")
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# What every consumer reads from a manifest (and a checkpoint's ModelInfo): checked once, on read
+
+
+def positive_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def class_names(v: object) -> bool:
+    """A non-empty list of distinct, non-empty class names."""
+    return (isinstance(v, (list, tuple)) and len(v) >= 1 and all(isinstance(c, str) and c.strip() for c in v)
+            and len(set(v)) == len(v))
+
+
+def channel_values(v: object, *, positive: bool = False) -> bool:
+    """Three finite numbers (R, G, B), each > 0 when ``positive``."""
+    return (isinstance(v, (list, tuple)) and len(v) == 3
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+                    for x in v))
+
+
+MODEL_RULES = {
+    "name": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
+    "classes": (class_names, "a non-empty list of distinct class names"),
+    "input.height": (positive_int, "an integer >= 1"),
+    "input.width": (positive_int, "an integer >= 1"),
+    "mean": (channel_values, "three finite numbers (0-255 pixel units)"),
+    "std": (lambda v: channel_values(v, positive=True), "three finite numbers > 0 (0-255 pixel units)"),
+}
+LAYOUTS = {"NCHW": (2, 3), "NHWC": (1, 2)}  # layout -> positions of (height, width) in the input shape
+_MISSING = object()
+
+
+def shown(v: object, limit: int = 60) -> str:
+    """``repr(v)``, cut to ``limit`` characters for a one-line message."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _lookup(tree: object, dotted: str) -> object:
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return _MISSING
+        tree = tree[key]
+    return tree
+
+
+def model_problem(model: object) -> str:
+    """What is wrong with a manifest's ``model`` section, naming the key; '' when every key that Runners
+    and consumers read (``MODEL_RULES``) is there with a usable value."""
+    if not isinstance(model, dict):
+        return "'model' is not an object"
+    for key, (check, valid) in MODEL_RULES.items():
+        value = _lookup(model, key)
+        if value is _MISSING:
+            return f"'model.{key}' is missing"
+        if not check(value):
+            return f"'model.{key}' is {shown(value)}; it must be {valid}"
+    return ""
+
+
+def artifact_problem(art: Artifact, height: int, width: int) -> str:
+    """What is wrong with one artifact entry's input/output description ('' when nothing): its input
+    must be a 4-d NCHW or NHWC shape whose height and width are the model's ``height`` x ``width``."""
+    if not isinstance(art.input, dict) or not isinstance(art.output, dict):
+        return "'input' and 'output' must be objects"
+    layout, shape = art.input.get("layout"), art.input.get("shape")
+    if layout not in LAYOUTS:
+        return f"input layout {shown(layout)} is not NCHW or NHWC"
+    if not (isinstance(shape, list) and len(shape) == 4):
+        return f"input shape {shown(shape)} is not a list of 4 dimensions"
+    h, w = (shape[i] for i in LAYOUTS[layout])
+    if [h, w] != [height, width]:
+        return (f"input shape {shown(shape)} ({layout}) is {h}x{w} (height x width) but model.input is "
+                f"{height}x{width}")
+    return ""
 
 
 def find_artifact_for_file(path: str | Path) -> tuple[Manifest, Artifact]:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import yaml
 
 from edgeseg.errors import RecipeError
+from edgeseg.manifest import MODEL_NAME_RULE, is_model_name
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class AugmentCfg:
     scale: tuple[float, float] = (0.7, 1.3)
     rotate: float = 10.0
     color: float = 0.3
+    corrupt: float = 0.0  # probability of one photometric phone-camera corruption (noise, blur, JPEG, low light...)
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ PRECISIONS = ("fp32", "fp16", "int8", "pal6")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "name": (lambda v: _text(v) and not {"/", "\\"} & set(v), "a non-empty name without / or \\ (it names files)"),
+    "name": (is_model_name, MODEL_NAME_RULE),
     "model.arch": (_text, "an architecture name (see `edgeseg models`)"),
     "model.width": (_optional(_above(0)), "a number > 0, or unset"),
     "model.decoder_channels": (_optional(_all(_at_least(1))), "a non-empty list of integers >= 1, or unset"),
@@ -228,6 +230,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.augment.scale": (lambda v: _all(_above(0))(v) and v[0] <= v[1], "[low, high] with 0 < low <= high"),
     "data.augment.rotate": (_between(0, 180), "degrees between 0 and 180"),
     "data.augment.color": (_between(0, 1), "a jitter strength between 0 and 1"),
+    "data.augment.corrupt": (_between(0, 1), "a probability between 0 and 1"),
     "train.epochs": (_at_least(1), "an integer >= 1"),
     "train.batch_size": (_at_least(1), "an integer >= 1"),
     "train.lr": (_above(0), "a finite number > 0"),
@@ -327,11 +330,18 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not a text file (byte {exc.start} is not UTF-8), so not a YAML recipe; "
+                          "check the path (a recipe is a .yaml file)") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    named = "name" in values or any(parse_override(text)[0] == "name" for text in overrides)
+    if not named and not is_model_name(path.stem):
+        raise RecipeError(f"{path}: the recipe sets no 'name' and its file name {path.stem!r} cannot stand in for one "
+                          f"(a name must be {MODEL_NAME_RULE}); add name: to the recipe or rename the file")
     values.setdefault("name", path.stem)
     try:
         return recipe_from_dict(values, overrides)

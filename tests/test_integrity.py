@@ -162,6 +162,48 @@ def test_check_relative_accepts_plain_relative_paths(good):
 
 
 # ---------------------------------------------------------------------------------------------
+# A manifest whose sha256 values still match but whose model section is malformed
+
+
+def edit_model(export_dir: Path, change) -> None:
+    raw = json.loads((export_dir / MANIFEST_NAME).read_text())
+    change(raw)
+    (export_dir / MANIFEST_NAME).write_text(json.dumps(raw, indent=2))
+
+
+MALFORMED_MODEL = {
+    "empty": (lambda m: m.update(model={}), "not a valid edgeseg manifest ('model.name' is missing)"),
+    "no-input": (lambda m: m["model"].pop("input"), "'model.input.height' is missing"),
+    "height-str": (lambda m: m["model"]["input"].update(height="64"), "'model.input.height' is '64'"),
+    "std-0": (lambda m: m["model"].update(std=[0, 0, 0]), "'model.std' is [0, 0, 0]; it must be three finite numbers > 0"),
+    "mean-2": (lambda m: m["model"].update(mean=[1, 2]), "'model.mean' is [1, 2]"),
+    "classes-str": (lambda m: m["model"].update(classes="person"), "'model.classes' is 'person'"),
+    # runners feed the model's size: a 128x128 manifest for 64x64 files was an ONNX Runtime InvalidArgument
+    "size": (lambda m: m["model"].update(input={"height": 128, "width": 128}),
+             "artifact 'tiny-fp32.onnx': input shape [1, 3, 64, 64] (NCHW) is 64x64 (height x width) but model.input is 128x128"),
+    "layout": (lambda m: m["artifacts"][0]["input"].update(layout="NHWC"),
+               "input shape [1, 3, 64, 64] (NHWC) is 3x64 (height x width) but model.input is 64x64"),
+    "shape-3d": (lambda m: m["artifacts"][0]["input"].update(shape=[3, 64, 64]), "input shape [3, 64, 64] is not a list of 4"),
+}
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "eval-file", "bench"])
+@pytest.mark.parametrize("case", list(MALFORMED_MODEL))
+def test_malformed_model_section_is_refused_on_read(cli, export_copy, out, images, command, case):
+    change, match = MALFORMED_MODEL[case]
+    edit_model(export_copy, change)
+    line = assert_refused(cli, *consumers(export_copy, export_copy / "tiny-fp32.onnx", out, images)[command],
+                          watch=[export_copy, out], match=match)
+    assert line.startswith(f"error: {export_copy / MANIFEST_NAME}: ") and line.endswith("re-export, or fix the manifest")
+
+
+def test_manifest_input_shape_agrees_per_layout(export_copy):
+    """NHWC puts height and width at positions 1-2, NCHW at 2-3: both read back when they agree."""
+    edit_model(export_copy, lambda m: m["artifacts"][1]["input"].update(layout="NHWC", shape=[1, 64, 64, 3]))
+    assert [a.input["layout"] for a in read_manifest(export_copy).artifacts] == ["NCHW", "NHWC"]
+
+
+# ---------------------------------------------------------------------------------------------
 # Hashing cost
 
 

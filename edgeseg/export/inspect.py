@@ -127,9 +127,11 @@ def _constant_elements(interp, ops: list[dict]) -> int:
 
 
 def _coreml(path: Path) -> dict:
+    from edgeseg.runtime.coreml_runner import check_package, package_copy
+
+    check_package(path)  # before coremltools: its import prints warnings and takes seconds
     require("coremltools", "coreml", "inspecting Core ML files")
     from edgeseg.export.coreml_convert import read_coreml_info
-    from edgeseg.runtime.coreml_runner import package_copy
 
     with package_copy(path) as copy:
         info = {**read_coreml_info(copy), "path": str(path)}

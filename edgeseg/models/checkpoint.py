@@ -10,7 +10,7 @@ import hashlib
 import io
 import pickle
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import torch.nn as nn
 from edgeseg import __version__
 from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.fsutil import write_bytes_atomic
-from edgeseg.manifest import MANIFEST_NAME
+from edgeseg.manifest import (MANIFEST_NAME, MODEL_NAME_RULE, channel_values, class_names, is_model_name, positive_int,
+                              shown)
 from edgeseg.models.registry import build_model
 
 FORMAT = "edgeseg.checkpoint"
@@ -40,6 +41,11 @@ class ModelInfo:
     input_size: tuple[int, int]  # (height, width)
     mean: tuple[float, ...]  # 0-255 pixel units: normalized = (pixel - mean) / std
     std: tuple[float, ...]
+
+    def __post_init__(self):
+        problem = info_problem({f.name: getattr(self, f.name) for f in fields(self)})
+        if problem:
+            raise EdgesegError(f"model info: {problem}")
 
     @property
     def num_classes(self) -> int:
@@ -61,6 +67,68 @@ class ModelInfo:
     def build(self) -> nn.Module:
         """A freshly initialised model of this architecture (no weights loaded)."""
         return build_model(self.arch, num_classes=self.num_classes, input_size=self.input_size, **self.options)
+
+
+# Every field of ``ModelInfo`` and what a valid value is: the name becomes file names, the rest
+# feeds preprocessing. Checked on every ModelInfo built and on every checkpoint loaded.
+INFO_RULES = {
+    "name": (is_model_name, MODEL_NAME_RULE),
+    "arch": (lambda v: isinstance(v, str) and v.strip() != "", "an architecture name (see `edgeseg models`)"),
+    "options": (lambda v: isinstance(v, dict), "a mapping of architecture options"),
+    "classes": (class_names, "a non-empty list of distinct class names"),
+    "input_size": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(positive_int(x) for x in v),
+                   "[height, width], two integers >= 1"),
+    "mean": (channel_values, "three finite numbers (0-255 pixel units)"),
+    "std": (lambda v: channel_values(v, positive=True), "three finite numbers > 0 (0-255 pixel units)"),
+}
+
+
+def info_problem(info: Any) -> str:
+    """What is wrong with a ModelInfo dict (``INFO_RULES``), naming the field; '' when nothing."""
+    if not isinstance(info, dict):
+        return f"'info' is {shown(info)}; it must be a mapping"
+    for key, (check, valid) in INFO_RULES.items():
+        if key not in info:
+            if key == "options":
+                continue  # optional: the architecture's defaults
+            return f"'info.{key}' is missing"
+        if not check(info[key]):
+            return f"'info.{key}' is {shown(info[key])}; it must be {valid}"
+    return ""
+
+
+def payload_problem(payload: dict) -> tuple[str, str]:
+    """(what is wrong, how to fix it) with an edgeseg checkpoint's structure; ('', '') when nothing.
+
+    The structure every consumer reads: ``info`` (``INFO_RULES``), a tensor ``state_dict``, and the
+    optional ``recipe`` (a mapping; its ``data`` a mapping with a text ``task`` and ``root``),
+    ``metrics`` and ``versions`` (mappings).
+    """
+    rebuild = "the file was edited or is corrupt; re-save it from its training run"
+    info = payload.get("info")
+    problem = info_problem(info)
+    if problem:
+        if isinstance(info, dict) and "name" in info and not is_model_name(info["name"]):
+            return problem, ("retrain with a recipe 'name' that is a plain file name, or re-save the checkpoint "
+                             "with such an info.name")
+        return problem, rebuild
+    if "state_dict" not in payload:
+        return "'state_dict' is missing", rebuild
+    if not _is_state_dict(payload["state_dict"]):
+        return "'state_dict' is not a mapping of names to tensors", rebuild
+    for key in ("recipe", "metrics", "versions"):
+        if not isinstance(payload.get(key, {}), dict):
+            return f"'{key}' is {shown(payload[key])}; it must be a mapping", rebuild
+    if not isinstance(payload.get("train_state"), (dict, type(None))):
+        return f"'train_state' is {shown(payload['train_state'])}; it must be a mapping", rebuild
+    data = payload.get("recipe", {}).get("data", {})
+    if not isinstance(data, dict):
+        return f"'recipe.data' is {shown(data)}; it must be a mapping", rebuild
+    for key in ("task", "root"):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            return f"'recipe.data.{key}' is {shown(value)}; it must be a non-empty string or unset", rebuild
+    return "", ""
 
 
 @dataclass
@@ -158,20 +226,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load an edgeseg checkpoint with weights_only=True; CheckpointError if missing or not ours."""
+    """Load an edgeseg checkpoint with weights_only=True; CheckpointError if missing, not ours, or malformed
+    (``payload_problem``: a name that is not a plain file name, unusable preprocessing, a recipe that is
+    not a mapping), naming the file and the field."""
     path = Path(path)
     raw = _read(path)
     payload = _torch_load(raw, path)
     _check_format(payload, path)
-    try:
-        info = ModelInfo.from_dict(payload["info"])
-        state = payload["state_dict"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: edgeseg checkpoint has a missing or malformed field "
-                              f"({exc.__class__.__name__}: {exc}); re-save it from its training run") from None
-    if not _is_state_dict(state):
-        raise CheckpointError(f"{path}: edgeseg checkpoint's state_dict is not a mapping of names to tensors; "
-                              "re-save it from its training run")
+    problem, fix = payload_problem(payload)
+    if problem:
+        raise CheckpointError(f"{path}: edgeseg checkpoint field {problem}; {fix}")
+    info = ModelInfo.from_dict(payload["info"])
+    state = payload["state_dict"]
     return Checkpoint(info=info, state_dict=state, recipe=payload.get("recipe", {}), metrics=payload.get("metrics", {}),
                       train_state=payload.get("train_state"), versions=payload.get("versions", {}),
                       sha256=hashlib.sha256(raw).hexdigest(), path=path)

@@ -25,13 +25,27 @@ def on_macos() -> bool:
     return platform.system() == "Darwin"
 
 
+def check_package(path: str | Path) -> Path:
+    """``path`` when it is a folder holding ``Manifest.json`` (the shape of every .mlpackage); ArtifactError
+    naming it otherwise. Needs no coremltools: call it first, so a wrong path is refused before that
+    slow and chatty import."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: not a Core ML .mlpackage (a package is a folder; this is a "
+                            f"{'file' if path.exists() else 'missing path'}); re-export it, or check the path")
+    if not (path / "Manifest.json").is_file():
+        raise ArtifactError(f"{path}: not a Core ML .mlpackage (no Manifest.json); re-export it, or check the path")
+    return path
+
+
 @contextlib.contextmanager
 def package_copy(path: str | Path) -> Iterator[Path]:
     """A private copy of the .mlpackage at ``path`` for coremltools to open, removed on exit.
 
-    ArtifactErrors raised inside name ``path``, not the copy.
+    ArtifactError when ``path`` is not a package folder (``check_package``); ArtifactErrors raised
+    inside name ``path``, not the copy.
     """
-    path = Path(path)
+    path = check_package(path)
     with tempfile.TemporaryDirectory(prefix="edgeseg-mlpackage-") as tmp:
         copy = Path(tmp) / path.name
         shutil.copytree(path, copy)
@@ -48,6 +62,7 @@ class CoreMLRunner(Runner):
     formats = ("coreml",)
 
     def __init__(self, path: str, *, input_name: str, output_name: str, compute_units: str = "CPU_ONLY"):
+        check_package(path)
         ct = require("coremltools", "coreml", "running Core ML models")
         with contextlib.ExitStack() as stack:  # the copy lives as long as the model (Apple's runtime may read it later)
             copy = stack.enter_context(package_copy(path))
@@ -85,6 +100,7 @@ class CoreMLReferenceRunner(Runner):
     latency_note = "not timed: Core ML prediction needs macOS; the numpy reference runner here checks parity only"
 
     def __init__(self, path: str):
+        check_package(path)
         require("coremltools", "coreml", "reading Core ML models")
         from edgeseg.runtime.coreml_reference import CoreMLReferenceProgram
 
