@@ -1,6 +1,7 @@
 """Shared fixtures: tiny recipes, a tiny trained checkpoint, a CLI runner with real exit codes."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -109,6 +110,20 @@ def assert_refused(cli, *args, watch=(), match: str | None = None) -> str:
     return line
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str, why: str):
+    """Mount a tmpfs with ``options`` on ``path`` for the block (root only; skips with ``why`` otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip(f"{why}, which needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"{why}, and mount failed: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
+
+
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A folder nobody can write into: chmod 555 for a normal user; for root (CI), a read-only tmpfs mount."""
@@ -119,10 +134,14 @@ def read_only_dir(tmp_path):
         yield ro
         ro.chmod(0o755)
         return
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"root cannot be denied a write here without a read-only mount, and mount failed: {r.stderr.strip()}")
-    try:
+    with tmpfs(ro, "ro,size=64k", "root is denied a write only on a read-only mount"):
         yield ro
-    finally:
-        subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 KB tmpfs: room for a few files, not for an export or a data set (mounting needs root)."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    with tmpfs(disk, "size=300k", "a full disk is simulated with a small tmpfs mount"):
+        yield disk

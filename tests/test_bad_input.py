@@ -284,22 +284,6 @@ def test_output_that_is_a_dangling_symlink_is_refused(cli, tiny_checkpoint, tmp_
 # The machine says no: a full disk, a quota, a read-only or forbidden location
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 300 KB tmpfs: room for a few files, not for an export or a data set (mounting needs root)."""
-    disk = tmp_path / "small"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("a full disk is simulated with a small tmpfs mount, which needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"a full disk is simulated with a small tmpfs mount, and mount failed: {r.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
-
-
 @pytest.mark.parametrize("command", ["data synth", "export"])
 def test_disk_full_is_one_line_and_leaves_nothing(cli, tiny_checkpoint, small_disk, command):
     args = {"data synth": ("data", "synth", small_disk / "d", "--count", "200", "--size", "64"),

@@ -7,6 +7,7 @@ import torchvision
 
 from edgeseg.errors import CheckpointError, EdgesegError, RecipeError
 from edgeseg.models import registry
+from edgeseg.models.profile import count_macs
 from edgeseg.models.registry import ArchSpec, build_model, check_input_size, get_spec, names
 from edgeseg.models.weights import load_weights
 
@@ -30,6 +31,24 @@ def test_forward_returns_logits_at_input_resolution(name):
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 96))
     assert isinstance(out, torch.Tensor) and tuple(out.shape) == (1, 3, 64, 96)
+
+
+def test_shorter_decoder_heads_at_stride_4_with_logits_at_input_resolution_and_fewer_macs():
+    full = build_model("unet_mobilenetv4_conv_small", num_classes=2, width=0.35, decoder_channels=(16, 16, 8, 8)).eval()
+    short = build_model("unet_mobilenetv4_conv_small", num_classes=2, width=0.35, decoder_channels=(16, 16, 8)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert tuple(short.decoder(short.encoder(x)).shape) == (1, 8, 16, 24)  # stride 4
+        assert tuple(short(x).shape) == (1, 2, 64, 96)
+    assert count_macs(short, 64, 96) < count_macs(full, 64, 96)
+    # same module names as the full-length decoder, which keeps today's checkpoints loading
+    assert set(short.state_dict()) < set(full.state_dict())
+
+
+@pytest.mark.parametrize("decoder_channels", [(), (8, 8, 8, 8, 8)])
+def test_decoder_channels_length_outside_one_per_skip_is_a_recipe_error(decoder_channels):
+    with pytest.raises(RecipeError, match=rf"model\.decoder_channels has {len(decoder_channels)} entries; valid lengths are 1 to 4"):
+        build_model("unet_mobilenet_v3_small", num_classes=2, width=0.5, decoder_channels=decoder_channels)
 
 
 def test_input_size_not_fitting_stride_names_a_valid_size():

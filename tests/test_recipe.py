@@ -111,4 +111,5 @@ def test_requested_gpu_that_is_missing_is_refused(cli, tmp_path):
 
 def test_decoder_channels_of_the_wrong_length_are_refused(cli, tmp_path):
     assert_refused(cli, "train", "--recipe", write_recipe(tmp_path / "r.yaml"), "--out", tmp_path / "run",
-                   "--set", "model.decoder_channels=[8]", watch=[tmp_path], match="decoder_channels needs 4 entries, got 1")
+                   "--set", "model.decoder_channels=[8,8,8,8,8]", watch=[tmp_path],
+                   match="model.decoder_channels has 5 entries; valid lengths are 1 to 4")

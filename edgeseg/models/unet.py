@@ -1,8 +1,11 @@
 """A light U-Net-style segmenter over a timm ``features_only`` MobileNet encoder.
 
-encoder -> decoder (upsample x2, concat skip, depthwise-separable conv) -> 1x1 head at
-stride 2 -> bilinear upsample to input size. Only export-friendly ops: fixed-size bilinear
-resizes with align_corners=False, concat, convs, BN, ReLU.
+encoder -> decoder (upsample x2, concat skip, depthwise-separable conv) -> 1x1 head ->
+bilinear upsample to input size. The decoder has one up-block per ``decoder_channels`` entry,
+starting from the coarsest feature; with one entry per skip (4 for a stride-32 timm encoder)
+the head runs at stride 2, with one fewer at stride 4, and so on, so a shorter decoder does
+less work at high resolution. Only export-friendly ops: fixed-size bilinear resizes with
+align_corners=False, concat, convs, BN, ReLU.
 """
 from __future__ import annotations
 
@@ -12,9 +15,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgeseg.errors import RecipeError
+
 
 def _upsample(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def check_decoder_length(decoder_channels: Sequence[int], skips: int) -> None:
+    """Raise RecipeError unless there is one decoder stage per skip used: 1 to ``skips`` entries."""
+    n = len(decoder_channels)
+    if not 1 <= n <= skips:
+        raise RecipeError(
+            f"model.decoder_channels has {n} entries; valid lengths are 1 to {skips} (one up-block per encoder "
+            f"skip from the coarsest: {skips} puts the head at the finest skip, each entry fewer doubles its stride)"
+        )
 
 
 class SeparableConvBNReLU(nn.Sequential):
@@ -43,13 +58,16 @@ class UpBlock(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """Decoder over encoder features ordered from finest (stride 2) to coarsest."""
+    """Decoder over encoder features ordered from finest (stride 2) to coarsest.
+
+    ``decoder_channels[i]`` is the output width of the i-th up-block from the coarsest feature;
+    skips finer than the last block's are not used.
+    """
 
     def __init__(self, encoder_channels: Sequence[int], decoder_channels: Sequence[int]):
         super().__init__()
         deep = list(encoder_channels)[::-1]  # coarsest first
-        if len(decoder_channels) != len(deep) - 1:
-            raise ValueError(f"decoder_channels needs {len(deep) - 1} entries, got {len(decoder_channels)}")
+        check_decoder_length(decoder_channels, len(deep) - 1)
         cin = deep[0]
         blocks = []
         for cskip, cout in zip(deep[1:], decoder_channels):
@@ -61,7 +79,7 @@ class UNetDecoder(nn.Module):
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         feats = list(feats)[::-1]
         x = feats[0]
-        for block, skip in zip(self.blocks, feats[1:]):
+        for block, skip in zip(self.blocks, feats[1:]):  # stops after the last block
             x = block(x, skip)
         return x
 
