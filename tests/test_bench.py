@@ -70,9 +70,12 @@ def test_report_has_table_and_charts(baseline):
     assert "<table>" in (rep / "report.html").read_text()
 
 
-# The real-runner tests use the product default limit (1.15) and a planted 30% slowdown;
-# benchmarks/flap_check.py measures how rarely an unchanged run crosses 1.15 on this machine.
-E2E_LIMIT = "1.15"
+# The real-runner tests check the plumbing (real runners, real timing, the gate's verdict) with a
+# limit far above timing noise on a busy machine and a planted slowdown far above the limit; the
+# product limit (1.15) is tested with injected timings below, and benchmarks/flap_check.py measures
+# how rarely an unchanged run crosses 1.15 on this machine.
+E2E_LIMIT = "2.0"
+PLANTED = 3.0  # a planted slowdown: every call takes 4x as long
 
 
 def test_unchanged_rerun_passes_the_gate(onnx_dir, baseline):
@@ -83,7 +86,7 @@ def test_unchanged_rerun_passes_the_gate(onnx_dir, baseline):
 
 
 class _Slowed:
-    """A real runner whose every call takes 30% longer (sleeps 0.3x its own run time)."""
+    """A real runner whose every call takes 4x as long (sleeps PLANTED times its own run time)."""
 
     def __init__(self, inner):
         self.inner, self.runtime, self.threads, self.latency_note = inner, inner.runtime, inner.threads, inner.latency_note
@@ -91,7 +94,7 @@ class _Slowed:
     def run(self, images):
         t0 = time.perf_counter()
         out = self.inner.run(images)
-        time.sleep(0.3 * (time.perf_counter() - t0))
+        time.sleep(PLANTED * (time.perf_counter() - t0))
         return out
 
     def close(self):
@@ -115,7 +118,7 @@ def test_planted_slowdown_fails_the_gate(onnx_dir, baseline, cli, monkeypatch):
 
 
 def test_passing_burst_of_load_is_re_timed_not_failed(onnx_dir, baseline, cli, monkeypatch):
-    """The first timing of one file is 30% slow (a burst of load), its re-timing is not: the gate passes
+    """The first timing of one file is 4x slow (a burst of load), its re-timing is not: the gate passes
     with --confirm (the default) and fails with --no-confirm."""
     real = loader.runner_for_artifact
 

@@ -126,7 +126,8 @@ def discover_pairs(root: str | Path, split: str, *, val_fraction: float = 0.1, n
     else:
         raise DataError(f"{root}: no split '{split}' (no {root / split / 'images'}); {_choose(split_names(root))}")
     if not pairs:
-        raise DataError(f"{root}: split '{split}' is empty")
+        raise DataError(f"{root}: split '{split}' is empty; add images, give it its own {split}/ folder, "
+                        "or raise data.val_fraction")
     return pairs
 
 
