@@ -71,8 +71,8 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except EdgesegError as exc:
-            one_line = str(exc).replace("\r", "\\r").replace("\n", "\\n")  # e.g. a folder name with a newline
-            click.echo(f"error: {one_line}", err=True)
+            message = str(exc).replace("\r", "\\r").replace("\n", "\\n")  # e.g. a folder name with a newline
+            click.echo(f"error: {message}", err=True)
             sys.exit(exc.exit_code)
         except GateFailed as exc:
             click.echo(f"FAILED: {exc}", err=True)
