@@ -68,3 +68,17 @@ def float_input(images: np.ndarray, expects: str, mean, std) -> np.ndarray:
     if expects == "pixels":
         return images.astype(np.float32)
     return normalize_nhwc(images, mean, std)
+
+
+def float_input_nchw(images: np.ndarray, expects: str, mean, std) -> np.ndarray:
+    """uint8 NHWC -> contiguous float32 NCHW, like ``float_input`` but transposed.
+
+    The uint8 pixels are transposed first (a quarter of the bytes), then converted and
+    normalized in place: ~0.1 ms for 256x256 against ~0.7 ms for normalize-then-transpose,
+    which is time a latency benchmark would otherwise charge to the model.
+    """
+    x = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32)
+    if expects != "pixels":
+        x -= np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+        x /= np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return x

@@ -5,7 +5,7 @@ import numpy as np
 
 from edgeseg.errors import ArtifactError, require
 from edgeseg.manifest import Artifact, Manifest
-from edgeseg.runtime.base import Runner, check_batch, float_input
+from edgeseg.runtime.base import Runner, check_batch, float_input_nchw
 from edgeseg.runtime.loader import RUNNER_FACTORIES
 
 
@@ -34,8 +34,9 @@ class OnnxRunner(Runner):
 
     def run(self, images: np.ndarray) -> np.ndarray:
         images = check_batch(images, self.height, self.width)
-        x = np.ascontiguousarray(float_input(images, self.expects, self.mean, self.std).transpose(0, 3, 1, 2))
-        return np.concatenate([self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(len(x))]).astype(np.float32)
+        x = float_input_nchw(images, self.expects, self.mean, self.std)
+        outs = [self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(len(x))]
+        return (outs[0] if len(outs) == 1 else np.concatenate(outs)).astype(np.float32, copy=False)
 
 
 def _factory(art: Artifact, manifest: Manifest, threads: int | None, spin: bool = True) -> OnnxRunner:
