@@ -82,6 +82,7 @@ class ExportCfg:
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     calib_count: int = 32
     parity_images: int = 16
+    calib_method: str = "minmax"  # int8 activation-range calibration (CALIB_METHODS) where a format offers it
     thresholds: dict = field(default_factory=lambda: {"fp32": 0.999, "fp16": 0.995, "int8": 0.98, "pal6": 0.98})
     max_gt_drop: float = 1.0  # mIoU points
 
@@ -205,6 +206,8 @@ def _is_bool(v: Any) -> bool:
 
 FORMATS = ("onnx", "tflite", "coreml", "executorch")
 PRECISIONS = ("fp32", "fp16", "int8", "pal6")
+# int8 activation-range calibration methods by name; each exporter declares which of them its quantizer offers
+CALIB_METHODS = ("minmax", "entropy", "percentile")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -247,6 +250,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                           f"a non-empty list of distinct precisions from {', '.join(PRECISIONS)}"),
     "export.calib_count": (_at_least(1), "an integer >= 1"),
     "export.parity_images": (_at_least(1), "an integer >= 1"),
+    "export.calib_method": (_one_of(*CALIB_METHODS), f"one of {', '.join(CALIB_METHODS)}"),
     "export.thresholds": (_thresholds, f"a mapping of precision ({', '.join(PRECISIONS)}) to a number between 0 and 1"),
     "export.max_gt_drop": (_between(0, 100), "mIoU points between 0 and 100"),
 }
@@ -262,15 +266,27 @@ def recipe_fields(obj: Any, prefix: str = ""):
             yield where, value
 
 
-def validate(recipe: Recipe) -> Recipe:
-    """Check every field against ``RULES`` and that the training device exists; RecipeError naming the first bad one."""
-    for where, value in recipe_fields(recipe):
+def _check_rules(obj: Any, prefix: str = "") -> None:
+    for where, value in recipe_fields(obj, prefix):
         check, valid = RULES[where]
         if not check(value):
             shown = list(value) if isinstance(value, tuple) else value
             raise RecipeError(f"recipe key '{where}' is {shown!r}; it must be {valid}")
+
+
+def validate(recipe: Recipe) -> Recipe:
+    """Check every field against ``RULES`` and that the training device exists; RecipeError naming the first bad one."""
+    _check_rules(recipe)
     check_device(recipe.train.device)
     return recipe
+
+
+def augment_from_dict(values: dict | None) -> AugmentCfg:
+    """``data.augment`` of a recipe kept as a plain dict (e.g. in a checkpoint), checked like a recipe file;
+    keys it lacks (a checkpoint older than the key) take the defaults."""
+    cfg = _build(AugmentCfg, _plain(values or {}), "data.augment")
+    _check_rules(cfg, "data.augment.")
+    return cfg
 
 
 def check_device(name: str) -> None:

@@ -42,11 +42,18 @@ def train_transform(size: tuple[int, int], *, hflip: bool, scale: Sequence[float
         steps.append(v2.RandomHorizontalFlip())
     steps.append(v2.RandomAffine(degrees=rotate, translate=(0.1, 0.1), scale=tuple(scale),
                                  fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}))
+    return v2.Compose(steps + photometric_steps(color=color, corrupt=corrupt))
+
+
+def photometric_steps(*, color: float, corrupt: float) -> list:
+    """The pixel-only steps of ``train_transform`` (colour jitter, then ``PhoneCorruption``), in its order;
+    each takes and returns ``(image, mask)`` and leaves the mask as it is. Empty when both are 0."""
+    steps: list = []
     if color > 0:
         steps.append(v2.ColorJitter(brightness=color, contrast=color, saturation=color, hue=min(0.5, color / 6)))
     if corrupt > 0:
         steps.append(PhoneCorruption(corrupt))
-    return v2.Compose(steps)
+    return steps
 
 
 def eval_transform(size: tuple[int, int]) -> v2.Compose:

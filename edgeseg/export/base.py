@@ -11,6 +11,9 @@ import torch.nn as nn
 from edgeseg.errors import EdgesegError
 from edgeseg.manifest import SUFFIXES, Artifact, file_digest
 from edgeseg.models.checkpoint import ModelInfo
+from edgeseg.recipe import ExportCfg
+
+CALIBRATED_PRECISION = "int8"  # the precision whose files are calibrated on images (static activation ranges)
 
 
 @dataclass(frozen=True)
@@ -24,12 +27,14 @@ class ExportJob:
     out_dir: Path
     stem: str  # file name without suffix: <model>-<precision>
     metadata: dict = field(default_factory=dict)  # string facts to embed (version, classes, ...)
+    calib_method: str = ExportCfg.calib_method  # how an int8 file's activation ranges are calibrated (see calib_methods)
 
 
 class Exporter(Protocol):
     format: str
     precisions: tuple[str, ...]
     extra: str  # pip extra that provides the dependencies
+    calib_methods: tuple[str, ...]  # what its int8 quantizer offers (recipe.CALIB_METHODS names); () = not calibrated
 
     def export(self, job: ExportJob) -> Artifact: ...
 

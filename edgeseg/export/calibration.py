@@ -1,14 +1,21 @@
 """Calibration and parity image sets for export (layer 4)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from edgeseg.data.datasets import builtin_source, open_source
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
-from edgeseg.data.transforms import resize_pixels
+from edgeseg.data.transforms import photometric_steps, resize_pixels
 from edgeseg.errors import DataError
+from edgeseg.recipe import AugmentCfg
+
+AUGMENT_SEED = 0  # calibration augmentations come from their own seeded generator: every export sees the same pixels
 
 
 def images_in_folder(folder: str | Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
@@ -25,20 +32,61 @@ def images_in_folder(folder: str | Path, count: int, size: tuple[int, int]) -> l
     return [resize_pixels(load_image(p), size) for p in dict.fromkeys(picks)]
 
 
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The images int8 files are calibrated on, and where they came from (recorded in the manifest)."""
+
+    images: list[np.ndarray]  # uint8 RGB HWC at the model's input size
+    source: str  # in words, including the augmentations applied
+    augment: dict | None = None  # the training augmentations applied ({color, corrupt, seed}); None: none were
+
+    def manifest_entry(self) -> dict:
+        return {"source": self.source, "images": len(self.images), "augment": self.augment}
+
+
+def augment_pixels(images: list[np.ndarray], augment: AugmentCfg, seed: int = AUGMENT_SEED) -> list[np.ndarray]:
+    """``images`` under the pixel-only steps of the training augmentation (colour jitter, phone-camera
+    corruptions; see ``photometric_steps``), deterministic for ``seed``; torch's global random state is
+    left as it was. Geometric steps (flip, affine) are left out: they add borders, not new pixel values."""
+    steps = photometric_steps(color=augment.color, corrupt=augment.corrupt)
+    if not steps:
+        return list(images)
+    transform = v2.Compose(steps)
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for image in images:
+            pixels = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+            pixels, _ = transform(pixels, None)
+            out.append(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))
+    return out
+
+
 def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str, count: int,
-                       size: tuple[int, int]) -> tuple[list[np.ndarray], str]:
-    """Calibration pixels: --calib DIR, else the recipe's training data, else the built-in set.
+                       size: tuple[int, int], augment: AugmentCfg | None = None) -> CalibrationSet:
+    """Calibration pixels: --calib DIR as they are; else the recipe's training data, else the built-in set,
+    each under the training augmentations ``augment`` (the recipe's; None when the checkpoint has no recipe).
 
     The built-in calibration set uses its own seed, disjoint from the parity/eval set.
     """
     if calib_dir:
-        return images_in_folder(calib_dir, count, size), str(calib_dir)
+        return CalibrationSet(images_in_folder(calib_dir, count, size), str(calib_dir))
     if recipe_root and Path(recipe_root).is_dir():
         src = open_source(recipe_root, "train", need_masks=False, classes=("unused", "unused"))
-        n = min(count, len(src))
-        return [resize_pixels(src.get(i)[0], size) for i in range(n)], f"{recipe_root} (train split)"
-    src = builtin_source("calib", task, count, size)
-    return [src.get(i)[0] for i in range(count)], f"built-in synthetic {task} calibration set"
+        images = [resize_pixels(src.get(i)[0], size) for i in range(min(count, len(src)))]
+        source = f"{recipe_root} (train split)"
+    else:
+        src = builtin_source("calib", task, count, size)
+        images = [src.get(i)[0] for i in range(count)]
+        source = f"built-in synthetic {task} calibration set"
+    if augment is None:
+        return CalibrationSet(images, f"{source}, not augmented (the checkpoint carries no training recipe)")
+    if not photometric_steps(color=augment.color, corrupt=augment.corrupt):
+        return CalibrationSet(images, f"{source}, not augmented (the recipe's training augmentation has no "
+                                      "colour or corruption step: color 0, corrupt 0)")
+    record = {"color": augment.color, "corrupt": augment.corrupt, "seed": AUGMENT_SEED}
+    return CalibrationSet(augment_pixels(images, augment), f"{source} with the recipe's training augmentations "
+                          f"(color {augment.color:g}, corrupt {augment.corrupt:g}; seed {AUGMENT_SEED})", record)
 
 
 def parity_source(data_dir: str | None, task: str, count: int, size: tuple[int, int], classes):

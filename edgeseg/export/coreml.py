@@ -11,6 +11,7 @@ class CoreMLExporter:
     format = "coreml"
     precisions = ("fp32", "fp16", "int8", "pal6")
     extra = "coreml"
+    calib_methods = ()  # int8 and pal6 compress weights only: nothing is calibrated on images
 
     def export(self, job: ExportJob) -> Artifact:
         check_precision(self, job.precision)

@@ -17,13 +17,14 @@ from pathlib import Path
 from edgeseg import __version__
 from edgeseg.bench.parity import (DEFAULT_MAX_GT_DROP, DEFAULT_STRESS_THRESHOLDS, DEFAULT_THRESHOLDS, check_parity,
                                   reference_set, skipped, stress_set)
-from edgeseg.errors import EdgesegError, MissingExtra, require
-from edgeseg.export.base import EXPORTERS, ExportJob, embedded_metadata
+from edgeseg.errors import EdgesegError, MissingExtra, RecipeError, require
+from edgeseg.export.base import CALIBRATED_PRECISION, EXPORTERS, ExportJob, embedded_metadata
 from edgeseg.export.calibration import calibration_images, parity_source
 from edgeseg.fsutil import check_output, install_staged, is_staging, staging_dir
 from edgeseg.manifest import MANIFEST_NAME, SUFFIXES, Artifact, Manifest
 from edgeseg.models.checkpoint import resolve_checkpoint
 from edgeseg.models.profile import count_macs, count_params
+from edgeseg.recipe import CALIB_METHODS, AugmentCfg, ExportCfg, augment_from_dict
 from edgeseg.runtime.loader import runner_for_artifact, synth_task_for
 from edgeseg.runtime.torch_runner import TorchRunner
 
@@ -40,13 +41,14 @@ class ExportRequest:
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     calib_dir: str | None = None
     data_dir: str | None = None
-    calib_count: int = 32
-    parity_images: int = 16
+    calib_count: int = ExportCfg.calib_count
+    parity_images: int = ExportCfg.parity_images
     thresholds: dict = field(default_factory=dict)
     max_gt_drop: float = DEFAULT_MAX_GT_DROP
     force: bool = False  # write into a non-empty folder that is not an earlier export
     stress_thresholds: dict = field(default_factory=dict)
     stress: str = "report"  # stress set (corruptions + real photos): "gate" | "report" (measured, not gated) | "off"
+    calib_method: str = ExportCfg.calib_method  # METHOD, FORMAT=METHOD,... or both (see calib_methods_for)
 
 
 @dataclass
@@ -96,6 +98,67 @@ def load_exporters(formats, precisions) -> dict:
     return out
 
 
+def calib_methods_for(spec: str, exporters: dict, precisions) -> dict[str, str]:
+    """``--calib-method`` -> {format: method} for each format whose int8 file this export calibrates.
+
+    ``spec`` is one method for all of them (``percentile``), per-format choices (``onnx=entropy``), or
+    both (``entropy,tflite=minmax``); a format it does not name takes the default
+    (``ExportCfg.calib_method``, the recipe's). A method a format's quantizer does not offer, or a named format
+    that calibrates nothing in this export, is an EdgesegError, raised before any work.
+    """
+    items = [item.strip() for item in str(spec).split(",") if item.strip()]
+    if not items:
+        raise EdgesegError(f"--calib-method is empty; give a method ({', '.join(CALIB_METHODS)}) or FORMAT=METHOD")
+    calibrated = {f: e for f, e in exporters.items() if e.calib_methods and CALIBRATED_PRECISION in precisions}
+    overall, chosen = [], {}
+    for item in items:
+        fmt, named, method = (part.strip() for part in item.rpartition("="))
+        if method not in CALIB_METHODS:
+            raise EdgesegError(f"--calib-method {item}: unknown calibration method {method!r}; "
+                               f"choose from {', '.join(CALIB_METHODS)}")
+        if not named:
+            overall.append(method)
+        elif fmt in chosen:
+            raise EdgesegError(f"--calib-method {spec}: {fmt} is given more than once; give each format once")
+        elif fmt not in calibrated:
+            why = (f"unknown format {fmt!r}; choose from {', '.join(EXPORTERS)}" if fmt not in EXPORTERS else
+                   f"{fmt} is not in --formats" if fmt not in exporters else
+                   f"{fmt} files are never calibrated on images (their int8 compresses weights only)"
+                   if not exporters[fmt].calib_methods else
+                   f"--precisions has no {CALIBRATED_PRECISION}, the only calibrated precision")
+            raise EdgesegError(f"--calib-method {item}: {why}")
+        else:
+            chosen[fmt] = method
+    if len(overall) > 1:
+        raise EdgesegError(f"--calib-method {spec}: more than one method for all formats; "
+                           "give one, and FORMAT=METHOD for the exceptions")
+    default = overall[0] if overall else ExportCfg.calib_method
+    methods = {fmt: chosen.get(fmt, default) for fmt in calibrated}
+    for fmt, method in methods.items():
+        offered = calibrated[fmt].calib_methods
+        if method not in offered:
+            others = [f for f in methods if f != fmt and method in calibrated[f].calib_methods]
+            if fmt not in chosen and others and ExportCfg.calib_method in offered:
+                fix = (f"use --calib-method {','.join(f'{o}={method}' for o in others)} "
+                       f"({fmt} keeps {ExportCfg.calib_method}) or drop {fmt} from --formats")
+            else:
+                fix = f"choose {' or '.join(offered)} for {fmt}, or drop {fmt} from --formats"
+            raise EdgesegError(f"--calib-method {spec}: {fmt} {CALIBRATED_PRECISION} calibration offers only "
+                               f"{', '.join(offered)}, not {method}; {fix}")
+    return methods
+
+
+def training_augment(ckpt) -> AugmentCfg | None:
+    """The training augmentations of the checkpoint's recipe; None when it carries no recipe (nothing to follow)."""
+    values = ckpt.recipe.get("data", {}).get("augment")
+    if values is None:
+        return None
+    try:
+        return augment_from_dict(values)
+    except RecipeError as exc:
+        raise RecipeError(f"{ckpt.path}: its training {exc}") from None
+
+
 _EXTRA_MODULES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "tflite": ("litert_torch", "ai_edge_litert", "ai_edge_quantizer", "mediapipe"),
                   "coreml": ("coremltools",)}
 
@@ -123,13 +186,15 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
     if req.stress not in STRESS_MODES:
         raise EdgesegError(f"--stress must be one of {', '.join(STRESS_MODES)}, got {req.stress!r}")
     exporters = load_exporters(req.formats, req.precisions)
+    methods = calib_methods_for(req.calib_method, exporters, req.precisions)
     ckpt = resolve_checkpoint(req.checkpoint)
     info = ckpt.info
     names = {MANIFEST_NAME} | {f"{info.name}-{p}{SUFFIXES[f]}" for f in exporters for p in req.precisions}
     owned = owned_by_earlier_export(dest, names, req.force)
     task = str(ckpt.recipe.get("data", {}).get("task") or synth_task_for(info.classes))
     recipe_root = ckpt.recipe.get("data", {}).get("root")
-    calib, calib_from = calibration_images(req.calib_dir, recipe_root, task, req.calib_count, info.input_size)
+    calib = calibration_images(req.calib_dir, recipe_root, task, req.calib_count, info.input_size,
+                               training_augment(ckpt))
     source, described = parity_source(req.data_dir, task, req.parity_images, info.input_size, info.classes)
     for exporter in exporters.values():  # after the cheap input checks: these imports are slow and chatty
         _check_extra(exporter)
@@ -139,11 +204,12 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
     staging = staging_dir(dest)
     try:
         manifest = Manifest(model=model_section(ckpt, model, task), tools=tool_versions())
-        manifest.model["calibration"] = {"source": calib_from, "images": len(calib)}
+        manifest.model["calibration"] = {**calib.manifest_entry(), "methods": methods}
         meta = embedded_metadata(info, __version__)
         for fmt, exporter in exporters.items():
             for precision in req.precisions:
-                job = ExportJob(model, info, precision, calib, staging, f"{info.name}-{precision}", metadata=meta)
+                job = ExportJob(model, info, precision, calib.images, staging, f"{info.name}-{precision}",
+                                metadata=meta, calib_method=methods.get(fmt, ExportCfg.calib_method))
                 art = exporter.export(job)
                 art.parity = gate.check(art, manifest)
                 manifest.artifacts.append(art)

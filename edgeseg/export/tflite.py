@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from edgeseg.errors import require
 from edgeseg.export.base import ExportJob, artifact_for, check_precision, register_exporter
+from edgeseg.export.tflite_convert import TFLITE_CALIB_METHODS
 from edgeseg.fsutil import write_bytes_atomic
 from edgeseg.manifest import Artifact
 
@@ -12,6 +13,7 @@ class TFLiteExporter:
     format = "tflite"
     precisions = ("fp32", "fp16", "int8")
     extra = "tflite"
+    calib_methods = tuple(TFLITE_CALIB_METHODS)
 
     def export(self, job: ExportJob) -> Artifact:
         check_precision(self, job.precision)
@@ -23,9 +25,13 @@ class TFLiteExporter:
         h, w = job.info.input_size
         result = convert_tflite(job.model, height=h, width=w, mean=list(job.info.mean), std=list(job.info.std),
                                 labels=list(job.info.classes), precision=job.precision, calib_images=job.calib,
-                                name=job.info.name, description=f"edgeseg {job.info.arch} segmenter ({job.precision})")
+                                calib_method=job.calib_method, name=job.info.name,
+                                description=f"edgeseg {job.info.arch} segmenter ({job.precision})")
         write_bytes_atomic(job.out_dir / f"{job.stem}.tflite", result.data)
         details = {"xnnpack_partitions": result.xnnpack_partitions, "ops_not_delegated": list(result.ops_not_delegated),
                    "metadata": "MediaPipe ImageSegmenter (labels, normalization, softmax activation)"}
+        if job.precision == "int8":
+            details.update(calibration=job.calib_method, calibration_library=TFLITE_CALIB_METHODS[job.calib_method],
+                           calibration_images=len(job.calib))
         return artifact_for(job, "tflite", input=dict(result.input), output=dict(result.output),
                             quantized=result.quantized, details=details)

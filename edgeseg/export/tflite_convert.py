@@ -23,6 +23,12 @@ from edgeseg.export.mediapipe_metadata import add_segmenter_metadata
 from edgeseg.export.tflite_flatbuffer import io_details, uint8_input_float_output
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
+# --calib-method name -> what ai-edge-quantizer does. Its only activation statistic is min/max per image,
+# merged over the images by a moving average (smoothing 0.95); its other algorithms (MSE, OCTAV, GPTQ...)
+# choose weight ranges, and activations fall back to min/max.
+TFLITE_CALIB_METHODS = {
+    "minmax": "ai-edge-quantizer min/max: per-image activation min/max, moving average (0.95) over the images",
+}
 _PIXEL_RANGE = (0.0, 255.0)
 _INT8_WEIGHTS = "weights int8 per-channel, activations int8"
 # Ops inserted by the quantizer itself; keeping them "float" means nothing.
@@ -42,19 +48,24 @@ class TFLiteResult:
 
 
 def convert_tflite(model, *, height: int, width: int, mean: list[float], std: list[float], labels: list[str],
-                   precision: str, calib_images, name: str, description: str) -> TFLiteResult:
+                   precision: str, calib_images, name: str, description: str,
+                   calib_method: str = next(iter(TFLITE_CALIB_METHODS))) -> TFLiteResult:
     """Convert an eval-mode segmenter to a MediaPipe-ready .tflite at one precision.
 
     ``model`` maps normalized float32 NCHW ``[1,3,H,W]`` to logits ``[1,C,H,W]`` with
     ``C == len(labels) >= 2``; normalization is ``(pixel - mean) / std`` per channel, in 0-255
-    units. ``calib_images`` (uint8 HxWx3 RGB arrays) are required for int8 and ignored
-    otherwise. The returned file has NHWC I/O, the input contract in the module docstring,
-    metadata with ``name``/``description``/``labels``, and its XNNPACK partitioning measured.
+    units. ``calib_images`` (uint8 HxWx3 RGB arrays) and ``calib_method`` (a ``TFLITE_CALIB_METHODS``
+    name) are used for int8 and ignored otherwise. The returned file has NHWC I/O, the input
+    contract in the module docstring, metadata with ``name``/``description``/``labels``, and its
+    XNNPACK partitioning measured.
     Raises ``EdgesegError`` for bad arguments, ``MissingExtra`` if the tflite extra is absent.
     """
     if precision not in TFLITE_PRECISIONS:
         raise EdgesegError(f"TFLite precision '{precision}' is not supported; "
                            f"choose one of {', '.join(TFLITE_PRECISIONS)}")
+    if calib_method not in TFLITE_CALIB_METHODS:
+        raise EdgesegError(f"TFLite int8 calibration method {calib_method!r} is not offered; "
+                           f"choose one of {', '.join(TFLITE_CALIB_METHODS)}")
     torch = require("torch", "tflite", "TFLite export")
     require("litert_torch", "tflite", "TFLite export")
     _check_model(torch, model, height, width, mean, std, labels)
@@ -68,6 +79,7 @@ def convert_tflite(model, *, height: int, width: int, mean: list[float], std: li
         data, quantized = _fp16_weights(float_tflite), "weights fp16 (float32 compute)"
     else:
         data, quantized = _full_int8(float_tflite, batches)
+        quantized += f"; {calib_method} calibration"
     md_mean, md_std = ([0.0], [1.0]) if in_graph else (list(mean), list(std))
     data = add_segmenter_metadata(data, mean=md_mean, std=md_std, labels=list(labels), activation="softmax",
                                   name=name, description=description)
@@ -135,13 +147,15 @@ def _pixel_input_module(torch, model, mean, std):
         def __init__(self):
             super().__init__()
             self.model = model
-            scale = torch.tensor([1.0 / float(s) for s in std]).view(1, 3, 1, 1)
-            self.register_buffer("scale", scale)
-            self.register_buffer("shift", -torch.tensor([float(m) for m in mean]).view(1, 3, 1, 1) * scale)
+            # A 1x1 depthwise convolution rather than MUL + ADD (or (x - mean) / std): XNNPACK runs it as
+            # one fused kernel. Measured on the default model (1 thread): 0.33 vs 0.8 ms fp32, 0.51 vs 1.5 ms int8.
+            self.norm = torch.nn.Conv2d(3, 3, 1, groups=3, bias=True)
+            with torch.no_grad():
+                self.norm.weight.copy_(torch.tensor([1.0 / float(s) for s in std]).view(3, 1, 1, 1))
+                self.norm.bias.copy_(torch.tensor([-float(m) / float(s) for m, s in zip(mean, std)]))
 
         def forward(self, pixels):
-            # Multiply-add rather than (x - mean) / std: MUL and ADD have int8 XNNPACK kernels.
-            return self.model(pixels * self.scale + self.shift)
+            return self.model(self.norm(pixels))
 
     return PixelInput().eval()
 
