@@ -399,3 +399,90 @@ def test_json_outputs_never_replace_the_commands_inputs(cli, onnx_dir, tiny_chec
     for option in (("--json", victim), ("--baseline", victim, "--update-baseline")):
         assert_refused(cli, "bench", export, "--threads", "1", *option, watch=[tmp_path],
                        match="is not a JSON report edgeseg wrote")
+
+
+# ---------------------------------------------------------------------------------------------
+# int8/fp32 per runtime: same-run ratio of raw p50s
+
+
+@pytest.fixture(scope="module")
+def int8_bench(tiny_checkpoint, tmp_path_factory):
+    """The tiny model exported to fp32 and int8 ONNX and TFLite, benched once (--json, --report, stdout)."""
+    root = tmp_path_factory.mktemp("int8bench")
+    r = run_edgeseg("export", tiny_checkpoint, "--out", root / "exp", "--formats", "onnx,tflite", "--precisions", "fp32,int8",
+                    "--parity-images", "2", "--calib-count", "4", "--threshold", "int8=0.9", "--stress", "off")
+    assert r.returncode == 0, r.stderr
+    r = run_edgeseg("bench", root / "exp", "--threads", "1", "--runs", "3", "--warmup", "1", "--sessions", "1",
+                    "--parity-images", "2", "--json", root / "bench.json", "--report", root / "report")
+    assert r.returncode == 0, r.stderr
+    return root, json.loads((root / "bench.json").read_text()), r.stdout
+
+
+def test_bench_pairs_each_runtimes_int8_file_with_its_fp32_file(int8_bench):
+    _, doc, _ = int8_bench
+    timed = {r["artifact"]: r for r in doc["results"]}
+    pairs = doc["int8_vs_fp32"]["pairs"]
+    assert [(p["format"], p["runtime"], p["threads"], p["fp32"], p["int8"]) for p in pairs] == [
+        ("onnx", "onnxruntime", 1, "tiny-fp32.onnx", "tiny-int8.onnx"), ("tflite", "litert", 1, "tiny-fp32.tflite", "tiny-int8.tflite")]
+    for p in pairs:
+        fp32, int8 = timed[p["fp32"]]["latency_ms"]["p50"], timed[p["int8"]]["latency_ms"]["p50"]
+        assert (p["fp32_p50_ms"], p["int8_p50_ms"]) == (fp32, int8)
+        assert p["ratio"] == round(int8 / fp32, 3)
+    assert "latency_ms.p50" in doc["int8_vs_fp32"]["statistic"] and doc["schema_version"] == SCHEMA_VERSION
+
+
+def test_int8_ratio_is_shown_on_the_int8_rows_of_table_and_reports(int8_bench):
+    root, doc, stdout = int8_bench
+    from edgeseg.bench.report import COLUMNS, table_rows
+
+    col = COLUMNS.index("int8/fp32 p50")
+    ratios = {p["int8"]: f"{p['ratio']:.2f}x" for p in doc["int8_vs_fp32"]["pairs"]}
+    shown = {row[0]: row[col] for row in table_rows(doc)}
+    assert shown == {"pytorch-fp32": "-", "tiny-fp32.onnx": "-", "tiny-int8.onnx": ratios["tiny-int8.onnx"],
+                     "tiny-fp32.tflite": "-", "tiny-int8.tflite": ratios["tiny-int8.tflite"]}
+    md = [[c.strip() for c in line.strip("|").split("|")] for line in (root / "report" / "report.md").read_text().splitlines()
+          if line.startswith("| ")]
+    assert md[0] == COLUMNS
+    assert {row[0]: row[col] for row in md[1:]} == shown
+    summary = "int8/fp32 p50 (same run, raw ms): " + "; ".join(f"{r} 1t {ratios[f]}" for r, f in (
+        ("onnxruntime", "tiny-int8.onnx"), ("litert", "tiny-int8.tflite")))
+    assert summary in stdout.splitlines() and summary in (root / "report" / "report.md").read_text()
+    assert "int8/fp32 p50" in (root / "report" / "report.html").read_text()
+
+
+def test_int8_ratio_uses_raw_p50s_of_the_same_runtime_and_threads(int8_bench):
+    """Injected timings: the ratio is int8 p50 / fp32 p50 (not normalized p50s, which use different
+    calibration workloads), per (format, runtime, threads); untimed and unpaired results have none."""
+    from edgeseg.bench.harness import int8_vs_fp32
+
+    _, doc, _ = int8_bench
+    results = [json.loads(json.dumps(r)) for r in doc["results"]]
+    results += [{**json.loads(json.dumps(r)), "threads": 2} for r in results]
+    for r in results:
+        lat = {("fp32", 1): 4.0, ("int8", 1): 3.0, ("fp32", 2): 2.0, ("int8", 2): 2.5}.get((r["precision"], r["threads"]))
+        if lat is not None:
+            r["latency_ms"]["p50"], r["normalized_p50"] = lat, 1.0 / lat
+    untimed = next(r for r in results if r["artifact"] == "tiny-int8.tflite" and r["threads"] == 2)
+    del untimed["latency_ms"]
+    untimed["latency_skipped"] = "not timed here"
+    ratios = {(p["format"], p["threads"]): p["ratio"] for p in int8_vs_fp32(results)["pairs"]}
+    assert ratios == {("onnx", 1): 0.75, ("tflite", 1): 0.75, ("onnx", 2): 1.25}
+    no_int8 = [r for r in results if r["precision"] != "int8"]
+    assert int8_vs_fp32(no_int8)["pairs"] == []
+
+
+def test_baseline_written_before_int8_ratios_still_gates(int8_bench, cli, tmp_path):
+    """A schema-2 bench JSON without ``int8_vs_fp32`` (written before it existed) is read, shown and gated."""
+    from edgeseg.bench.report import COLUMNS, table_rows
+
+    root, doc, _ = int8_bench
+    old = {k: v for k, v in doc.items() if k != "int8_vs_fp32"}
+    assert {row[COLUMNS.index("int8/fp32 p50")] for row in table_rows(old)} == {"-"}
+    assert compare(old, doc, 1.15).passed
+    path = tmp_path / "old-baseline.json"
+    path.write_text(json.dumps(old))
+    # a limit far above any timing noise: this checks the old file is accepted, not the machine's speed
+    res = cli("bench", root / "exp", "--threads", "1", "--runs", "3", "--warmup", "1", "--sessions", "1",
+              "--parity-images", "2", "--baseline", path, "--max-slowdown", "1000")
+    assert res.exit_code == 0, res.output
+    assert "gate passed" in res.output

@@ -1,6 +1,8 @@
 """Model zoo: registry, shapes, input-size checks, weights from torchvision/timm files."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torchvision
@@ -11,7 +13,8 @@ from edgeseg.models.profile import count_macs
 from edgeseg.models.registry import ArchSpec, build_model, check_input_size, get_spec, names
 from edgeseg.models.weights import load_weights
 
-REQUIRED = {"lraspp_mobilenet_v3_large", "lraspp_mobilenet_v3_small", "unet_mobilenet_v3_small", "unet_mobilenetv4_conv_small"}
+REQUIRED = {"lraspp_mobilenet_v3_large", "lraspp_mobilenet_v3_small", "unet_mobilenet_v3_small", "unet_mobilenetv4_conv_small",
+            "unet_mobilenet_v3_small_minimal"}
 
 
 def test_registry_lists_required_architectures():
@@ -26,7 +29,7 @@ def test_registering_a_name_twice_raises():
 
 @pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_forward_returns_logits_at_input_resolution(name):
-    opts = {"width": 0.5} if name.startswith("unet_mobilenet_v3") else {}
+    opts = {"width": 0.5} if name == "unet_mobilenet_v3_small" else {}
     model = build_model(name, num_classes=3, **opts).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 96))
@@ -49,6 +52,13 @@ def test_shorter_decoder_heads_at_stride_4_with_logits_at_input_resolution_and_f
 def test_decoder_channels_length_outside_one_per_skip_is_a_recipe_error(decoder_channels):
     with pytest.raises(RecipeError, match=rf"model\.decoder_channels has {len(decoder_channels)} entries; valid lengths are 1 to 4"):
         build_model("unet_mobilenet_v3_small", num_classes=2, width=0.5, decoder_channels=decoder_channels)
+
+
+def test_minimal_mobilenet_v3_unet_has_only_integer_friendly_ops_and_a_stride_4_head():
+    model = build_model("unet_mobilenet_v3_small_minimal", num_classes=2)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert not kinds & {"Hardswish", "Hardsigmoid", "SqueezeExcite", "Conv2dSame"}
+    assert len(model.decoder.blocks) == 3
 
 
 def test_input_size_not_fitting_stride_names_a_valid_size():
@@ -97,6 +107,17 @@ def test_timm_classifier_checkpoint_loads_into_unet_encoder(tmp_path):
     assert torch.equal(ours.encoder.conv_stem.weight, cls.conv_stem.weight)
 
 
+def test_timm_minimal_classifier_checkpoint_loads_into_its_unet_encoder(tmp_path):
+    import timm
+
+    cls = timm.create_model("tf_mobilenetv3_small_minimal_100", pretrained=False)
+    path = tmp_path / "mnv3s_minimal.pth"
+    torch.save(cls.state_dict(), path)
+    ours = build_model("unet_mobilenet_v3_small_minimal", num_classes=2)
+    load_weights(ours, path, get_spec("unet_mobilenet_v3_small_minimal").weight_prefixes)
+    assert torch.equal(ours.encoder.blocks[2][0].conv_pw.weight, cls.blocks[2][0].conv_pw.weight)
+
+
 def test_mismatched_weights_name_keys_and_shapes(tmp_path):
     ref = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21)
     path = tmp_path / "voc21.pth"
@@ -120,3 +141,73 @@ def test_models_command_lists_params_and_macs(cli):
     for name in REQUIRED:
         assert name in res.output
     assert "MACs" in res.output and "M" in res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# int8 audit: is each architecture's int8 graph pure integer? Measured on exports, committed, shown by `edgeseg models`
+
+AUDIT_ARCH = "unet_mobilenet_v3_small_minimal"  # the cheapest to export, and the all-integer one
+
+
+def test_every_registered_architecture_has_an_int8_audit_entry():
+    from edgeseg.models.report import int8_audit
+
+    doc = int8_audit()
+    assert set(doc["architectures"]) == set(names()), "re-run benchmarks/int8_audit.py and commit its file"
+    assert doc["generated"] and {"torch", "litert-torch", "ai-edge-quantizer", "onnxruntime"} <= set(doc["tools"])
+
+
+def test_committed_int8_audit_matches_a_fresh_measurement():
+    from edgeseg.export.int8_audit import audit_architecture
+    from edgeseg.models.report import int8_audit
+
+    fresh = audit_architecture(AUDIT_ARCH)
+    assert fresh == int8_audit()["architectures"][AUDIT_ARCH], "stale: re-run benchmarks/int8_audit.py and commit its file"
+    assert fresh["tflite"]["pure_integer"] and fresh["tflite"]["qdq"]["float"] == 0 and not fresh["tflite"]["float_ops"]
+
+
+class _HardswishNet(torch.nn.Module):
+    """conv -> hardswish -> 1x1 conv -> upsample: one op XNNPACK cannot run in int8."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.Hardswish(), torch.nn.Conv2d(8, 2, 1))
+
+    def forward(self, x):
+        return torch.nn.functional.interpolate(self.body(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def test_int8_audit_finds_the_float_island_of_a_hardswish():
+    """A real export of a model with one hardswish: TFLite keeps HARD_SWISH float between a DEQUANTIZE and a
+    QUANTIZE, ONNX leaves HardSigmoid float on ONNX Runtime's CPU provider and NNAPI rejects it."""
+    import numpy as np
+
+    from edgeseg.export.int8_audit import audit_export
+    from edgeseg.models.checkpoint import ModelInfo
+
+    torch.manual_seed(0)
+    info = ModelInfo(name="hswish", arch="test-hardswish", options={}, classes=("a", "b"), input_size=(32, 32),
+                     mean=(127.5,) * 3, std=(127.5,) * 3)
+    calib = [np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8) for i in range(2)]
+    audit = audit_export(_HardswishNet().eval(), info, calib)
+    assert audit["tflite"]["float_ops"] == {"HARD_SWISH": 1} and audit["tflite"]["qdq"]["float"] == 2
+    assert not audit["tflite"]["pure_integer"]
+    assert "HardSigmoid" in audit["onnx"]["float_ops"] and audit["onnx"]["nnapi_rejects"] == ["HardSigmoid"]
+    assert not audit["onnx"]["pure_integer"]
+
+
+def test_models_command_shows_the_committed_int8_audit(cli, tmp_path):
+    from edgeseg.models.report import NOT_MEASURED, int8_audit, int8_label, int8_verdict
+
+    archs = int8_audit()["architectures"]
+    assert int8_label(archs[AUDIT_ARCH], "tflite") == "pure" and int8_verdict(archs[AUDIT_ARCH]).startswith("TFLite pure")
+    assert int8_verdict(archs["unet_mobilenet_v3_small"]) == "float" and int8_verdict(None) == NOT_MEASURED
+    hardswish_se = int8_label(archs["unet_mobilenet_v3_small"], "tflite")
+    assert hardswish_se.startswith("float: HARD_SWISH x") and "Q/DQ hops" in hardswish_se
+    assert "NNAPI rejects HardSigmoid" in int8_label(archs["unet_mobilenet_v3_small"], "onnx")
+    assert int8_label(None, "tflite") == int8_label({"tflite": {}}, "onnx") == NOT_MEASURED
+    res = cli("models", "--json", tmp_path / "models.json")
+    assert res.exit_code == 0, res.output
+    assert "int8 TFLite" in res.output and "int8 ONNX" in res.output and "pure" in res.output
+    rows = json.loads((tmp_path / "models.json").read_text())["architectures"]
+    assert {r["name"]: r["int8"] for r in rows} == archs

@@ -86,5 +86,8 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     import resource
+    import sys
 
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    # ru_maxrss is in kilobytes on Linux but in bytes on macOS
+    unit = 1024 * 1024 if sys.platform == "darwin" else 1024
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit, 1)

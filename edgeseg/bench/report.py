@@ -9,27 +9,38 @@ import numpy as np
 from edgeseg.fsutil import atomic_path, write_text_atomic
 
 COLUMNS = ["artifact", "runtime", "threads", "p50 ms", "p90 ms", "normalized p50", "speed-up vs PyTorch", "load ms",
-           "peak RSS MB", "size KB", "agreement mIoU", "stress agreement", "GT mIoU"]
+           "peak RSS MB", "int8/fp32 p50", "size KB", "agreement mIoU", "stress agreement", "GT mIoU"]
 
 
 def table_rows(doc: dict) -> list[list[str]]:
-    """One row of strings per result (skipped results say why)."""
+    """One row of strings per result (skipped results say why). An int8 row's ``int8/fp32 p50`` is its
+    p50 over the p50 of the same runtime's fp32 file in this run (``int8_vs_fp32``; absent in older files)."""
+    int8_ratio = {(p["int8"], p["threads"]): p["ratio"] for p in (doc.get("int8_vs_fp32") or {}).get("pairs", [])}
     rows = []
     for r in doc["results"]:
         if "skipped" in r:
-            rows.append([r["artifact"], r.get("runtime", ""), str(r["threads"])] + ["-"] * 9 + [f"skipped: {r['skipped']}"])
+            rows.append([r["artifact"], r.get("runtime", ""), str(r["threads"])] + ["-"] * 10 + [f"skipped: {r['skipped']}"])
             continue
         p = r.get("parity") or {}
-        timing = ["-"] * 6  # parity only (latency_skipped says why)
+        timing = ["-"] * 7  # parity only (latency_skipped says why)
         if "latency_ms" in r:  # phone runs (--device android) have no p90 and may lack load time or memory
             lat = r["latency_ms"]
             timing = [f"{lat['p50']:.2f}", _opt(lat.get("p90"), "{:.2f}"), f"{r['normalized_p50']:.3f}",
                       _opt(r.get("speedup_vs_pytorch"), "{:.2f}x"), _opt(r.get("load_ms"), "{:.0f}"),
-                      _opt(r.get("peak_rss_mb"), "{:.0f}")]
+                      _opt(r.get("peak_rss_mb"), "{:.0f}"), _opt(int8_ratio.get((r["artifact"], r["threads"])), "{:.2f}x")]
         rows.append([r["artifact"], r["runtime"], str(r["threads"]), *timing, f"{r['bytes'] / 1024:.0f}",
                      _opt(p.get("agreement_miou"), "{:.4f}"), _opt((p.get("stress") or {}).get("agreement_miou"), "{:.4f}"),
                      _opt(p.get("gt_miou"), "{:.4f}")])
     return rows
+
+
+def int8_summary(doc: dict) -> str:
+    """One line with the int8/fp32 p50 ratio of every runtime and thread count ('' when the run has no pair)."""
+    pairs = (doc.get("int8_vs_fp32") or {}).get("pairs", [])
+    if not pairs:
+        return ""
+    return ("int8/fp32 p50 (same run, raw ms): "
+            + "; ".join(f"{p['runtime']} {p['threads']}t {p['ratio']:.2f}x" for p in pairs))
 
 
 def _opt(v, fmt: str) -> str:
@@ -116,6 +127,9 @@ def write_report(doc: dict, out_dir: str | Path, samples: tuple[np.ndarray, dict
     untimed = {f"{r['runtime']}: {r['latency_skipped']}" for r in doc["results"] if "latency_skipped" in r}
     if untimed:
         head += ". " + "; ".join(sorted(untimed))
+    summary = int8_summary(doc)
+    if summary:
+        head += ". " + summary
     md = ["# edgeseg bench report", "", head, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     md += ["| " + " | ".join(r + [""] * (len(COLUMNS) - len(r))) + " |" for r in rows]
     md += ["", "![latency vs accuracy](latency_accuracy.png)", "", "![thread scaling](thread_scaling.png)"]

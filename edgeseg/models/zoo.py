@@ -13,7 +13,11 @@ _TIMM_WIDTHS = {
     "mobilenetv3_small": {0.5: "mobilenetv3_small_050", 0.75: "mobilenetv3_small_075", 1.0: "mobilenetv3_small_100"},
     "mobilenetv3_large": {0.75: "mobilenetv3_large_075", 1.0: "mobilenetv3_large_100"},
     "mobilenetv4_conv_small": {0.35: "mobilenetv4_conv_small_035", 0.5: "mobilenetv4_conv_small_050", 1.0: "mobilenetv4_conv_small"},
+    "mobilenetv3_small_minimal": {1.0: "tf_mobilenetv3_small_minimal_100"},
 }
+# extra timm create_model arguments per family: the TF-ported minimal model defaults to TF "same"
+# padding (asymmetric, computed per input); symmetric padding like every other encoder here
+_TIMM_KWARGS = {"mobilenetv3_small_minimal": {"pad_type": ""}}
 
 
 def timm_encoder_name(family: str, width: float) -> str:
@@ -28,7 +32,8 @@ def build_unet(family: str, *, num_classes: int, width: float, decoder_channels)
     """U-Net decoder over a timm features_only encoder (random init; weights load from a file)."""
     import timm
 
-    encoder = timm.create_model(timm_encoder_name(family, width), pretrained=False, features_only=True)
+    encoder = timm.create_model(timm_encoder_name(family, width), pretrained=False, features_only=True,
+                                **_TIMM_KWARGS.get(family, {}))
     return UNetSegmenter(encoder, encoder.feature_info.channels(), tuple(decoder_channels), num_classes)
 
 
@@ -47,6 +52,11 @@ def _register_all() -> None:
         "unet_mobilenetv4_conv_small", partial(build_unet, "mobilenetv4_conv_small"), (256, 256), 32,
         "U-Net skips over timm MobileNetV4-Conv-Small",
         options={**unet_options, "width": 0.5, "decoder_channels": (48, 32, 24, 16)}, weight_prefixes=_TIMM_PREFIX,
+    ))
+    register(ArchSpec(
+        "unet_mobilenet_v3_small_minimal", partial(build_unet, "mobilenetv3_small_minimal"), (256, 256), 32,
+        "U-Net skips over timm MobileNetV3-Small-Minimal (ReLU, no squeeze-excite: all-integer int8), head at stride 4",
+        options={**unet_options, "decoder_channels": (48, 32, 24)}, weight_prefixes=_TIMM_PREFIX,
     ))
     register(ArchSpec(
         "unet_mobilenet_v3_large", partial(build_unet, "mobilenetv3_large"), (256, 256), 32,
