@@ -1,7 +1,8 @@
 """Error types that the CLI maps to exit codes (layer 1: imports nothing from edgeseg).
 
 ``EdgesegError`` and subclasses mean bad usage or bad input: the CLI prints their message on
-one line and exits 2. Anything else is a bug and keeps its traceback.
+one line and exits 2. ``GateFailed`` (and ``ParityFailed``) mean the checks ran and did not
+pass: exit 1. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -26,6 +27,27 @@ class CheckpointError(EdgesegError):
 
 class ArtifactError(EdgesegError):
     """An exported model file that is missing, truncated or not understood."""
+
+
+class GateFailed(Exception):
+    """Checks ran and did not pass: a parity or latency gate (the CLI prints ``FAILED: ...`` and exits 1).
+
+    Not an EdgesegError: the input was fine, the model (or its files) fell short.
+    """
+
+    exit_code = 1
+
+
+class ParityFailed(GateFailed):
+    """An export finished but some files are below their parity threshold.
+
+    Every file is kept and listed in ``manifest`` (the manifest written to the export directory);
+    the failing entries have ``parity.passed`` False.
+    """
+
+    def __init__(self, message: str, manifest=None):
+        super().__init__(message)
+        self.manifest = manifest
 
 
 class MissingExtra(EdgesegError):

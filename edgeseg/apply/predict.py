@@ -261,6 +261,32 @@ def _logit_rows(logits: np.ndarray, h: int, w: int) -> Callable[[int, int], np.n
     return rows
 
 
+def _image_logit_bands(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, input_size):
+    """(number of classes, bands): the model's logits for ``image`` upsampled bilinearly to its own
+    size, a band of rows at a time (``compose.row_bands``), as ``(y0, y1, logits [C, y1 - y0, W])``."""
+    logits = np.asarray(run(resize_pixels(image, input_size)[None]), dtype=np.float32)[0]
+    h, w = image.shape[:2]
+    rows = _logit_rows(logits, h, w)
+    return logits.shape[0], ((y0, y1, rows(y0, y1)) for y0, y1, _, _ in compose.row_bands(h, w))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """Softmax over the first axis (classes)."""
+    z = np.exp(z - z.max(0))
+    return z / z.sum(0)
+
+
+def predict_proba_image(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, input_size) -> np.ndarray:
+    """Class probabilities of one uint8 RGB image of any size: float32 [C, H, W] at the image's own
+    size, the softmax of the logits upsampled bilinearly (the same logits ``predict_image`` uses, so
+    their arg-max is its ``classes``). Memory: 4 bytes per pixel and class."""
+    num_classes, bands = _image_logit_bands(run, image, input_size)
+    proba = np.empty((num_classes, *image.shape[:2]), np.float32)
+    for y0, y1, z in bands:
+        proba[:, y0:y1] = _softmax(z)
+    return proba
+
+
 def predict_image(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, input_size, *, refine: bool = False) -> Prediction:
     """Segment one uint8 RGB image of any size; outputs at the image's own size.
 
@@ -269,19 +295,16 @@ def predict_image(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, in
     image's edges (``refine_alpha``) and, for a two-class model, ``classes`` = alpha >= 0.5.
     Memory: the two results (5 bytes per pixel) plus bands of work.
     """
-    logits = np.asarray(run(resize_pixels(image, input_size)[None]), dtype=np.float32)[0]
+    num_classes, bands = _image_logit_bands(run, image, input_size)
     h, w = image.shape[:2]
-    rows = _logit_rows(logits, h, w)
     alpha = np.empty((h, w), np.float32)
     classes = np.empty((h, w), np.uint8)
-    for y0, y1, _, _ in compose.row_bands(h, w):
-        z = rows(y0, y1)
+    for y0, y1, z in bands:
         classes[y0:y1] = z.argmax(0)
-        z = np.exp(z - z.max(0))
-        alpha[y0:y1] = 1.0 - z[0] / z.sum(0)
+        alpha[y0:y1] = 1.0 - _softmax(z)[0]
     if refine:
         alpha = refine_alpha(image, alpha)
-        if logits.shape[0] == 2:
+        if num_classes == 2:
             classes = (alpha >= 0.5).astype(np.uint8)
     return Prediction(classes, alpha)
 

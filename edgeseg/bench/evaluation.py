@@ -5,8 +5,9 @@ from edgeseg.bench.slices import read_slices, slice_report
 from edgeseg.data.datasets import builtin_source, open_source
 from edgeseg.errors import DataError
 from edgeseg.metrics import SegMetrics
+from edgeseg.runtime.base import Runner
 from edgeseg.runtime.evaluate import predict_source
-from edgeseg.runtime.loader import open_model
+from edgeseg.runtime.loader import ModelView, open_model
 from edgeseg.ui import console, print_table
 
 
@@ -17,19 +18,36 @@ def evaluate_model(model: str | None, *, data_root: str | None = None, split: st
     ``split`` picks a split of ``data_root`` (default 'val'); the built-in set has none. Inputs
     are checked (split, slices file, model, dataset split) before any image is predicted.
     """
+    given = _given_slices(data_root, split, slices_file)
+    runner, view = open_model(model, pick=pick)
+    with runner:
+        return _evaluate(runner, view, data_root, split, count, given)
+
+
+def evaluate_runner(runner: Runner, view: ModelView, *, data_root: str | None = None, split: str | None = None,
+                    count: int = 200, slices_file: str | None = None) -> dict:
+    """``evaluate_model`` of a model that is already open (the runner is left open)."""
+    return _evaluate(runner, view, data_root, split, count, _given_slices(data_root, split, slices_file))
+
+
+def _given_slices(data_root: str | None, split: str | None, slices_file: str | None) -> dict | None:
+    """The slices of ``slices_file`` (None when not given), after checking that ``split`` has a dataset."""
     if data_root is None and split is not None:
         raise DataError(f"--split {split}: the built-in synthetic eval set has no splits; "
                         "pass --data DIR to evaluate a split of a dataset")
-    given = read_slices(slices_file) if slices_file else None
-    runner, view = open_model(model, pick=pick)
-    with runner:
-        if data_root is None:  # synthetic samples carry their own slice attributes
-            source = builtin_source("eval", view.task, count, view.input_size)
-            slices = given if given is not None else {source.get(i)[2]: source.attrs(i) for i in range(len(source))}
-        else:
-            source = open_source(data_root, split or "val", classes=view.classes)
-            slices = given or {}
-        preds, masks, ids, _ = predict_source(runner.run, source, view.input_size)
+    return read_slices(slices_file) if slices_file else None
+
+
+def _evaluate(runner: Runner, view: ModelView, data_root: str | None, split: str | None, count: int,
+              given: dict | None) -> dict:
+    """The metrics dict of ``evaluate_model`` for an open runner (``given``: slices read from a file, or None)."""
+    if data_root is None:  # synthetic samples carry their own slice attributes
+        source = builtin_source("eval", view.task, count, view.input_size)
+        slices = given if given is not None else {source.get(i)[2]: source.attrs(i) for i in range(len(source))}
+    else:
+        source = open_source(data_root, split or "val", classes=view.classes)
+        slices = given or {}
+    preds, masks, ids, _ = predict_source(runner.run, source, view.input_size)
     if masks is None:
         raise DataError(f"{data_root}: split '{split}' has images without masks; cannot evaluate")
     metrics = SegMetrics(len(view.classes), view.classes)

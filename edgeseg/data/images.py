@@ -80,6 +80,31 @@ def load_image(path: str | Path) -> np.ndarray:
     return to_rgb_array(img)
 
 
+def as_rgb_array(image) -> np.ndarray:
+    """Any one image a caller may hold, as uint8 RGB [H, W, 3].
+
+    ``image`` is a path (read with ``load_image``), a PIL image (any mode, ``to_rgb_array``) or a
+    uint8 array: [H, W, 3] RGB as it is, [H, W] gray repeated, [H, W, 4] RGBA without its alpha.
+    DataError, saying what was given, for anything else (float arrays included: scale them to 0-255
+    and cast to uint8 first).
+    """
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return to_rgb_array(image)
+    if not isinstance(image, np.ndarray):
+        raise DataError(f"image of type {type(image).__name__} is not an image; give a path, a PIL image or a uint8 RGB "
+                        "array [H, W, 3]")
+    shape = list(image.shape)
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+        raise DataError(f"image array is {image.dtype} {shape}; it must be uint8 RGB [H, W, 3] (pixel values 0-255)")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise DataError(f"image array {shape} has no pixels")
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    return image[..., :3]
+
+
 def load_mask(path: str | Path, num_classes: int | None = None) -> np.ndarray:
     """Read a class-index mask [H, W] uint8 (palette or gray PNG; 255 = ignore).
 

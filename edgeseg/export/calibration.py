@@ -65,7 +65,7 @@ def augment_pixels(images: list[np.ndarray], augment: AugmentCfg, seed: int = AU
 def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str, count: int,
                        size: tuple[int, int], augment: AugmentCfg | None = None) -> CalibrationSet:
     """Calibration pixels: --calib DIR as they are; else the recipe's training data, else the built-in set,
-    each under the training augmentations ``augment`` (the recipe's; None when the checkpoint has no recipe).
+    each under the training augmentations ``augment`` (the recipe's; None when the model has no recipe).
 
     The built-in calibration set uses its own seed, disjoint from the parity/eval set.
     """
@@ -80,7 +80,7 @@ def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str
         images = [src.get(i)[0] for i in range(count)]
         source = f"built-in synthetic {task} calibration set"
     if augment is None:
-        return CalibrationSet(images, f"{source}, not augmented (the checkpoint carries no training recipe)")
+        return CalibrationSet(images, f"{source}, not augmented (the model carries no training recipe)")
     if not photometric_steps(color=augment.color, corrupt=augment.corrupt):
         return CalibrationSet(images, f"{source}, not augmented (the recipe's training augmentation has no "
                                       "colour or corruption step: color 0, corrupt 0)")

@@ -27,13 +27,15 @@ def _f(v, digits=4) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
-def export_table(result) -> None:
-    """Format, precision, size, agreement mIoU, GT mIoU (drop vs PyTorch), max |Δlogit|, pass/fail."""
+def export_table(manifest) -> None:
+    """Format, precision, size, agreement mIoU, GT mIoU (drop vs PyTorch), max |Δlogit|, pass/fail of an
+    export's ``Manifest`` (its ``root`` is the export directory)."""
     rows = []
-    for a in result.manifest.artifacts:
+    for a in manifest.artifacts:
         p = a.parity
-        if "skipped" in p:
-            rows.append([a.format, a.precision, f"{a.bytes / 1024:.0f} KB", "-", "-", "-", "-", "skipped: " + p["skipped"]])
+        if "skipped" in p or "error" in p:
+            status = f"skipped: {p['skipped']}" if "skipped" in p else f"FAIL ({p['runtime']} cannot run it): {p['error']}"
+            rows.append([a.format, a.precision, f"{a.bytes / 1024:.0f} KB", "-", "-", "-", "-", status])
             continue
         gt = p.get("gt_miou")
         drop = None if gt is None or p.get("reference_gt_miou") is None else (p["reference_gt_miou"] - gt) * 100
@@ -43,8 +45,8 @@ def export_table(result) -> None:
                                              f"{'' if stress.get('gated', True) else ' (not gated)'}")
         rows.append([a.format, a.precision, f"{a.bytes / 1024:.0f} KB", _f(p["agreement_miou"]), stress_txt, gt_txt,
                      _f(p["max_abs_logit_diff"], 3), f"{'PASS' if p['passed'] else 'FAIL'} ({p['runtime']})"])
-    print_table(f"export -> {result.out_dir}", ["format", "precision", "size", "agreement mIoU", "stress agreement",
+    print_table(f"export -> {manifest.root}", ["format", "precision", "size", "agreement mIoU", "stress agreement",
                                                "GT mIoU (vs PyTorch)", "max |Δlogit|", "parity"], rows)
-    ref = next((a.parity.get("reference_gt_miou") for a in result.manifest.artifacts if a.parity.get("reference_gt_miou") is not None), None)
+    ref = next((a.parity.get("reference_gt_miou") for a in manifest.artifacts if a.parity.get("reference_gt_miou") is not None), None)
     if ref is not None:
         console.print(f"PyTorch fp32 reference GT mIoU: {ref:.4f}")

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgeseg.errors import ArtifactError, EdgesegError
-from edgeseg.manifest import MANIFEST_NAME, Artifact, Manifest, find_artifact_for_file, read_manifest
-from edgeseg.models.checkpoint import resolve_checkpoint
+from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra
+from edgeseg.manifest import FORMATS, MANIFEST_NAME, Artifact, Manifest, find_artifact_for_file, read_manifest
+from edgeseg.models.checkpoint import Checkpoint, resolve_checkpoint
 from edgeseg.runtime.base import Runner
+
+#: An export directory's files from the most faithful to the PyTorch model down (see ``ranked``).
+PRECISION_ORDER = ("fp32", "fp16", "int8", "pal6")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,18 @@ class ModelView:
     task: str  # built-in synthetic task matching the classes
 
 
+@dataclass
+class LoadedModel:
+    """An open Runner, its ModelView, and what it was opened from: the checkpoint of a PyTorch
+    model, or the manifest entry of an exported file."""
+
+    runner: Runner
+    view: ModelView
+    checkpoint: Checkpoint | None = None
+    manifest: Manifest | None = None
+    artifact: Artifact | None = None
+
+
 # format -> factory(artifact, manifest, threads, spin) -> Runner; filled by each runner module
 RUNNER_FACTORIES: dict[str, Callable[[Artifact, Manifest, int | None, bool], Runner]] = {}
 
@@ -38,6 +53,11 @@ def synth_task_for(classes) -> str:
     from edgeseg.data.synth import PARTS_CLASSES
 
     return "parts" if tuple(classes) == tuple(PARTS_CLASSES) else "portrait"
+
+
+def checkpoint_task(ckpt: Checkpoint) -> str:
+    """The built-in synthetic task for a checkpoint: its recipe's ``data.task``, else the one matching its classes."""
+    return str(ckpt.recipe.get("data", {}).get("task") or synth_task_for(ckpt.info.classes))
 
 
 def _register_builtin() -> None:
@@ -69,40 +89,74 @@ def runner_for_artifact(art: Artifact, manifest: Manifest, threads: int | None =
 
 
 def open_model(spec: str | None, *, threads: int | None = None, pick: str | None = None) -> tuple[Runner, ModelView]:
-    """A Runner and its ModelView for a checkpoint path, 'default', an exported file or an export dir.
+    """A Runner and its ModelView for a checkpoint path, 'default', an exported file or an export dir
+    (``load_model``, for callers that need nothing else)."""
+    loaded = load_model(spec, threads=threads, pick=pick)
+    return loaded.runner, loaded.view
 
-    For an export directory ``pick`` selects 'format:precision' (default: the first artifact);
-    for anything else it is refused rather than ignored.
+
+def load_model(spec: str | None, *, threads: int | None = None, pick: str | None = None) -> LoadedModel:
+    """Open a checkpoint path, 'default' (the packaged model), an exported file or an export dir.
+
+    For an export directory ``pick`` selects 'FORMAT[:PRECISION]' (either part may be empty:
+    ':int8' is the best int8 file); among the files it allows, the first in ``ranked`` order whose
+    runtime is installed is opened. For anything else ``pick`` is refused rather than ignored.
     """
     path = None if spec in (None, "default") else Path(spec)
     if path is not None and path.is_dir() and (path / MANIFEST_NAME).is_file():
         manifest = read_manifest(path)
-        art = _pick(manifest, pick)
-        return runner_for_artifact(art, manifest, threads), view_of_manifest(manifest, art)
+        return _open_first(manifest, _candidates(manifest, pick), threads)
     if pick is not None:
         raise EdgesegError(f"--artifact {pick} picks a file of an export directory, but {spec or 'default'} is not one; "
                            "drop --artifact or name the export directory")
     if path is not None and path.suffix in (".onnx", ".tflite", ".mlpackage"):
         manifest, art = find_artifact_for_file(path)
-        return runner_for_artifact(art, manifest, threads), view_of_manifest(manifest, art)
+        return _open_first(manifest, [art], threads)
     if path is not None and not path.exists():
         raise EdgesegError(f"model not found: {path}")
     from edgeseg.runtime.torch_runner import TorchRunner
 
     ckpt = resolve_checkpoint(spec)
     info = ckpt.info
-    task = str(ckpt.recipe.get("data", {}).get("task") or synth_task_for(info.classes))
-    view = ModelView(info.name, info.classes, info.input_size, info.mean, info.std, str(ckpt.path), "checkpoint", "fp32", task)
-    return TorchRunner.from_checkpoint(ckpt, threads), view
+    view = ModelView(info.name, info.classes, info.input_size, info.mean, info.std, str(ckpt.path), "checkpoint", "fp32",
+                     checkpoint_task(ckpt))
+    return LoadedModel(TorchRunner.from_checkpoint(ckpt, threads), view, checkpoint=ckpt)
 
 
-def _pick(manifest: Manifest, pick: str | None) -> Artifact:
+def ranked(artifacts: list[Artifact]) -> list[Artifact]:
+    """Most faithful first: files whose parity passed, then those not checked, then those that failed;
+    within each, by precision (``PRECISION_ORDER``), then by format (``FORMATS``: ONNX, TFLite, Core ML)."""
+    def key(a: Artifact):
+        passed = a.parity.get("passed")
+        order = {True: 0, None: 1}.get(passed, 2)
+        return (order, _index(PRECISION_ORDER, a.precision), _index(FORMATS, a.format))
+    return sorted(artifacts, key=key)
+
+
+def _index(order: tuple[str, ...], value: str) -> int:
+    return order.index(value) if value in order else len(order)
+
+
+def _open_first(manifest: Manifest, candidates: list[Artifact], threads: int | None) -> LoadedModel:
+    """The first candidate whose runtime is installed, opened; the first one's MissingExtra if none is."""
+    missing = None
+    for art in candidates:
+        try:
+            runner = runner_for_artifact(art, manifest, threads)
+        except MissingExtra as exc:
+            missing = missing or exc
+            continue
+        return LoadedModel(runner, view_of_manifest(manifest, art), manifest=manifest, artifact=art)
+    raise missing
+
+
+def _candidates(manifest: Manifest, pick: str | None) -> list[Artifact]:
+    """The files ``pick`` ('FORMAT[:PRECISION]', None = any) allows, in ``ranked`` order; EdgesegError if none."""
     if not manifest.artifacts:
         raise ArtifactError(f"{manifest.root}: the manifest lists no artifacts")
-    if pick is None:
-        return manifest.artifacts[0]
-    fmt, _, prec = pick.partition(":")
-    for a in manifest.artifacts:
-        if a.format == fmt and (not prec or a.precision == prec):
-            return a
-    raise EdgesegError(f"{manifest.root}: no artifact {pick!r}; have {', '.join(f'{a.format}:{a.precision}' for a in manifest.artifacts)}")
+    fmt, _, prec = (pick or "").partition(":")
+    found = [a for a in manifest.artifacts if (not fmt or a.format == fmt) and (not prec or a.precision == prec)]
+    if not found:
+        raise EdgesegError(f"{manifest.root}: no artifact {pick!r}; have "
+                           f"{', '.join(f'{a.format}:{a.precision}' for a in manifest.artifacts)}")
+    return ranked(found)
