@@ -1,4 +1,4 @@
-"""The ``edgeseg`` command line: thin click commands over library calls (layer 5).
+"""The ``edgeseg`` command line: thin click commands over the Python API and library calls (layer 6).
 
 Exit codes: 0 success, 1 a gate failed (parity or latency), 2 bad usage or bad input, 130 interrupted.
 """
@@ -12,11 +12,8 @@ from pathlib import Path
 import click
 
 from edgeseg import __version__
-from edgeseg.errors import EdgesegError
-
-
-class GateFailed(Exception):
-    """Raised by a command whose checks ran but did not pass (exit 1)."""
+from edgeseg.errors import EdgesegError, GateFailed
+from edgeseg.recipe import CALIB_METHODS, ExportCfg
 
 
 def handle_errors(fn):
@@ -135,9 +132,10 @@ def write_json(path: str | None, payload: dict) -> None:
 @main.command()
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the table as JSON.")
 def models(json_out):
-    """List the registered architectures with params and MACs at their default size."""
+    """List the registered architectures with params and MACs at their default size, and whether
+    each one's int8 TFLite / ONNX graph is pure integer (measured on exports: benchmarks/int8_audit.py)."""
     from edgeseg.fsutil import check_json_output
-    from edgeseg.models.report import model_table
+    from edgeseg.models.report import int8_audit, int8_label, int8_verdict, model_table
 
     if json_out:
         check_json_output(json_out)
@@ -145,9 +143,12 @@ def models(json_out):
     rows = model_table()
     from edgeseg.ui import print_table
 
-    print_table("architectures", ["name", "params", "MACs", "input", "description"],
-                [[r["name"], f"{r['params'] / 1e6:.2f}M", f"{r['macs'] / 1e6:.0f}M", f"{r['input'][0]}x{r['input'][1]}", r["description"]]
-                 for r in rows])
+    print_table("architectures", ["name", "params", "MACs", "input", "int8", "description"],
+                [[r["name"], f"{r['params'] / 1e6:.2f}M", f"{r['macs'] / 1e6:.0f}M", f"{r['input'][0]}x{r['input'][1]}",
+                  int8_verdict(r["int8"]), r["description"]] for r in rows])
+    print_table(f"int8 graphs: float ops inside, measured on exports ({int8_audit().get('generated', 'never')}; "
+                "benchmarks/int8_audit.py)", ["name", "int8 TFLite", "int8 ONNX"],
+                [[r["name"], int8_label(r["int8"], "tflite"), int8_label(r["int8"], "onnx")] for r in rows])
     write_json(json_out, {"architectures": rows})
 
 
@@ -203,12 +204,14 @@ def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):
 @click.option("--slices", "slices_file", type=click.Path(dir_okay=False), help="CSV id,slice... for per-slice IoU.")
 def eval_cmd(model, data_root, split, count, json_out, slices_file):
     """Evaluate a checkpoint or exported model (default: the packaged portrait model)."""
-    from edgeseg.bench.evaluation import evaluate_model, print_eval
+    from edgeseg.api import load
+    from edgeseg.bench.evaluation import print_eval
     from edgeseg.fsutil import check_json_output
 
     if json_out:
         check_json_output(json_out)
-    result = evaluate_model(model, data_root=data_root, split=split, count=count, slices_file=slices_file)
+    with load(model or "default") as segmenter:
+        result = segmenter.evaluate(data_root, count, split=split, slices=slices_file)
     print_eval(result)
     write_json(json_out, result)
 
@@ -222,10 +225,15 @@ def csv_list(ctx, param, value):
 @click.option("--out", "out_dir", default="out/default", show_default=True, type=click.Path(file_okay=False))
 @click.option("--formats", default="onnx,tflite,coreml", show_default=True, callback=csv_list)
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, callback=csv_list, help="fp32,fp16,int8 (Core ML also pal6)")
-@click.option("--calib", "calib_dir", type=click.Path(), help="Folder of calibration images [recipe data or built-in set].")
+@click.option("--calib", "calib_dir", type=click.Path(),
+              help="Folder of calibration images, used as they are [the recipe's data or the built-in set, "
+                   "under the recipe's colour/noise training augmentations].")
 @click.option("--data", "data_dir", type=click.Path(), help="Dataset for parity (val split) [built-in synthetic set].")
-@click.option("--calib-count", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--parity-images", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--calib-count", type=click.IntRange(1), default=ExportCfg.calib_count, show_default=True)
+@click.option("--calib-method", default=ExportCfg.calib_method, show_default=True, metavar="METHOD|FORMAT=METHOD,...",
+              help=f"int8 activation calibration ({', '.join(CALIB_METHODS)}): one method for every int8 file, or per "
+                   "format, e.g. onnx=entropy; a method a format's quantizer does not offer is refused, naming what it offers.")
+@click.option("--parity-images", type=click.IntRange(1), default=ExportCfg.parity_images, show_default=True)
 @click.option("--threshold", "thresholds", multiple=True, metavar="PRECISION=MIN_AGREEMENT",
               help="Override a parity threshold, e.g. int8=0.97.")
 @click.option("--stress-threshold", "stress_thresholds", multiple=True, metavar="PRECISION=MIN_AGREEMENT",
@@ -235,23 +243,27 @@ def csv_list(ctx, param, value):
                    "only measure and record it, or skip it.")
 @click.option("--force", is_flag=True,
               help="Export into a non-empty folder that is not an earlier export (its other files are kept).")
-def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, parity_images, thresholds,
-           stress_thresholds, stress, force):
+def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, calib_method, parity_images,
+           thresholds, stress_thresholds, stress, force):
     """Export a checkpoint (default: the packaged portrait model) to ONNX, TFLite and Core ML.
 
     Into an existing --out folder, only an earlier export's files (those its manifest lists) are
     replaced; anything else there is kept.
     """
-    from edgeseg.export.pipeline import ExportRequest, run_export
-    from edgeseg.export.report import export_table, parse_thresholds
+    from edgeseg.api import export_checkpoint
+    from edgeseg.errors import ParityFailed
+    from edgeseg.export.report import export_table
 
-    req = ExportRequest(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, parity_images,
-                        parse_thresholds(thresholds), force=force, stress=stress,
-                        stress_thresholds=parse_thresholds(stress_thresholds, option="--stress-threshold"))
-    result = run_export(req, on_artifact=lambda a: click.echo(f"  exported {a.path} ({a.bytes / 1024:.0f} KB)"))
-    export_table(result)
-    if result.failed:
-        raise GateFailed("parity below threshold for " + ", ".join(a.path for a in result.failed))
+    try:
+        manifest = export_checkpoint(checkpoint, out_dir, formats, precisions, calib=calib_dir, data=data_dir,
+                                     calib_count=calib_count, calib_method=calib_method, parity_images=parity_images,
+                                     thresholds=thresholds, stress_thresholds=stress_thresholds, stress=stress,
+                                     force=force, on_artifact=lambda a: click.echo(f"  exported {a.path} "
+                                                                                   f"({a.bytes / 1024:.0f} KB)"))
+    except ParityFailed as exc:
+        export_table(exc.manifest)
+        raise
+    export_table(manifest)
 
 
 @main.command()
@@ -314,7 +326,8 @@ def _announce_retiming(results: list[dict], max_slowdown: float) -> list[dict]:
 @click.option("--warmup", type=click.IntRange(0), default=5, show_default=True)
 @click.option("--sessions", type=click.IntRange(1), default=3, show_default=True,
               help="Fresh loads per result (RUNS timed runs each); normalized p50 is the median over them.")
-@click.option("--parity-images", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--parity-images", type=click.IntRange(1), default=None,
+              help="Check parity on the first N images the export stored [all]; with --data, on N of its val split [8].")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results (DESIGN.md schema).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.md/html with charts.")
 @click.option("--baseline", type=click.Path(dir_okay=False), help="Gate against this bench JSON.")
@@ -332,11 +345,14 @@ def bench(paths, data_dir, threads, runs, warmup, sessions, parity_images, json_
           update_baseline, gate_threads, confirm, device, benchmark_binary, use_gpu, slices_file):
     """Time every exported file through its runtime, check parity, and gate against a baseline.
 
+    Parity is checked against the reference each export stored beside its files: no checkpoint
+    needed, from any directory (the PyTorch row is timed only where the checkpoint is). A file
+    whose parity cannot be checked fails the gate (exit 1), as does one below its threshold.
     Options, output locations, every file's sha256 and the baseline are checked before any timing.
     """
-    from edgeseg.bench.gate import check_options, compare, load_baseline, over_limit
+    from edgeseg.bench.gate import check_options, compare, load_baseline, over_limit, parity_failures
     from edgeseg.bench.harness import BenchRequest, plan_bench, run_android, run_bench
-    from edgeseg.bench.report import COLUMNS, table_rows, write_report
+    from edgeseg.bench.report import COLUMNS, int8_summary, table_rows, write_report
     from edgeseg.fsutil import check_json_output, check_output
     from edgeseg.ui import print_table
 
@@ -368,14 +384,17 @@ def bench(paths, data_dir, threads, runs, warmup, sessions, parity_images, json_
     else:
         doc = run_android(plan, serial=device.partition(":")[2] or None, binary=benchmark_binary, use_gpu=use_gpu)
     print_table("bench", COLUMNS, table_rows(doc))
+    summary = int8_summary(doc)
+    if summary:
+        click.echo(summary)
     write_json(json_out, doc)
     if report_dir:
         write_report(doc, report_dir, None if outcome is None or outcome.sample_images is None
                      else (outcome.sample_images, outcome.sample_preds))
         click.echo(f"report: {Path(report_dir) / 'report.md'}")
-    bad_parity = sorted({r["artifact"] for r in doc["results"] if (r.get("parity") or {}).get("passed") is False})
-    if bad_parity:
-        raise GateFailed("parity below threshold for " + ", ".join(bad_parity) + " (baseline not written)")
+    failures = parity_failures(doc["results"])
+    if failures:
+        raise GateFailed("; ".join(failures) + (" (baseline not written)" if update_baseline else ""))
     if baseline and update_baseline:
         write_json(baseline, doc)
         click.echo(f"baseline updated: {baseline}")
@@ -392,16 +411,34 @@ def bench(paths, data_dir, threads, runs, warmup, sessions, parity_images, json_
 
 @main.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def inspect(artifact, as_json):
-    """Describe an exported file: I/O, ops, params, metadata, delegate coverage (measured)."""
-    from edgeseg.export.inspect import inspect_file, print_inspection
+@click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[FILE]",
+              help="Print JSON instead of tables; with a FILE, print the tables and write the JSON to FILE.")
+@click.option("--quant-error", is_flag=True,
+              help="int8 file: per-layer error against its float model (the quantizer's own debugging tools), worst first.")
+@click.option("--data", "data_dir", type=click.Path(), help="With --quant-error: a folder of images [built-in synthetic eval set].")
+@click.option("--count", type=click.IntRange(1), help="With --quant-error: how many images [8].")
+def inspect(artifact, json_out, quant_error, data_dir, count):
+    """Describe an exported file: I/O, ops, params, metadata, delegate coverage (measured). With
+    --quant-error: where an int8 file loses accuracy against its float model, layer by layer."""
+    from edgeseg.fsutil import check_json_output
 
-    info = inspect_file(artifact)
-    if as_json:
+    if not quant_error and (data_dir is not None or count is not None):
+        raise click.UsageError("--data and --count apply only with --quant-error")
+    if json_out not in (None, "-"):
+        check_json_output(json_out)
+    if quant_error:
+        from edgeseg.export.quant_error import DEFAULT_COUNT, print_quant_error, quant_error as measure
+
+        info, show = measure(artifact, data_dir=data_dir, count=count or DEFAULT_COUNT).to_dict(), print_quant_error
+    else:
+        from edgeseg.export.inspect import inspect_file, print_inspection
+
+        info, show = inspect_file(artifact), print_inspection
+    if json_out == "-":
         click.echo(json.dumps(info, indent=2, default=str))
     else:
-        print_inspection(info)
+        show(info)
+        write_json(json_out, json.loads(json.dumps(info, default=str)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Runners read it to know how to feed each file; nothing guesses from file suffixes. It is also
 the export's integrity record: every file is used only after ``Artifact.verified_file`` has
-checked that it lies inside the directory and that its bytes still match the listed sha256.
+checked that it lies inside the directory and that its bytes still match the listed sha256. The
+parity reference stored beside the files (``parity_reference``, see ``edgeseg.bench.stored_reference``)
+is listed and checked the same way (``Manifest.reference_file``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 FORMATS = ("onnx", "tflite", "coreml")
 SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
+REFERENCE_NAME = "parity-reference.npz"  # the stored parity reference (``Manifest.parity_reference``)
 
 # A model's name becomes file names (``<name>-<precision><suffix>``): a plain file stem, so that no
 # name can reach outside the folder it is written into; 100 ASCII characters keep every file name
@@ -38,9 +41,49 @@ def is_model_name(name: object) -> bool:
     return isinstance(name, str) and MODEL_NAME_PATTERN.fullmatch(name) is not None
 
 
+class Record(dict):
+    """A JSON object of the manifest: a dict (``parity["passed"]``) also readable by attribute
+    (``parity.passed``, ``parity.stress.agreement_miou``); nested objects read as Records too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            if type(value) is dict:
+                dict.__setitem__(self, key, Record(value))
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name not in self:
+            raise AttributeError(f"no {name!r} in this record (keys: {', '.join(map(str, self)) or 'none'})")
+        value = self[name]
+        if type(value) is dict:  # set later as a plain dict: read it as a Record from now on
+            value = Record(value)
+            dict.__setitem__(self, name, value)
+        return value
+
+
+def as_record(value):
+    """``value`` as a Record when it is a plain dict; anything else unchanged."""
+    return Record(value) if type(value) is dict else value
+
+
+_RECORD_FIELDS = frozenset({"input", "output", "details", "parity", "model", "tools", "parity_reference"})
+
+
+class _RecordFields:
+    """Dataclass mixin: the JSON-object fields named in ``_RECORD_FIELDS`` are stored as Records,
+    whether given to the constructor or assigned later (``art.parity = {...}``)."""
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, as_record(value) if name in _RECORD_FIELDS else value)
+
+
 @dataclass
-class Artifact:
-    """One exported file and how to run it."""
+class Artifact(_RecordFields):
+    """One exported file and how to run it.
+
+    ``input``, ``output``, ``details`` and ``parity`` are Records: ``art.parity.passed`` and
+    ``art.parity["passed"]`` read the same value.
+    """
 
     format: str
     precision: str
@@ -66,16 +109,7 @@ class Artifact:
 
         Each file is hashed once per process while it stays unchanged (see ``file_digest``).
         """
-        root = self.root or Path(".")
-        path = member_path(root, self.path)
-        if not path.exists():
-            raise ArtifactError(f"{path}: listed in {root / MANIFEST_NAME} but missing; re-export into {root}")
-        digest = file_digest(path)[1]
-        if digest != self.sha256:
-            raise ArtifactError(f"{path}: sha256 {digest[:12]}... does not match {root / MANIFEST_NAME} "
-                                f"({str(self.sha256)[:12]}...): the file was changed or replaced after export; "
-                                "re-export, or restore the exported file")
-        return path
+        return verified_member(self.root or Path("."), self.path, self.sha256)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -84,16 +118,32 @@ class Artifact:
 
 
 @dataclass
-class Manifest:
+class Manifest(_RecordFields):
+    """The contents of ``manifest.json``; ``model`` and ``tools`` are Records (dict and attribute access)."""
+
     model: dict
     tools: dict
     artifacts: list[Artifact] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     root: Path | None = field(default=None, repr=False)
+    # the stored parity reference: {"path", "bytes", "sha256", ...}; None in exports made before it existed
+    parity_reference: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"schema_version": self.schema_version, "model": self.model, "tools": self.tools,
-                "artifacts": [a.to_dict() for a in self.artifacts]}
+        d = {"schema_version": self.schema_version, "model": self.model, "tools": self.tools,
+             "artifacts": [a.to_dict() for a in self.artifacts]}
+        if self.parity_reference is not None:
+            d["parity_reference"] = self.parity_reference
+        return d
+
+    def reference_file(self) -> Path:
+        """The stored parity reference file, checked like every artifact (``verified_member``); ArtifactError
+        naming the fix when this manifest lists none (an export made before edgeseg stored it) or it fails the check."""
+        root = self.root or Path(".")
+        if self.parity_reference is None:
+            raise ArtifactError(f"{root / MANIFEST_NAME} lists no stored parity reference (the export predates it); "
+                                f"re-export into {root} with this edgeseg to store one")
+        return verified_member(root, self.parity_reference["path"], self.parity_reference["sha256"])
 
     def write(self, directory: str | Path) -> Path:
         """Write ``manifest.json`` atomically into ``directory``."""
@@ -141,6 +191,20 @@ def member_path(root: Path, rel: object) -> Path:
     return path
 
 
+def verified_member(root: Path, rel: object, sha256: object) -> Path:
+    """``root / rel`` after checking that it exists, stays inside ``root`` (``member_path``) and that its
+    sha256 is ``sha256``; ArtifactError naming the file and the fix otherwise."""
+    path = member_path(root, rel)
+    if not path.exists():
+        raise ArtifactError(f"{path}: listed in {root / MANIFEST_NAME} but missing; re-export into {root}")
+    digest = file_digest(path)[1]
+    if digest != sha256:
+        raise ArtifactError(f"{path}: sha256 {digest[:12]}... does not match {root / MANIFEST_NAME} "
+                            f"({str(sha256)[:12]}...): the file was changed or replaced after export; "
+                            "re-export, or restore the exported file")
+    return path
+
+
 def file_digest(path: Path) -> tuple[int, str]:
     """(size in bytes, sha256 hex) of a file, or of every file in a folder (e.g. .mlpackage).
 
@@ -176,7 +240,8 @@ def read_manifest(directory: str | Path) -> Manifest:
         raw: dict[str, Any] = json.loads(path.read_text())
         arts = [Artifact(**{k: v for k, v in a.items()}, root=directory) for a in raw["artifacts"]]
         manifest = Manifest(model=raw["model"], tools=raw.get("tools", {}), artifacts=arts,
-                            schema_version=raw.get("schema_version", 0), root=directory)
+                            schema_version=raw.get("schema_version", 0), root=directory,
+                            parity_reference=raw.get("parity_reference"))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: bad JSON or UTF-8
         raise ArtifactError(f"{path}: not a valid edgeseg manifest ({exc.__class__.__name__}: {exc})") from None
     problem = model_problem(manifest.model)
@@ -184,6 +249,9 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise ArtifactError(f"{path}: not a valid edgeseg manifest ({problem}); re-export, or fix the manifest")
     for a in arts:
         check_relative(a.path, path)
+    problem = reference_problem(manifest.parity_reference)
+    if problem:
+        raise ArtifactError(f"{path}: 'parity_reference' {problem}; re-export, or fix the manifest")
     height, width = manifest.model["input"]["height"], manifest.model["input"]["width"]
     for a in arts:
         problem = artifact_problem(a, height, width)
@@ -250,6 +318,22 @@ def model_problem(model: object) -> str:
             return f"'model.{key}' is missing"
         if not check(value):
             return f"'model.{key}' is {shown(value)}; it must be {valid}"
+    return ""
+
+
+def reference_problem(entry: object) -> str:
+    """What is wrong with a manifest's ``parity_reference`` entry ('' when nothing, or when there is none):
+    it must name a plain relative ``path`` inside the directory and its ``sha256``."""
+    if entry is None:
+        return ""
+    if not isinstance(entry, dict):
+        return "is not an object"
+    if not isinstance(entry.get("sha256"), str):
+        return "has no sha256"
+    try:
+        check_relative(entry.get("path"), Path(MANIFEST_NAME))
+    except ArtifactError:
+        return f"path {shown(entry.get('path'))} leaves the export directory"
     return ""
 
 

@@ -1,5 +1,6 @@
 """Bench harness and gate: JSON schema, planted slowdown and parity drop fail, unchanged re-run passes,
-rows that cannot be checked fail, and bad options or unusable baselines are refused before any timing."""
+rows that cannot be checked fail, bad options or unusable baselines are refused before any timing, and an
+export directory moved away from its checkpoint is still checked in full from the reference it stores."""
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from edgeseg.bench.gate import SCHEMA_VERSION, check_baseline, compare, over_limit
+from edgeseg.bench.gate import SCHEMA_VERSION, check_baseline, compare, over_limit, parity_failures
 from edgeseg.bench.calibration import open_workload
 from edgeseg.bench.latency import time_interleaved
 from edgeseg.errors import EdgesegError
+from edgeseg.manifest import MANIFEST_NAME, file_digest, read_manifest
 from edgeseg.runtime import loader
 
 from conftest import assert_refused, run_edgeseg
@@ -486,3 +488,121 @@ def test_baseline_written_before_int8_ratios_still_gates(int8_bench, cli, tmp_pa
               "--parity-images", "2", "--baseline", path, "--max-slowdown", "1000")
     assert res.exit_code == 0, res.output
     assert "gate passed" in res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-contained export directories: parity from the stored reference, no checkpoint, any directory
+
+
+@pytest.fixture(scope="module")
+def moved_export(tiny_checkpoint, tmp_path_factory):
+    """Exported in one working directory from a relative checkpoint path, then moved (as onto a CI
+    runner) and that working directory, checkpoint included, deleted: only the export directory is left."""
+    root = tmp_path_factory.mktemp("moved")
+    work = root / "work"
+    (work / "ckpt").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, work / "ckpt" / "best.pt")
+    r = run_edgeseg("export", "ckpt/best.pt", "--out", "exp", "--formats", "onnx", "--precisions", "fp32,fp16",
+                    "--parity-images", "2", "--calib-count", "4", cwd=work)
+    assert r.returncode == 0, r.stderr
+    (root / "ci").mkdir()
+    shutil.move(work / "exp", root / "ci" / "exp")
+    shutil.rmtree(work)
+    return root / "ci" / "exp"
+
+
+def bench_from(cwd, export_dir, *extra):
+    """A quick ``edgeseg bench`` of ``export_dir`` run from ``cwd``."""
+    cwd.mkdir(exist_ok=True)
+    return run_edgeseg("bench", export_dir, "--threads", "1", "--runs", "3", "--sessions", "1", "--warmup", "0",
+                       "--json", cwd / "bench.json", *extra, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def moved_bench(moved_export, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("elsewhere")
+    r = bench_from(cwd, moved_export)
+    return r, json.loads((cwd / "bench.json").read_text())
+
+
+def failed_line(cli, monkeypatch, cwd, export_dir) -> str:
+    """Bench ``export_dir`` in-process from ``cwd`` (writing ``cwd/bench.json``); the one ``FAILED:`` line of
+    its gate failure (exit 1), with no traceback and no ``error:`` line."""
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    r = cli("bench", export_dir, "--threads", "1", "--runs", "3", "--sessions", "1", "--warmup", "0", "--json", "bench.json")
+    assert r.exit_code == 1, r.output[-3000:]
+    assert "Traceback" not in r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith(("FAILED", "error"))]
+    assert len(lines) == 1 and lines[0].startswith("FAILED: "), r.stderr
+    return lines[0]
+
+
+def test_manifest_lists_the_stored_reference(moved_export):
+    entry = read_manifest(moved_export).parity_reference
+    assert (entry["bytes"], entry["sha256"]) == file_digest(moved_export / entry["path"])
+    assert entry["path"] == "parity-reference.npz" and entry["images"] == 2 and entry["labels"] is True
+    assert entry["logits"] == "float16" and entry["stress_images"] == 2 * 2 + 16  # 2 corruptions each + real photos
+    assert entry["thresholds"]["fp16"] == 0.995 and entry["stress_gated"] is False
+
+
+def test_moved_export_is_checked_in_full_without_its_checkpoint(moved_export, moved_bench):
+    """Every file's parity comes from the stored reference (same numbers as at export); only the PyTorch
+    timing row, which needs the model itself, is skipped, saying why; the gate passes."""
+    r, doc = moved_bench
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = {row["artifact"]: row for row in doc["results"]}
+    assert rows["pytorch-fp32"]["skipped"].startswith("not timed: its checkpoint ckpt/best.pt")
+    assert "parity uses the stored reference" in rows["pytorch-fp32"]["skipped"]
+    arts = read_manifest(moved_export).artifacts
+    assert set(rows) == {"pytorch-fp32"} | {a.path for a in arts}
+    for art in arts:
+        parity = rows[art.path]["parity"]
+        assert parity["passed"] is True and parity["images"] == 2 and parity["reference_logits"] == "float16"
+        assert parity["agreement_miou"] == pytest.approx(art.parity["agreement_miou"], abs=2e-3)
+        assert parity["gt_miou"] == pytest.approx(art.parity["gt_miou"], abs=2e-3)
+        assert parity["stress"]["images"] == 20 and "skin_tone" in parity["slices"]
+    assert doc["parity_data"] == "built-in synthetic portrait eval set" and parity_failures(doc["results"]) == []
+
+
+def test_baseline_recorded_beside_the_checkpoint_gates_the_moved_export(baseline, moved_bench):
+    """The baseline's PyTorch rows (timed where the checkpoint was) are shown as not timed, not failed;
+    the exported files are gated as usual (a limit far above timing noise: this checks the matching)."""
+    _, doc = moved_bench
+    gate = compare(json.loads(baseline.read_text()), doc, 1000.0)
+    assert gate.passed, gate.failures
+    assert {row["key"]: row["status"] for row in gate.rows} == {
+        "pytorch/fp32/pytorch/1t": "not timed", "onnx/fp32/onnxruntime/1t": "ok", "onnx/fp16/onnxruntime/1t": "ok"}
+
+
+def test_tampered_reference_fails_the_gate(cli, moved_export, tmp_path, monkeypatch):
+    export = tmp_path / "exp"
+    shutil.copytree(moved_export, export)
+    data = bytearray((export / "parity-reference.npz").read_bytes())
+    data[len(data) // 2] ^= 1
+    (export / "parity-reference.npz").write_bytes(bytes(data))
+    line = failed_line(cli, monkeypatch, tmp_path / "cwd", export)
+    assert line.startswith("FAILED: tiny-fp32.onnx, tiny-fp16.onnx: parity not checked: ")
+    assert f"{export / 'parity-reference.npz'}: sha256" in line and "does not match" in line
+    doc = json.loads((tmp_path / "cwd" / "bench.json").read_text())  # the files were still timed
+    assert all("latency_ms" in row and row["parity"]["passed"] is None for row in doc["results"] if "parity" in row)
+
+
+def test_export_without_a_stored_reference_fails_the_gate_naming_the_fix(cli, moved_export, tmp_path, monkeypatch):
+    """An export directory written before the reference was stored: its files cannot be checked."""
+    export = tmp_path / "old"
+    shutil.copytree(moved_export, export)
+    raw = json.loads((export / MANIFEST_NAME).read_text())
+    (export / raw.pop("parity_reference")["path"]).unlink()
+    (export / MANIFEST_NAME).write_text(json.dumps(raw))
+    line = failed_line(cli, monkeypatch, tmp_path / "cwd", export)
+    assert line == (f"FAILED: tiny-fp32.onnx, tiny-fp16.onnx: parity not checked: {export / MANIFEST_NAME} lists no "
+                    f"stored parity reference (the export predates it); re-export into {export} with this edgeseg to "
+                    "store one")
+
+
+def test_data_without_the_checkpoint_is_refused_before_timing(cli, moved_export, tmp_path, no_timing):
+    line = assert_refused(cli, "bench", moved_export, "--threads", "1", "--data", tmp_path, watch=[moved_export, tmp_path],
+                          match=f"--data {tmp_path}: parity on other images needs the PyTorch model, and its checkpoint "
+                                "ckpt/best.pt")
+    assert line.endswith("drop --data to check parity against the reference stored in the export")

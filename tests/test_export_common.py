@@ -67,7 +67,7 @@ def test_rerun_replaces_only_what_the_earlier_export_wrote(tiny_checkpoint, tmp_
     out.chmod(0o750)
     r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32", "--parity-images", "2")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "stray.txt", "tiny-fp32.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "parity-reference.npz", "stray.txt", "tiny-fp32.onnx"]
     assert (out / "stray.txt").read_text() == "the user's" and out.stat().st_mode & 0o777 == 0o750
 
 
@@ -141,7 +141,7 @@ def test_interrupted_export_leaves_previous_output_intact(onnx_export, tiny_chec
     # the next run cleans the dead run's staging folder up
     assert run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32",
                        "--parity-images", "2").returncode == 0
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "tiny-fp32.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "parity-reference.npz", "tiny-fp32.onnx"]
 
 
 def test_parity_failure_exits_1_and_keeps_files(tiny_checkpoint, tmp_path):

@@ -228,3 +228,18 @@ def test_each_file_is_hashed_once_until_it_changes(export_copy, monkeypatch):
     with pytest.raises(ArtifactError, match="does not match"):
         art.verified_file()
     assert file_digest(art.file)[1] != art.sha256
+
+
+# ---------------------------------------------------------------------------------------------
+# The stored parity reference is listed like every file: a path out of the directory is refused on read
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "eval-file", "bench"])  # inspect describes the file alone
+def test_parity_reference_path_out_of_the_directory_is_refused(cli, export_copy, out, images, command):
+    outside = export_copy.parent / "parity-reference.npz"
+    shutil.copy(export_copy / "parity-reference.npz", outside)  # same bytes, same sha256: only the place is wrong
+    edit_model(export_copy, lambda m: m["parity_reference"].update(path="../parity-reference.npz"))
+    line = assert_refused(cli, *consumers(export_copy, export_copy / "tiny-fp32.onnx", out, images)[command],
+                          watch=[export_copy, out], match="'parity_reference' path '../parity-reference.npz' leaves the "
+                                                          "export directory; re-export, or fix the manifest")
+    assert line.startswith(f"error: {export_copy / MANIFEST_NAME}: ")

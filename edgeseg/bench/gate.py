@@ -3,9 +3,12 @@
 Results match by (format, precision, runtime, threads). The gate fails when a matching
 result's normalized p50 grew by more than ``max_slowdown``, when parity failed, and when a row
 cannot be checked: a baseline result missing from the run, a run result missing from the
-baseline, a timing or parity check the baseline has and the run lacks. Results of runtimes that
-are not timed (``latency_skipped``, e.g. the Core ML reference runner off macOS) are gated on
-parity only.
+baseline, a timing or parity check the baseline has and the run lacks, a file whose parity could
+not be checked (``unchecked``: no usable stored reference) or that its runtime could not run.
+Results of runtimes that are not timed (``latency_skipped``, e.g. the Core ML reference runner off
+macOS) are gated on parity only. The PyTorch reference rows (``format`` pytorch) need the
+checkpoint, which an export directory copied elsewhere may lack: their latency is gated when both
+runs timed them, and a run or baseline without them is shown (``not timed``), not failed.
 
 Everything that can be known before timing is checked before timing (``check_options``,
 ``load_baseline``): a limit that is not a finite ratio above 1, gate threads the run does not
@@ -87,8 +90,13 @@ def load_bench_json(path: str | Path) -> dict:
     return doc
 
 
+def is_reference_row(r: dict) -> bool:
+    """True for a PyTorch reference result (timed only where the checkpoint is)."""
+    return r.get("format") == "pytorch"
+
+
 def row_problem(r) -> str:
-    """Why a baseline result cannot be gated against ('' when it can)."""
+    """Why a baseline result cannot be gated against ('' when it can; a skipped PyTorch reference row is fine)."""
     if not isinstance(r, dict):
         return "is not an object"
     for name in ("format", "precision"):
@@ -99,7 +107,7 @@ def row_problem(r) -> str:
     if not isinstance(r.get("runtime", ""), str):
         return "has a runtime that is not a string"
     if "skipped" in r:
-        return f"was skipped when the baseline was recorded ({r['skipped']})"
+        return "" if is_reference_row(r) else f"was skipped when the baseline was recorded ({r['skipped']})"
     if "normalized_p50" in r and not is_positive_number(r["normalized_p50"]):
         return f"has normalized_p50 {r['normalized_p50']!r}, not a positive number"
     if "normalized_p50" not in r and "latency_skipped" not in r:
@@ -170,11 +178,36 @@ def compare(baseline: dict, current: dict, max_slowdown: float, latency_threads=
         out.rows.append(row)
         out.failures += failures
     for k, new in now.items():
+        reference = is_reference_row(new)
         out.rows.append({"key": key_label(k), "old": None, "new": new.get("normalized_p50"), "ratio": None,
                          "retimed_ratio": None, "agreement": (new.get("parity") or {}).get("agreement_miou"),
-                         "status": "NEW", "result": new})
-        out.failures.append(f"{key_label(k)}: in this run but not in the baseline; {RERECORD}")
+                         "status": "not in baseline" if reference else "NEW", "result": new})
+        if not reference:
+            out.failures.append(f"{key_label(k)}: in this run but not in the baseline; {RERECORD}")
     return out
+
+
+def parity_problem(parity: dict) -> str:
+    """Why a result's parity block does not pass ('' when it passed): below threshold, the runtime could not
+    run the file, or parity could not be checked (a block that is neither passed nor failed never passes)."""
+    if parity.get("passed") is True:
+        return ""
+    if "error" in parity:
+        return f"parity failed: {parity.get('runtime')} cannot run it ({parity['error']})"
+    if parity.get("passed") is False:
+        return f"parity agreement {parity.get('agreement_miou')} below {parity.get('threshold')}"
+    return f"parity not checked: {parity.get('unchecked') or parity.get('skipped') or 'no parity numbers'}"
+
+
+def parity_failures(results: list[dict]) -> list[str]:
+    """The parity gate of one bench run: one line per reason, naming the files (each once, whatever its
+    thread counts). Every result with a parity block is judged (``parity_problem``); phone results carry none."""
+    by_reason: dict[str, list[str]] = {}
+    for r in results:
+        problem = parity_problem(r["parity"]) if "parity" in r else ""
+        if problem and r["artifact"] not in by_reason.setdefault(problem, []):
+            by_reason[problem].append(r["artifact"])
+    return [f"{', '.join(names)}: {problem}" for problem, names in by_reason.items()]
 
 
 def gate_row(label: str, old: dict, new: dict | None, max_slowdown: float, gated: bool) -> tuple[dict, list[str]]:
@@ -184,6 +217,8 @@ def gate_row(label: str, old: dict, new: dict | None, max_slowdown: float, gated
     """
     row = {"key": label, "old": old.get("normalized_p50"), "new": None, "ratio": None, "retimed_ratio": None,
            "agreement": None, "status": "ok", "result": new}
+    if new is None and is_reference_row(old):
+        return {**row, "status": "not timed"}, []  # its checkpoint is not here: parity never needs it
     if new is None:
         return {**row, "status": "MISSING"}, [f"{label}: in the baseline but not in this run"]
     parity = new.get("parity") or {}
@@ -207,9 +242,9 @@ def gate_row(label: str, old: dict, new: dict | None, max_slowdown: float, gated
                 row["status"] = "SLOWER"
                 again = "" if retimed is None else f", re-timed {retimed:.2f}x"
                 failures.append(f"{label}: normalized p50 {ratio:.2f}x the baseline{again} (limit {max_slowdown:.2f}x)")
-    if parity.get("passed") is False:
-        row["status"] = "PARITY"
-        failures.append(f"{label}: parity agreement {parity.get('agreement_miou')} below {parity.get('threshold')}")
+    if parity and parity_problem(parity):
+        row["status"] = "PARITY" if parity.get("passed") is False else "UNCHECKED"
+        failures.append(f"{label}: {parity_problem(parity)}")
     elif old.get("parity") and not parity:
         row["status"] = "UNCHECKED"
         failures.append(f"{label}: parity was checked in the baseline but not in this run (no PyTorch reference: "

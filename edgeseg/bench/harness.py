@@ -2,8 +2,14 @@
 
 One JSON document (schema in DESIGN.md): host, the benchmarked model's identity, calibration
 workload, and one result per (artifact, threads) with latency percentiles, normalized p50, load
-time, peak RSS, size and parity. The PyTorch fp32 reference is timed too, so each result shows
-its speed-up. ``plan_bench`` checks everything it can before any timing starts.
+time, peak RSS, size and parity. Parity is checked against the reference each export stored
+beside its files (``stored_reference``): no checkpoint needed, from any directory; a file whose
+parity cannot be checked gets an ``unchecked`` parity block, which the gate fails. With ``--data``
+the PyTorch model computes the reference on those images instead. The PyTorch fp32 model is timed
+too, when its checkpoint is here (else its row is skipped, saying why), so each result shows
+its speed-up, and ``int8_vs_fp32`` (optional in schema 2: older files lack it) pairs each int8
+file with the fp32 file of the same runtime. ``plan_bench`` checks everything it can before any
+timing starts.
 """
 from __future__ import annotations
 
@@ -21,8 +27,10 @@ from edgeseg import __version__
 from edgeseg.bench.calibration import CalibrationPool
 from edgeseg.bench.gate import SCHEMA_VERSION
 from edgeseg.bench.latency import combine_sessions, peak_rss_mb, reset_peak_rss, summarize, time_interleaved
-from edgeseg.bench.parity import DEFAULT_STRESS_THRESHOLDS, DEFAULT_THRESHOLDS, check_parity, reference_set, stress_set
+from edgeseg.bench.parity import (DEFAULT_MAX_GT_DROP, DEFAULT_STRESS_THRESHOLDS, DEFAULT_THRESHOLDS, ReferenceSet,
+                                  cannot_run, check_parity, reference_set, stress_set, unchecked)
 from edgeseg.bench.slices import read_slices
+from edgeseg.bench.stored_reference import load_reference
 from edgeseg.data.datasets import builtin_source, open_source
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra
 from edgeseg.manifest import MANIFEST_NAME, Artifact, Manifest, find_artifact_for_file, read_manifest
@@ -31,6 +39,7 @@ from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
 
 TOOLS = ("torch", "onnxruntime", "ai-edge-litert", "coremltools")
+DATA_PARITY_IMAGES = 8  # with --data and no --parity-images
 
 
 @dataclass
@@ -41,7 +50,7 @@ class BenchRequest:
     runs: int = 30  # timed (calibration, model) pairs per session
     warmup: int = 5
     sessions: int = 3  # fresh loads per result; normalized p50 is the median over them
-    parity_images: int = 8
+    parity_images: int | None = None  # the first N stored parity images (None: all); with --data, N of its val split
     reference: bool = True  # also time the PyTorch fp32 reference
     sample_images: int = 3  # images per artifact in the report's mask strip
     slices_file: str | None = None  # CSV id,attribute... (built-in set: its own attributes)
@@ -61,33 +70,54 @@ class Target:
     name: str
     format: str
     precision: str
-    bytes: int
+    bytes: int | None
     make_runner: object  # callable(threads) -> Runner
     artifact: Artifact | None = None
     threshold: float | None = None
     extra: dict = field(default_factory=dict)
     stress_threshold: float | None = None
     gate_stress: bool = False
+    max_gt_drop: float = DEFAULT_MAX_GT_DROP
+    reference: ReferenceSet | None = None  # what its parity is checked against
+    unchecked: str = ""  # why its parity cannot be checked (no usable reference); '' when it can
+    skipped: str = ""  # why it is not run at all (the PyTorch row when its checkpoint is not here)
 
 
-def _artifact_target(man: Manifest, art: Artifact) -> Target:
-    """A Target for an exported file, held to the thresholds its export recorded (defaults for older exports)."""
+def held_to(man: Manifest, art: Artifact) -> dict:
+    """The thresholds an exported file is held to: those its parity block recorded at export, else those
+    the stored reference's manifest entry records, else the defaults (exports made before either)."""
     recorded = art.parity or {}
     stress = recorded.get("stress") or {}
+    entry = man.parity_reference or {}
+    return {"threshold": recorded.get("threshold", (entry.get("thresholds") or DEFAULT_THRESHOLDS).get(art.precision)),
+            "stress_threshold": stress.get("threshold", (entry.get("stress_thresholds") or DEFAULT_STRESS_THRESHOLDS)
+                                           .get(art.precision)),
+            "gate_stress": bool(stress.get("gated", entry.get("stress_gated", False))),
+            "max_gt_drop": recorded.get("max_gt_drop_points", entry.get("max_gt_drop_points", DEFAULT_MAX_GT_DROP))}
+
+
+def _artifact_target(man: Manifest, art: Artifact, reference: ReferenceSet | str) -> Target:
+    """A Target for an exported file, checked against ``reference`` (a str: why it cannot be checked)."""
+    usable = isinstance(reference, ReferenceSet)
     return Target(art.path, art.format, art.precision, art.bytes,
-                  lambda threads, a=art, m=man: runner_for_artifact(a, m, threads), art,
-                  recorded.get("threshold", DEFAULT_THRESHOLDS.get(art.precision)),
-                  stress_threshold=stress.get("threshold", DEFAULT_STRESS_THRESHOLDS.get(art.precision)),
-                  gate_stress=bool(stress.get("gated", False)))
+                  lambda threads, a=art, m=man: runner_for_artifact(a, m, threads), art, **held_to(man, art),
+                  reference=reference if usable else None, unchecked="" if usable else reference)
 
 
-def bench_targets(pairs: list[tuple[Manifest, Artifact]], reference_ckpt=None) -> list[Target]:
-    """One Target per artifact, after the PyTorch fp32 reference when its checkpoint is given."""
+def bench_targets(pairs: list[tuple[Manifest, Artifact]], reference_ckpt=None, *, references: dict | None = None,
+                  no_checkpoint: str = "") -> list[Target]:
+    """The PyTorch fp32 reference first, when its checkpoint is given (a skipped row when ``no_checkpoint``
+    says why it is not here), then one Target per artifact, checked against the parity reference of its
+    export directory (``references``: root -> ReferenceSet, or why there is none)."""
     targets: list[Target] = []
-    if reference_ckpt is not None:
-        targets.append(Target("pytorch-fp32", "pytorch", "fp32", Path(reference_ckpt.path).stat().st_size,
-                              lambda threads, c=reference_ckpt: TorchRunner.from_checkpoint(c, threads)))
-    targets += [_artifact_target(man, art) for man, art in pairs]
+    if reference_ckpt is not None or no_checkpoint:
+        size = None if reference_ckpt is None else Path(reference_ckpt.path).stat().st_size
+        targets.append(Target("pytorch-fp32", "pytorch", "fp32", size,
+                              lambda threads, c=reference_ckpt: TorchRunner.from_checkpoint(c, threads),
+                              skipped="" if reference_ckpt is not None else
+                              f"not timed: {no_checkpoint}; parity uses the stored reference"))
+    references = references or {}
+    targets += [_artifact_target(man, art, references.get(man.root, "no parity reference given")) for man, art in pairs]
     return targets
 
 
@@ -139,22 +169,51 @@ def bench_model(pairs: list[tuple[Manifest, Artifact]]) -> dict:
 
 @dataclass
 class BenchPlan:
-    """A bench run checked before any timing: its request, the verified artifacts, the model's identity."""
+    """A bench run checked before any timing: its request, the verified artifacts, the model's identity,
+    the PyTorch model's checkpoint (None, with ``no_checkpoint`` saying why, when it is not here) and each
+    export directory's stored parity reference (``references``: root -> ReferenceSet, or why it cannot be
+    used; empty with ``--data``, whose reference the PyTorch model computes)."""
 
     req: BenchRequest
     pairs: list[tuple[Manifest, Artifact]]
     model: dict
+    checkpoint: object = None
+    no_checkpoint: str = ""
+    references: dict = field(default_factory=dict)
+    slices: dict | None = None  # --slices FILE, read
 
 
 def plan_bench(req: BenchRequest) -> BenchPlan:
-    """Read and verify every artifact of ``req.paths`` (all from one model); nothing is timed."""
+    """Read and verify every artifact of ``req.paths`` (all from one model) and the parity references
+    stored beside them; nothing is timed. With ``--data``, the PyTorch model must be here (EdgesegError
+    otherwise): parity on other images needs it. A stored reference that cannot be used is not an error
+    here: the files are still timed, and the gate fails naming the reason."""
     pairs = collect_artifacts(req.paths)
-    return BenchPlan(req, pairs, bench_model(pairs))
+    model = bench_model(pairs)
+    manifest = pairs[0][0]
+    ckpt = reference_checkpoint(manifest)
+    why = "" if ckpt is not None else no_checkpoint_note(manifest)
+    if req.data_dir and ckpt is None:
+        raise EdgesegError(f"--data {req.data_dir}: parity on other images needs the PyTorch model, and {why}; "
+                           "drop --data to check parity against the reference stored in the export")
+    slices = read_slices(req.slices_file) if req.slices_file else None
+    references = {} if req.data_dir else {m.root: stored_parity_set(m, req) for m in {m.root: m for m, _ in pairs}.values()}
+    return BenchPlan(req, pairs, model, ckpt, why, references, slices)
+
+
+def stored_parity_set(manifest: Manifest, req: BenchRequest) -> ReferenceSet | str:
+    """The parity reference stored in ``manifest``'s directory (its first ``req.parity_images`` images when
+    given), or the one-line reason it cannot be used (none stored, changed since export, unreadable)."""
+    try:
+        ref = load_reference(manifest)
+    except ArtifactError as exc:
+        return str(exc)
+    return ref if req.parity_images is None else ref.head(req.parity_images)
 
 
 def reference_checkpoint(manifest: Manifest):
     """The checkpoint an export was made from, found by the sha256 its manifest records: at its
-    recorded path, or the packaged default; None when neither has those bytes (no reference)."""
+    recorded path, or the packaged default; None when neither has those bytes."""
     rec = manifest.model.get("checkpoint") or {}
     for path in (Path(rec.get("path") or ""), DEFAULT_CHECKPOINT):
         if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == rec.get("sha256"):
@@ -162,21 +221,37 @@ def reference_checkpoint(manifest: Manifest):
     return None
 
 
-def _parity_set(manifest: Manifest, ckpt, req: BenchRequest):
-    m = manifest.model
+def no_checkpoint_note(manifest: Manifest) -> str:
+    """Why the PyTorch model of an export is not here (the PyTorch row is then skipped, saying so)."""
+    rec = manifest.model.get("checkpoint") or {}
+    if not rec.get("sha256"):
+        return "the export records no checkpoint (a module exported through the Python API)"
+    return f"its checkpoint {rec.get('path')} (sha256 {str(rec['sha256'])[:12]}...) is not here (cwd {Path.cwd()})"
+
+
+def data_parity_set(plan: BenchPlan) -> ReferenceSet:
+    """``--data``: the PyTorch model's outputs on the val split of the data folder, with their stress set."""
+    req, m = plan.req, plan.pairs[0][0].model
     size = (m["input"]["height"], m["input"]["width"])
-    if req.data_dir:
-        source, desc = open_source(req.data_dir, "val", classes=tuple(m["classes"])), f"{req.data_dir} (val)"
-    else:
-        source, desc = builtin_source("eval", m.get("task", "portrait"), req.parity_images, size), "built-in synthetic eval set"
-    ref_runner = TorchRunner.from_checkpoint(ckpt)
-    ref = reference_set(ref_runner, source, size, req.parity_images, m["classes"], desc)
+    source = open_source(req.data_dir, "val", classes=tuple(m["classes"]))
+    ref_runner = TorchRunner.from_checkpoint(plan.checkpoint)
+    ref = reference_set(ref_runner, source, size, req.parity_images or DATA_PARITY_IMAGES, m["classes"],
+                        f"{req.data_dir} (val)")
     ref.stress = stress_set(ref_runner, ref)
-    if req.slices_file:
-        ref.slices = read_slices(req.slices_file)
-    elif not req.data_dir:
-        ref.slices = {sid: source.attrs(i) for i, sid in enumerate(ref.ids)}
     return ref
+
+
+def parity_references(plan: BenchPlan) -> dict:
+    """Export directory root -> the ReferenceSet its files are checked against (or why there is none): the
+    stored ones, or with ``--data`` the PyTorch model's on that data; ``--slices`` replaces their slices."""
+    references = plan.references
+    if plan.req.data_dir:
+        data_ref = data_parity_set(plan)
+        references = {m.root: data_ref for m, _ in plan.pairs}
+    for ref in references.values():
+        if isinstance(ref, ReferenceSet) and plan.slices:
+            ref.slices = plan.slices
+    return references
 
 
 def run_bench(plan: BenchPlan, on_result=None, recheck=None) -> "BenchOutcome":
@@ -186,18 +261,19 @@ def run_bench(plan: BenchPlan, on_result=None, recheck=None) -> "BenchOutcome":
     and the same settings, after all are done; each gets a ``confirmation`` (its normalized p50
     then). The gate's ``over_limit`` is what ``edgeseg bench --confirm`` passes.
     """
-    req, pairs = plan.req, plan.pairs
-    manifest = pairs[0][0]
-    ckpt = reference_checkpoint(manifest)
-    ref = _parity_set(manifest, ckpt, req) if ckpt is not None else None
-    targets = bench_targets(pairs, ckpt if req.reference else None)
-    image = ref.images[0] if ref is not None else timing_image(manifest)
+    req = plan.req
+    references = parity_references(plan)
+    usable = list({id(r): r for r in references.values() if isinstance(r, ReferenceSet)}.values())
+    targets = bench_targets(plan.pairs, plan.checkpoint if req.reference else None, references=references,
+                            no_checkpoint=plan.no_checkpoint if req.reference else "")
+    strip = usable[0].images[: req.sample_images] if usable else None
+    image = usable[0].images[0] if usable else timing_image(plan.pairs[0][0])
     results, samples = [], {}
     with CalibrationPool() as calib:
         for target in targets:
             parity = None
             for threads in req.threads:
-                row = _bench_target(target, threads, req, calib, ref, image, parity, samples)
+                row = _bench_target(target, threads, req, calib, image, parity, (strip, samples))
                 parity = row.get("parity", parity)
                 results.append(row)
                 if on_result:
@@ -216,8 +292,8 @@ def run_bench(plan: BenchPlan, on_result=None, recheck=None) -> "BenchOutcome":
                            "note": "a fixed small segmenter run through the same runtime, precision class and thread "
                                    "count as each result (its `calibration_workload`), timed just before every model "
                                    "run; normalized_p50 = median over runs of model ms / calibration ms"},
-           "parity_data": None if ref is None else ref.description, "results": results}
-    strip = None if ref is None else ref.images[: req.sample_images]
+           "parity_data": "; ".join(dict.fromkeys(r.description for r in usable)) or None, "results": results,
+           "int8_vs_fp32": int8_vs_fp32(results)}
     return BenchOutcome(doc, strip, samples)
 
 
@@ -235,9 +311,13 @@ def timing_image(manifest: Manifest):
     return builtin_source("eval", m.get("task", "portrait"), 1, size).get(0)[0]
 
 
-def _bench_target(t: Target, threads: int, req: BenchRequest, calib: CalibrationPool, ref, image, parity,
-                  samples: dict) -> dict:
+def _bench_target(t: Target, threads: int, req: BenchRequest, calib: CalibrationPool, image, parity,
+                  strip: tuple) -> dict:
+    """One result row: ``t`` timed at ``threads`` (fresh sessions), its parity (``parity`` when already
+    checked at another thread count) and its masks on the report's strip (``strip``: images, {name: masks})."""
     row = {"artifact": t.name, "format": t.format, "precision": t.precision, "threads": threads, "bytes": t.bytes}
+    if t.skipped:
+        return {**row, "runtime": t.format, "skipped": t.skipped}
     try:
         reset_peak_rss()
         t0 = time.perf_counter()
@@ -246,17 +326,20 @@ def _bench_target(t: Target, threads: int, req: BenchRequest, calib: Calibration
         workload = None if runner.latency_note else calib.get(t.format, t.precision, threads)
     except MissingExtra as exc:
         return {**row, "runtime": t.format, "skipped": str(exc)}
+    except ArtifactError as exc:  # the runtime cannot load this file: a finding about the file, not a crash
+        return {**row, "runtime": t.format, "latency_skipped": "not timed: the runtime cannot load the file",
+                "parity": cannot_run(str(exc), t.format, t.threshold)}
     with runner:
         row["runtime"] = runner.runtime
         if workload is not None:
             timings = [time_interleaved(runner, image, workload, runs=req.runs, warmup=req.warmup)]
         else:
             row["latency_skipped"] = runner.latency_note
-        if parity is None and ref is not None and t.artifact is not None:
-            parity = check_parity(runner, ref, threshold=t.threshold, stress=ref.stress,
-                                  stress_threshold=t.stress_threshold, gate_stress=t.gate_stress)
-        if ref is not None and t.name not in samples:
-            samples[t.name] = np.stack([runner.run(img[None])[0].argmax(0) for img in ref.images[: req.sample_images]])
+        if parity is None and t.artifact is not None:
+            parity = _target_parity(t, runner)
+        images, samples = strip
+        if images is not None and t.name not in samples:
+            samples[t.name] = np.stack([runner.run(img[None])[0].argmax(0) for img in images])
     if workload is not None:
         timings += _fresh_sessions(t, threads, req, workload, image, req.sessions - 1)
         pooled, normalized = combine_sessions(timings)
@@ -267,6 +350,18 @@ def _bench_target(t: Target, threads: int, req: BenchRequest, calib: Calibration
     if parity is not None:
         row["parity"] = parity
     return row
+
+
+def _target_parity(t: Target, runner) -> dict:
+    """The parity block of an artifact target: against its reference, ``unchecked`` when it has none,
+    failed (``cannot_run``) when the runtime cannot run the file."""
+    if t.reference is None:
+        return unchecked(t.unchecked, t.threshold)
+    try:
+        return check_parity(runner, t.reference, threshold=t.threshold, max_gt_drop=t.max_gt_drop,
+                            stress=t.reference.stress, stress_threshold=t.stress_threshold, gate_stress=t.gate_stress)
+    except ArtifactError as exc:
+        return cannot_run(str(exc), runner.runtime, t.threshold)
 
 
 def _fresh_sessions(t: Target, threads: int, req: BenchRequest, workload, image, n: int) -> list:
@@ -283,6 +378,33 @@ def _add_speedups(results: list[dict]) -> None:
     for r in results:
         if "latency_ms" in r and r["threads"] in base:
             r["speedup_vs_pytorch"] = round(base[r["threads"]] / r["latency_ms"]["p50"], 3)
+
+
+INT8_RATIO_NOTE = ("int8 latency_ms.p50 / fp32 latency_ms.p50 of the same format, runtime and thread count, timed in "
+                   "this run: raw milliseconds, not normalized_p50, because int8 and fp32 files are normalized by "
+                   "different calibration workloads")
+
+
+def int8_vs_fp32(results: list[dict]) -> dict:
+    """The bench JSON's ``int8_vs_fp32`` block: for every (format, runtime, threads) with a timed fp32 and a
+    timed int8 file in ``results``, ``ratio`` = int8 p50 / fp32 p50 (below 1: int8 is faster).
+
+    Raw p50s of the same run, not normalized ones: each precision is normalized by its own calibration
+    workload (an int8 file by the int8 one), so a ratio of normalized p50s would not compare the files.
+    """
+    timed: dict[tuple, dict] = {}
+    for r in results:
+        if "latency_ms" in r:
+            timed.setdefault((r["format"], r["runtime"], r["threads"], r["precision"]), r)
+    pairs = []
+    for (fmt, runtime, threads, precision), fp32 in timed.items():
+        int8 = timed.get((fmt, runtime, threads, "int8"))
+        if precision == "fp32" and int8 is not None:
+            fp32_ms, int8_ms = fp32["latency_ms"]["p50"], int8["latency_ms"]["p50"]
+            pairs.append({"format": fmt, "runtime": runtime, "threads": threads, "fp32": fp32["artifact"],
+                          "int8": int8["artifact"], "fp32_p50_ms": fp32_ms, "int8_p50_ms": int8_ms,
+                          "ratio": round(int8_ms / fp32_ms, 3)})
+    return {"statistic": INT8_RATIO_NOTE, "pairs": pairs}
 
 
 def android_result(art: Artifact, parsed: dict, *, threads: int, use_gpu: bool, device: str) -> dict:
@@ -317,4 +439,5 @@ def run_android(plan: BenchPlan, *, serial: str | None, binary: str, use_gpu: bo
                                    use_gpu=use_gpu, use_xnnpack=not use_gpu, runs=req.runs, warmup=req.warmup)
             results.append(android_result(art, parsed, threads=threads, use_gpu=use_gpu, device=model_name))
     return {"schema_version": SCHEMA_VERSION, "host": {**host_info(), "device": model_name}, "model": plan.model,
-            "calibration": {"workload": "none on device", "p50_ms": None}, "results": results}
+            "calibration": {"workload": "none on device", "p50_ms": None}, "results": results,
+            "int8_vs_fp32": int8_vs_fp32(results)}

@@ -1,11 +1,12 @@
 """Parity of an exported file against the PyTorch fp32 reference (layer 3).
 
-Shared by the export gate and ``edgeseg bench``: both call ``reference_set`` once and
-``check_parity`` per Runner.
+Shared by the export gate and ``edgeseg bench``: the export calls ``reference_set`` once and
+stores it in the export directory (``edgeseg.bench.stored_reference``); both call
+``check_parity`` per Runner, bench against the stored reference.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -22,20 +23,38 @@ DEFAULT_MAX_GT_DROP = 1.0  # mIoU points
 
 @dataclass
 class ReferenceSet:
-    """Parity images, their labels (if any) and the PyTorch fp32 logits on them."""
+    """Parity images, their labels (if any) and the PyTorch fp32 outputs on them."""
 
     images: np.ndarray  # uint8 [N, H, W, 3] at the model's input size
     masks: np.ndarray | None  # uint8 [N, H, W]
     ids: list[str]
-    logits: np.ndarray  # float32 [N, C, H, W]
+    logits: np.ndarray | None  # [N, C, H, W]: float32, float16 when stored; None when not kept (argmax only)
     classes: tuple[str, ...]
     description: str
     slices: dict | None = None  # image id -> {attribute: value}, for per-slice IoU
     stress: "ReferenceSet | None" = None  # its stress set (``stress_set``), when checked
+    argmax: np.ndarray | None = None  # uint8 [N, H, W] of the fp32 logits; computed from ``logits`` when not given
 
-    @property
-    def argmax(self) -> np.ndarray:
-        return self.logits.argmax(1).astype(np.uint8)
+    def __post_init__(self):
+        if self.argmax is None:
+            self.argmax = self.logits.argmax(1).astype(np.uint8)
+
+    def take(self, index) -> "ReferenceSet":
+        """The images at ``index`` (a list of positions), without a stress set."""
+        index = list(index)
+        return replace(self, images=self.images[index], masks=None if self.masks is None else self.masks[index],
+                       ids=[self.ids[i] for i in index], logits=None if self.logits is None else self.logits[index],
+                       argmax=self.argmax[index], stress=None)
+
+    def head(self, n: int) -> "ReferenceSet":
+        """The first ``n`` images (all when there are fewer), with the stress images made from them and the real photos."""
+        if n >= len(self.images):
+            return self
+        dropped = set(self.ids[n:])
+        sub = self.take(range(n))
+        if self.stress is not None:
+            sub.stress = self.stress.take(k for k, sid in enumerate(self.stress.ids) if _source_id(sid) not in dropped)
+        return sub
 
     def gt_miou(self, preds: np.ndarray) -> float | None:
         if self.masks is None:
@@ -51,7 +70,9 @@ def reference_set(reference: Runner, source, size: tuple[int, int], count: int, 
     images = np.stack([p for p, _, _ in items])
     masks = None if any(m is None for _, m, _ in items) else np.stack([m for _, m, _ in items])
     logits = np.concatenate([reference.run(img[None]) for img in images])
-    return ReferenceSet(images, masks, [i for _, _, i in items], logits, tuple(classes), description)
+    attrs = getattr(source, "attrs", None)  # the built-in set describes each image (skin tone, lighting, ...)
+    slices = None if attrs is None else {sid: attrs(k) for k, (_, _, sid) in enumerate(items)}
+    return ReferenceSet(images, masks, [i for _, _, i in items], logits, tuple(classes), description, slices)
 
 
 def stress_set(reference: Runner, ref: ReferenceSet) -> ReferenceSet:
@@ -60,6 +81,12 @@ def stress_set(reference: Runner, ref: ReferenceSet) -> ReferenceSet:
     images, ids = stress_images(ref.images, ref.ids, tuple(ref.images.shape[1:3]))
     logits = run_all(reference, images)
     return ReferenceSet(images, None, ids, logits, ref.classes, f"stress set of {ref.description}")
+
+
+def _source_id(stress_id: str) -> str:
+    """'p3:jpeg' -> 'p3' (the image it was made from); 'grace_hopper:square' -> itself."""
+    base, _, last = stress_id.rpartition(":")
+    return base if base and last in CORRUPTIONS else stress_id
 
 
 def _group(image_id: str) -> str:
@@ -117,7 +144,8 @@ def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_
         "reference": "pytorch-fp32", "runtime": runner.runtime, "images": int(len(ref.images)), "data": ref.description,
         "agreement_miou": round(float(agreement), 6), "gt_miou": None if gt is None else round(gt, 6),
         "reference_gt_miou": None if ref_gt is None else round(ref_gt, 6),
-        "max_abs_logit_diff": round(float(np.abs(logits - ref.logits).max()), 6),
+        "max_abs_logit_diff": None if ref.logits is None else round(float(np.abs(logits - ref.logits).max()), 6),
+        "reference_logits": None if ref.logits is None else str(ref.logits.dtype),
         "threshold": threshold, "max_gt_drop_points": max_gt_drop, "passed": bool(passed),
     }
 
@@ -125,3 +153,15 @@ def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_
 def skipped(reason: str, threshold: float) -> dict:
     """The parity block when no runtime for the file exists here."""
     return {"skipped": reason, "threshold": threshold, "passed": None}
+
+
+def cannot_run(reason: str, runtime: str, threshold: float) -> dict:
+    """The parity block of a file its runtime (or interpreter) could not load or run: a finding about the
+    file, so it fails (``passed`` False) with the reason, and the export keeps its other files."""
+    return {"error": reason, "runtime": runtime, "threshold": threshold, "passed": False}
+
+
+def unchecked(reason: str, threshold: float | None) -> dict:
+    """The parity block when nothing can be compared with (no usable stored reference): ``passed`` None,
+    which the bench gate fails (a row that cannot be checked never passes)."""
+    return {"unchecked": reason, "threshold": threshold, "passed": None}

@@ -1,7 +1,12 @@
-"""``edgeseg export``: one checkpoint -> every (format, precision) file + manifest, parity-gated.
+"""``edgeseg export``: one model -> every (format, precision) file + manifest, parity-gated.
+
+The model is a checkpoint, or any module the Python API was given (``export.source``).
 
 Everything is written into a staging folder and installed at the end, the manifest last, so an
-interrupted or failed export never leaves a directory that looks complete. edgeseg only replaces
+interrupted or failed export never leaves a directory that looks complete. The parity reference
+(the PyTorch outputs every file was checked against) is written into the same staging folder and
+listed in the manifest, so the directory is self-contained (``edgeseg.bench.stored_reference``).
+A file its runtime cannot run fails its parity with the reason; the other files are kept. edgeseg only replaces
 what it wrote: in an existing ``--out`` folder only the files of an earlier export (those its
 manifest lists) are replaced or removed; anything else there is kept, and a non-empty folder that
 is not an earlier export is refused unless ``force``.
@@ -15,17 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg import __version__
-from edgeseg.bench.parity import (DEFAULT_MAX_GT_DROP, DEFAULT_STRESS_THRESHOLDS, DEFAULT_THRESHOLDS, check_parity,
-                                  reference_set, skipped, stress_set)
-from edgeseg.errors import EdgesegError, MissingExtra, RecipeError, require
+from edgeseg.bench.gate import parity_problem
+from edgeseg.bench.parity import (DEFAULT_MAX_GT_DROP, DEFAULT_STRESS_THRESHOLDS, DEFAULT_THRESHOLDS, cannot_run,
+                                  check_parity, reference_set, skipped, stress_set)
+from edgeseg.bench.stored_reference import store_reference
+from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra, require
 from edgeseg.export.base import CALIBRATED_PRECISION, EXPORTERS, ExportJob, embedded_metadata
 from edgeseg.export.calibration import calibration_images, parity_source
 from edgeseg.fsutil import check_output, install_staged, is_staging, staging_dir
-from edgeseg.manifest import MANIFEST_NAME, SUFFIXES, Artifact, Manifest
+from edgeseg.manifest import MANIFEST_NAME, REFERENCE_NAME, SUFFIXES, Artifact, Manifest
+from edgeseg.export.source import ExportSource, checkpoint_source
 from edgeseg.models.checkpoint import resolve_checkpoint
-from edgeseg.models.profile import count_macs, count_params
-from edgeseg.recipe import CALIB_METHODS, AugmentCfg, ExportCfg, augment_from_dict
-from edgeseg.runtime.loader import runner_for_artifact, synth_task_for
+from edgeseg.recipe import CALIB_METHODS, ExportCfg
+from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
 
 STRESS_MODES = ("gate", "report", "off")
@@ -59,6 +66,10 @@ class ExportResult:
     @property
     def failed(self) -> list[Artifact]:
         return [a for a in self.manifest.artifacts if a.parity.get("passed") is False]
+
+    def failure_message(self) -> str:
+        """One line naming each failed file and why: below its threshold, or its runtime cannot run it."""
+        return "; ".join(f"{a.path}: {parity_problem(a.parity)}" for a in self.failed)
 
 
 def tool_versions() -> dict:
@@ -148,17 +159,6 @@ def calib_methods_for(spec: str, exporters: dict, precisions) -> dict[str, str]:
     return methods
 
 
-def training_augment(ckpt) -> AugmentCfg | None:
-    """The training augmentations of the checkpoint's recipe; None when it carries no recipe (nothing to follow)."""
-    values = ckpt.recipe.get("data", {}).get("augment")
-    if values is None:
-        return None
-    try:
-        return augment_from_dict(values)
-    except RecipeError as exc:
-        raise RecipeError(f"{ckpt.path}: its training {exc}") from None
-
-
 _EXTRA_MODULES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "tflite": ("litert_torch", "ai_edge_litert", "ai_edge_quantizer", "mediapipe"),
                   "coreml": ("coremltools",)}
 
@@ -168,42 +168,32 @@ def _check_extra(exporter) -> None:
         require(module, exporter.extra, f"{exporter.format} export")
 
 
-def model_section(ckpt, model, task: str) -> dict:
-    info = ckpt.info
-    h, w = info.input_size
-    return {"name": info.name, "architecture": info.arch, "options": info.to_dict()["options"], "classes": list(info.classes),
-            "task": task, "input": {"height": h, "width": w}, "mean": list(info.mean), "std": list(info.std),
-            "params": count_params(model), "macs": count_macs(model, h, w),
-            "checkpoint": {"path": str(ckpt.path), "sha256": ckpt.sha256}}
-
-
-def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
+def run_export(req: ExportRequest, on_artifact=None, *, model_source: ExportSource | None = None) -> ExportResult:
     """Export, check parity of every file, write the manifest; returns what was written.
 
-    ``on_artifact(artifact)`` is called after each file is checked (for progress output).
+    ``model_source`` is the model to export (default: ``req.checkpoint``, read after the cheap
+    option checks). ``on_artifact(artifact)`` is called after each file is checked (for progress output).
     """
     dest = check_output(req.out_dir, is_dir=True, what="--out")
     if req.stress not in STRESS_MODES:
         raise EdgesegError(f"--stress must be one of {', '.join(STRESS_MODES)}, got {req.stress!r}")
     exporters = load_exporters(req.formats, req.precisions)
     methods = calib_methods_for(req.calib_method, exporters, req.precisions)
-    ckpt = resolve_checkpoint(req.checkpoint)
-    info = ckpt.info
-    names = {MANIFEST_NAME} | {f"{info.name}-{p}{SUFFIXES[f]}" for f in exporters for p in req.precisions}
+    if model_source is None:
+        model_source = checkpoint_source(resolve_checkpoint(req.checkpoint))
+    info, task, model = model_source.info, model_source.task, model_source.model
+    names = {MANIFEST_NAME, REFERENCE_NAME} | {f"{info.name}-{p}{SUFFIXES[f]}" for f in exporters for p in req.precisions}
     owned = owned_by_earlier_export(dest, names, req.force)
-    task = str(ckpt.recipe.get("data", {}).get("task") or synth_task_for(info.classes))
-    recipe_root = ckpt.recipe.get("data", {}).get("root")
-    calib = calibration_images(req.calib_dir, recipe_root, task, req.calib_count, info.input_size,
-                               training_augment(ckpt))
+    calib = calibration_images(req.calib_dir, model_source.recipe_root, task, req.calib_count, info.input_size,
+                               model_source.augment)
     source, described = parity_source(req.data_dir, task, req.parity_images, info.input_size, info.classes)
     for exporter in exporters.values():  # after the cheap input checks: these imports are slow and chatty
         _check_extra(exporter)
-    model = ckpt.model()
     gate = ParityGate.build(TorchRunner(model, input_size=info.input_size, mean=info.mean, std=info.std), req,
                             reference_set_args=(source, info.input_size, req.parity_images, info.classes, described))
     staging = staging_dir(dest)
     try:
-        manifest = Manifest(model=model_section(ckpt, model, task), tools=tool_versions())
+        manifest = Manifest(model=model_source.model_section(), tools=tool_versions())
         manifest.model["calibration"] = {**calib.manifest_entry(), "methods": methods}
         meta = embedded_metadata(info, __version__)
         for fmt, exporter in exporters.items():
@@ -215,6 +205,7 @@ def run_export(req: ExportRequest, on_artifact=None) -> ExportResult:
                 manifest.artifacts.append(art)
                 if on_artifact:
                     on_artifact(art)
+        manifest.parity_reference = gate.store(staging)
         manifest.write(staging)
         install_staged(staging, dest, owned=owned, last=MANIFEST_NAME)
     finally:
@@ -243,23 +234,37 @@ class ParityGate:
                    {**DEFAULT_STRESS_THRESHOLDS, **req.stress_thresholds}, req.max_gt_drop, req.stress == "gate")
 
     def check(self, art: Artifact, manifest: Manifest) -> dict:
-        """The manifest ``parity`` block of one file (``skipped`` when its runtime is not installed)."""
+        """The manifest ``parity`` block of one file: ``skipped`` when its runtime is not installed, failed
+        (``cannot_run``, with the reason) when the runtime cannot load or run it: a tool gap is a finding."""
         threshold = self.thresholds[art.precision]
         try:
             runner = runner_for_artifact(art, manifest)
         except MissingExtra as exc:
             return skipped(str(exc), threshold)
+        except ArtifactError as exc:
+            return cannot_run(str(exc), art.format, threshold)
         with runner:
-            result = check_parity(runner, self.ref, threshold=threshold, max_gt_drop=self.max_gt_drop,
-                                  stress=self.stress, stress_threshold=self.stress_thresholds[art.precision],
-                                  gate_stress=self.gate_stress)
+            try:
+                result = check_parity(runner, self.ref, threshold=threshold, max_gt_drop=self.max_gt_drop,
+                                      stress=self.stress, stress_threshold=self.stress_thresholds[art.precision],
+                                      gate_stress=self.gate_stress)
+            except ArtifactError as exc:
+                return cannot_run(str(exc), runner.runtime, threshold)
         if runner.runtime == "coreml-reference":
             result["note"] = "evaluated by edgeseg's numpy reference interpreter of the ML Program, not Apple's Core ML runtime"
         return result
 
+    def store(self, directory: Path) -> dict:
+        """Write the reference into ``directory`` (``store_reference``); the manifest's ``parity_reference``
+        entry, with the thresholds every file is held to (what ``edgeseg bench`` gates on)."""
+        return {**store_reference(self.ref, self.stress, directory), "thresholds": self.thresholds,
+                "stress_thresholds": self.stress_thresholds, "max_gt_drop_points": self.max_gt_drop,
+                "stress_gated": self.gate_stress}
+
 
 def _earlier_export_names(dest: Path) -> set[str]:
-    """The names an earlier edgeseg export wrote in ``dest`` (its manifest and the files it lists); empty if none.
+    """The names an earlier edgeseg export wrote in ``dest`` (its manifest, the files and the parity reference it
+    lists); empty if none.
 
     Read without trusting it: only plain names inside ``dest`` count, and a ``manifest.json``
     that is not edgeseg's (e.g. a web app's) makes the folder a foreign one.
@@ -267,6 +272,8 @@ def _earlier_export_names(dest: Path) -> set[str]:
     try:
         raw = json.loads((dest / MANIFEST_NAME).read_text())
         paths = [a["path"] for a in raw["artifacts"]] if "schema_version" in raw and "model" in raw else None
+        if paths is not None and isinstance(raw.get("parity_reference"), dict):
+            paths.append(raw["parity_reference"].get("path"))
     except (OSError, ValueError, KeyError, TypeError):
         return set()
     if paths is None:
