@@ -243,7 +243,7 @@ def _run(source, request, *, check: bool, on_artifact) -> Manifest:
 
     result = run_export(request, on_artifact=on_artifact, model_source=source)
     if check and result.failed:
-        raise ParityFailed("parity below threshold for " + ", ".join(a.path for a in result.failed), result.manifest)
+        raise ParityFailed(result.failure_message(), result.manifest)
     return result.manifest
 
 

@@ -216,3 +216,13 @@ def test_bench_fails_the_gate_naming_the_file_its_runtime_cannot_run(gap_export,
     assert rows["tanhseg-fp32.onnx"]["parity"]["passed"] is True  # checked from the stored reference
     assert rows["pytorch-fp32"]["skipped"].startswith("not timed: the export records no checkpoint")
     assert (out / MANIFEST_NAME).is_file()
+
+
+def test_a_failed_parity_names_the_check_that_failed():
+    from edgeseg.bench.gate import parity_problem
+
+    stress = {"passed": False, "agreement_miou": 0.99, "threshold": 0.98, "gt_miou": 0.9, "reference_gt_miou": 0.9,
+              "max_gt_drop_points": 1.0, "stress": {"agreement_miou": 0.91, "threshold": 0.95, "passed": False, "gated": True}}
+    assert parity_problem(stress) == "stress agreement 0.91 below 0.95"
+    gt = {**stress, "gt_miou": 0.88, "stress": {**stress["stress"], "gated": False}}
+    assert parity_problem(gt) == "GT mIoU 2.00 points below PyTorch's (at most 1.0)"

@@ -195,8 +195,22 @@ def parity_problem(parity: dict) -> str:
     if "error" in parity:
         return f"parity failed: {parity.get('runtime')} cannot run it ({parity['error']})"
     if parity.get("passed") is False:
-        return f"parity agreement {parity.get('agreement_miou')} below {parity.get('threshold')}"
+        return "; ".join(_failed_checks(parity)) or "parity failed"
     return f"parity not checked: {parity.get('unchecked') or parity.get('skipped') or 'no parity numbers'}"
+
+
+def _failed_checks(parity: dict) -> list[str]:
+    """Which of a failed parity block's checks failed: agreement, GT mIoU drop, gated stress agreement."""
+    why = []
+    if parity.get("agreement_miou") is not None and parity["agreement_miou"] < parity.get("threshold", 0):
+        why.append(f"parity agreement {parity['agreement_miou']} below {parity['threshold']}")
+    gt, ref_gt, limit = parity.get("gt_miou"), parity.get("reference_gt_miou"), parity.get("max_gt_drop_points")
+    if None not in (gt, ref_gt, limit) and (ref_gt - gt) * 100 > limit:
+        why.append(f"GT mIoU {(ref_gt - gt) * 100:.2f} points below PyTorch's (at most {limit})")
+    stress = parity.get("stress") or {}
+    if stress.get("gated") and stress.get("passed") is False:
+        why.append(f"stress agreement {stress.get('agreement_miou')} below {stress.get('threshold')}")
+    return why
 
 
 def parity_failures(results: list[dict]) -> list[str]:
