@@ -13,7 +13,7 @@ import click
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError, GateFailed
-from edgeseg.recipe import CALIB_METHODS, ExportCfg
+from edgeseg.recipe import CALIB_METHODS, STRESS_MODES, ExportCfg
 
 
 def handle_errors(fn):
@@ -238,7 +238,7 @@ def csv_list(ctx, param, value):
               help="Override a parity threshold, e.g. int8=0.97.")
 @click.option("--stress-threshold", "stress_thresholds", multiple=True, metavar="PRECISION=MIN_AGREEMENT",
               help="Override a stress-parity threshold (phone-camera corruptions and real photos), e.g. int8=0.9.")
-@click.option("--stress", type=click.Choice(["gate", "report", "off"]), default="report", show_default=True,
+@click.option("--stress", type=click.Choice(STRESS_MODES), default=ExportCfg.stress, show_default=True,
               help="Stress parity (parity images under phone-camera corruptions, plus real photos): gate on it, "
                    "only measure and record it, or skip it.")
 @click.option("--force", is_flag=True,

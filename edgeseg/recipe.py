@@ -85,6 +85,7 @@ class ExportCfg:
     calib_method: str = "minmax"  # int8 activation-range calibration (CALIB_METHODS) where a format offers it
     thresholds: dict = field(default_factory=lambda: {"fp32": 0.999, "fp16": 0.995, "int8": 0.98, "pal6": 0.98})
     max_gt_drop: float = 1.0  # mIoU points
+    stress: str = "report"  # stress parity (corruptions + real photos): "gate" | "report" (measured, not gated) | "off"
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,7 @@ FORMATS = ("onnx", "tflite", "coreml", "executorch")
 PRECISIONS = ("fp32", "fp16", "int8", "pal6")
 # int8 activation-range calibration methods by name; each exporter declares which of them its quantizer offers
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+STRESS_MODES = ("gate", "report", "off")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -253,6 +255,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "export.calib_method": (_one_of(*CALIB_METHODS), f"one of {', '.join(CALIB_METHODS)}"),
     "export.thresholds": (_thresholds, f"a mapping of precision ({', '.join(PRECISIONS)}) to a number between 0 and 1"),
     "export.max_gt_drop": (_between(0, 100), "mIoU points between 0 and 100"),
+    "export.stress": (_one_of(*STRESS_MODES), f"one of {', '.join(STRESS_MODES)}"),
 }
 
 

@@ -31,11 +31,10 @@ from edgeseg.fsutil import check_output, install_staged, is_staging, staging_dir
 from edgeseg.manifest import MANIFEST_NAME, REFERENCE_NAME, SUFFIXES, Artifact, Manifest
 from edgeseg.export.source import ExportSource, checkpoint_source
 from edgeseg.models.checkpoint import resolve_checkpoint
-from edgeseg.recipe import CALIB_METHODS, ExportCfg
+from edgeseg.recipe import CALIB_METHODS, STRESS_MODES, ExportCfg
 from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
 
-STRESS_MODES = ("gate", "report", "off")
 TOOL_PACKAGES = ("torch", "torchvision", "timm", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-litert",
                  "ai-edge-quantizer", "mediapipe", "coremltools")
 
@@ -54,7 +53,7 @@ class ExportRequest:
     max_gt_drop: float = DEFAULT_MAX_GT_DROP
     force: bool = False  # write into a non-empty folder that is not an earlier export
     stress_thresholds: dict = field(default_factory=dict)
-    stress: str = "report"  # stress set (corruptions + real photos): "gate" | "report" (measured, not gated) | "off"
+    stress: str = ExportCfg.stress  # stress set (corruptions + real photos): "gate" | "report" (measured, not gated) | "off"
     calib_method: str = ExportCfg.calib_method  # METHOD, FORMAT=METHOD,... or both (see calib_methods_for)
 
 
