@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -370,3 +373,185 @@ def test_reading_an_mlpackage_never_modifies_it(cli, export_copy, tmp_path):
     with runner_for_artifact(manifest.find("coreml", "fp32"), manifest) as runner:
         assert runner.run(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 2, 64, 64)
     assert file_states(export_copy) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# --quant-error: per-layer error through the quantizers' own debugging tools; a damaged layer comes first
+
+
+def relist(export_dir: Path, file: Path, **entry) -> None:
+    """Record ``file``'s new bytes (and any other ``entry`` fields) in the export's manifest.json."""
+    raw = json.loads((export_dir / "manifest.json").read_text())
+    listed = next(a for a in raw["artifacts"] if a["path"] == file.name)
+    listed.update(sha256=hashlib.sha256(file.read_bytes()).hexdigest(), bytes=file.stat().st_size, **entry)
+    (export_dir / "manifest.json").write_text(json.dumps(raw))
+
+
+def unlist(export_dir: Path, name: str) -> None:
+    """Delete an exported file and its manifest entry."""
+    raw = json.loads((export_dir / "manifest.json").read_text())
+    raw["artifacts"] = [a for a in raw["artifacts"] if a["path"] != name]
+    (export_dir / "manifest.json").write_text(json.dumps(raw))
+    (export_dir / name).unlink()
+
+
+def damage_onnx_conv(path: Path) -> str:
+    """Multiply the weight scales of the middle Conv of an int8 QDQ file by 10; return that Conv's output tensor."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    conv = convs[len(convs) // 2]
+    weight_dq = next(n for n in model.graph.node if n.output[0] == conv.input[1])
+    assert weight_dq.op_type == "DequantizeLinear"
+    scale = next(i for i in model.graph.initializer if i.name == weight_dq.input[1])
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(10), scale.name))
+    onnx.save(model, str(path))
+    return conv.output[0]
+
+
+def damage_tflite_conv(path: Path) -> str:
+    """Multiply the filter scales of the middle CONV_2D of an int8 .tflite by 10 (flatbuffer edit); return
+    that op's output tensor name."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from edgeseg.export.tflite_flatbuffer import _name, _pack, _unpack
+
+    model = _unpack(path.read_bytes())
+    graph, codes = model.subgraphs[0], model.operatorCodes
+    convs = [op for op in graph.operators if max(codes[op.opcodeIndex].builtinCode,
+                                                  codes[op.opcodeIndex].deprecatedBuiltinCode) == schema.BuiltinOperator.CONV_2D]
+    conv = convs[len(convs) // 2]
+    weights = graph.tensors[conv.inputs[1]]
+    assert weights.type == schema.TensorType.INT8 and len(weights.quantization.scale) > 1  # per-channel int8
+    weights.quantization.scale = [s * 10 for s in weights.quantization.scale]
+    path.write_bytes(_pack(model))
+    return _name(graph.tensors[conv.outputs[0]])
+
+
+def quant_error_json(cli, path, *args) -> dict:
+    res = cli("inspect", path, "--quant-error", "--json", *args)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)  # stdout carries the JSON alone: library progress goes to stderr
+
+
+def write_images(folder: Path, count: int, size=(64, 64)) -> Path:
+    from PIL import Image
+
+    from edgeseg.data.datasets import builtin_source
+
+    folder.mkdir()
+    src = builtin_source("val", "portrait", count, size)
+    for i in range(count):
+        Image.fromarray(src.get(i)[0]).save(folder / f"img{i}.png")
+    return folder
+
+
+def test_quant_error_onnx_ranks_the_damaged_conv_first(cli, exported, export_copy, tmp_path):
+    from edgeseg.export.quant_error import NOTABLE_LOSS_DB
+
+    intact = quant_error_json(cli, exported.find("onnx", "int8").file, "--data", write_images(tmp_path / "imgs", 3), "--count", "2")
+    assert intact["images"] == 2 and intact["image_source"] == str(tmp_path / "imgs")
+    assert intact["tool"] == "onnxruntime.quantization.qdq_loss_debug"
+    assert intact["reference"] == "tiny-fp32.onnx (after quant_pre_process)"
+    # every layer is named after the module it comes from (the dynamo exporter's weight names and scopes)
+    assert all(r["layer"] for r in intact["layers"])
+    assert {"encoder.conv_stem", "head"} <= {r["layer"] for r in intact["layers"]}
+
+    int8 = export_copy / "tiny-int8.onnx"
+    damaged = damage_onnx_conv(int8)
+    relist(export_copy, int8)
+    out = tmp_path / "ranking.json"
+    res = cli("inspect", int8, "--quant-error", "--json", out)
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    top = report["layers"][0]
+    assert top["tensor"] == damaged and top["op"] == "Conv", report["layers"][:3]
+    assert top["weight_sqnr_db"] < 0 < 30 < next(r for r in intact["layers"] if r["tensor"] == damaged)["weight_sqnr_db"]
+    assert top["sqnr_lost_db"] > max(NOTABLE_LOSS_DB, next(r for r in intact["layers"] if r["tensor"] == damaged)["sqnr_lost_db"])
+    assert report["output_sqnr_db"] < intact["output_sqnr_db"]
+    assert report["written_by"].startswith("edgeseg") and report["images"] == 8  # the default: built-in eval set
+    assert [r["rank"] for r in report["layers"]] == list(range(1, len(report["layers"]) + 1))
+    # the table: worst first, the layer's module path, and one line saying what to do
+    text = res.stdout
+    assert "quantization error per layer" in text and top["layer"] in text and "SQNR lost" in text
+    hint = next(line for line in text.splitlines() if line.startswith("hint: "))
+    assert top["layer"] in hint and "weights are the cause" in hint and "keep this op float" in hint
+
+
+def test_quant_error_tflite_ranks_the_damaged_conv_first(cli, exported, export_copy):
+    """The tiny model has one mean/std for all channels, so its fp32 .tflite takes normalized input and the int8
+    file has the normalization in its graph: the float graph is rebuilt from the checkpoint. Written as the
+    export's fp32 file (a per-channel mean/std export), it gives the very same numbers."""
+    from edgeseg.export import quant_error as qe
+
+    int8 = export_copy / "tiny-int8.tflite"
+    damaged = damage_tflite_conv(int8)
+    relist(export_copy, int8)
+    rebuilt = quant_error_json(cli, int8)
+    assert rebuilt["reference"].startswith(f"float graph rebuilt from {exported.model['checkpoint']['path']}")
+    assert rebuilt["tool"].startswith("ai_edge_quantizer Quantizer.validate")
+    top = rebuilt["layers"][0]
+    assert top["tensor"] == damaged and top["op"] == "CONV_2D", rebuilt["layers"][:3]
+    assert top["weight_sqnr_db"] < 0 and top["sqnr_lost_db"] > qe.NOTABLE_LOSS_DB
+    assert top["layer"].startswith("encoder/") and f"_{top['layer'].rsplit('/', 1)[-1]};" in damaged, top["layer"]
+
+    m = exported.model
+    twin = export_copy / "tiny-fp32.tflite"
+    twin.write_bytes(qe._rebuild_float_tflite(m["checkpoint"]["path"], m["checkpoint"]["sha256"], tuple(m["mean"]),
+                                              tuple(m["std"]), 64, 64))  # cached: converted once per process
+    relist(export_copy, twin, input={**exported.find("tflite", "fp32").input, "expects": "pixels"})
+    beside = quant_error_json(cli, int8)
+    assert beside["reference"] == "tiny-fp32.tflite"
+    assert beside["layers"] == rebuilt["layers"]
+
+
+QUANT_ERROR_REFUSALS = {
+    "fp32 file": (lambda d: d / "tiny-fp32.onnx", "is fp32, not int8"),
+    "Core ML": (lambda d: d / "tiny-int8.mlpackage", "does not support Core ML"),
+    "no manifest": (lambda d: (d / "manifest.json").unlink() or d / "tiny-int8.onnx", "no manifest.json beside it"),
+    "ONNX without fp32": (lambda d: unlist(d, "tiny-fp32.onnx") or d / "tiny-int8.onnx", "export fp32 too"),
+    "TFLite without fp32 or checkpoint": (lambda d: _no_checkpoint(d) or unlist(d, "tiny-fp32.tflite") or d / "tiny-int8.tflite",
+                                          "export fp32 too"),
+    "TFLite normalized fp32, no checkpoint": (lambda d: _no_checkpoint(d) or d / "tiny-int8.tflite",
+                                              "put the checkpoint it was exported from back at"),
+}
+
+
+def _no_checkpoint(export_dir: Path) -> None:
+    raw = json.loads((export_dir / "manifest.json").read_text())
+    raw["model"]["checkpoint"]["path"] = str(export_dir / "gone.pt")
+    (export_dir / "manifest.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("case", list(QUANT_ERROR_REFUSALS))
+def test_quant_error_refuses_what_it_cannot_compare(cli, export_copy, case):
+    make, expected = QUANT_ERROR_REFUSALS[case]
+    path = make(export_copy)
+    line = assert_refused(cli, "inspect", path, "--quant-error", "--json", export_copy / "out.json", watch=[export_copy])
+    assert expected in line and str(path) in line, line
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--quant-error", "--data", "missing"), "missing: not a folder; it must be a folder of images"),
+    (("--quant-error", "--data", "empty"), "no images"),
+    (("--count", "3"), "--data and --count apply only with --quant-error"),
+    (("--quant-error", "--json", "precious.json"), "is not a JSON report edgeseg wrote"),
+])
+def test_quant_error_bad_options_are_one_line_exit_2(cli, exported, tmp_path, args, expected):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "precious.json").write_text('{"mine": true}')
+    args = [str(tmp_path / a) if a in ("missing", "empty", "precious.json") else a for a in args]
+    assert_refused(cli, "inspect", exported.find("onnx", "int8").file, *args, watch=[tmp_path, exported.root], match=expected)
+
+
+def test_quant_error_names_the_missing_extra(exported, tmp_path):
+    blocker = tmp_path / "block" / "ai_edge_quantizer"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('ai_edge_quantizer is not installed here')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "block")}
+    r = subprocess.run([sys.executable, "-m", "edgeseg.cli", "inspect", str(exported.find("tflite", "int8").file),
+                        "--quant-error"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "pip install 'edgeseg[tflite]'" in one_line_error(r.stderr)
