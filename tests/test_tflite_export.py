@@ -323,3 +323,18 @@ def test_no_metadata_reads_as_none(exports):
     obj = fb.ModelT.InitFromObj(fb.Model.GetRootAs(exports("fp32")["result"].data, 0))
     obj.metadata = None
     assert read_segmenter_metadata(_pack(obj)) is None
+
+
+def test_int8_normalization_range_covers_every_pixel_value(exports):
+    """Calibrated on its images alone, the in-graph normalization's int8 range clipped bright pixels."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeseg.runtime.base import normalized_range
+
+    case = next(exports(c) for c in CASES if CASES[c][0] == "int8")
+    interp = Interpreter(model_content=case["result"].data)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    norm = next(op for op in interp._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D")
+    scale, zero = tensors[norm["outputs"][0]]["quantization"]
+    low, high = normalized_range(case["mean"], case["std"])
+    assert (-128 - zero) * scale == pytest.approx(low, abs=scale) and (127 - zero) * scale == pytest.approx(high, abs=scale)

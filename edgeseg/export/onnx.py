@@ -17,7 +17,7 @@ from edgeseg.errors import EdgesegError, require
 from edgeseg.export.base import ExportJob, artifact_for, check_precision, embedded_metadata, register_exporter
 from edgeseg.fsutil import atomic_path
 from edgeseg.manifest import Artifact
-from edgeseg.runtime.base import normalize_nhwc
+from edgeseg.runtime.base import normalize_nhwc, normalized_range
 
 OPSET = 18
 
@@ -79,9 +79,14 @@ def _quantize_int8(fp32_path: Path, dest: Path, job: ExportJob) -> None:
                                        calibrate_method=CalibrationMethod[method], extra_options=options)
         calibrator.collect_data(_CalibReader(job.calib, job.info.mean, job.info.std))
         save_tensors_data(calibrator.compute_data(), ranges)
+    # The input's range covers every pixel value, not just the calibration images' (those clipped bright
+    # pixels: the default model's range ended at 2.04 of a possible 2.64, i.e. blue > 220).
+    low, high = normalized_range(job.info.mean, job.info.std)
+    overrides = {"image": [{"rmin": np.array(low, np.float32), "rmax": np.array(high, np.float32)}]}
     quantize_static(str(pre), str(dest), None, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod[method], calibration_cache_path=str(ranges))
+                    calibrate_method=CalibrationMethod[method], calibration_cache_path=str(ranges),
+                    extra_options={"TensorQuantOverrides": overrides})
 
 
 @register_exporter("onnx")

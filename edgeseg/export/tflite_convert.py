@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from edgeseg.errors import ArtifactError, EdgesegError, require
 from edgeseg.export.mediapipe_metadata import add_segmenter_metadata
 from edgeseg.export.tflite_flatbuffer import io_details, uint8_input_float_output
+from edgeseg.runtime.base import PIXEL_RANGE, normalized_range
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
 # --calib-method name -> what ai-edge-quantizer does. Its only activation statistic is min/max per image,
@@ -29,7 +30,6 @@ TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
 TFLITE_CALIB_METHODS = {
     "minmax": "ai-edge-quantizer min/max: per-image activation min/max, moving average (0.95) over the images",
 }
-_PIXEL_RANGE = (0.0, 255.0)
 _INT8_WEIGHTS = "weights int8 per-channel, activations int8"
 # Ops inserted by the quantizer itself; keeping them "float" means nothing.
 _QUANTIZER_OPS = {"QUANTIZE", "DEQUANTIZE"}
@@ -78,7 +78,7 @@ def convert_tflite(model, *, height: int, width: int, mean: list[float], std: li
     elif precision == "fp16":
         data, quantized = _fp16_weights(float_tflite), "weights fp16 (float32 compute)"
     else:
-        data, quantized = _full_int8(float_tflite, batches)
+        data, quantized = _full_int8(float_tflite, batches, normalized_range(mean, std))
         quantized += f"; {calib_method} calibration"
     md_mean, md_std = ([0.0], [1.0]) if in_graph else (list(mean), list(std))
     data = add_segmenter_metadata(data, mean=md_mean, std=md_std, labels=list(labels), activation="softmax",
@@ -174,14 +174,14 @@ def _fp16_weights(float_tflite: bytes) -> bytes:
     return bytes(qt.quantize(enable_progress_report=False).quantized_model)
 
 
-def _full_int8(float_tflite: bytes, batches: list) -> tuple[bytes, str]:
+def _full_int8(float_tflite: bytes, batches: list, norm_range: tuple[float, float]) -> tuple[bytes, str]:
     """Full-integer model with uint8 pixel input and float32 output, plus its description.
 
     Quantizes once with every op in int8, measures the XNNPACK split, and if some
     quantizable ops were left out, quantizes again with those op types kept float; the
     version with fewer partitions wins.
     """
-    qsvs = _calibrate(float_tflite, batches)
+    qsvs = _calibrate(float_tflite, batches, norm_range)
     keep_float: tuple[str, ...] = ()
     candidate = _quantize_int8(float_tflite, qsvs, keep_float)
     partitions, outside = xnnpack_partitions(candidate)
@@ -194,20 +194,38 @@ def _full_int8(float_tflite: bytes, batches: list) -> tuple[bytes, str]:
     return uint8_input_float_output(_checked_pixel_input(candidate), float_output=True), described
 
 
-def _calibrate(float_tflite: bytes, batches: list) -> dict:
-    """Activation ranges from ``batches``, with the input range pinned to 0..255."""
+def _calibrate(float_tflite: bytes, batches: list, norm_range: tuple[float, float]) -> dict:
+    """Activation ranges from ``batches``, with the input range pinned to 0..255 and the in-graph
+    normalization's output to what any pixel can normalize to."""
     qt = _int8_quantizer(float_tflite, keep_float=())
     signature, arg = _signature_input(float_tflite)
     with _preserve_all_tensors_warning_ignored():
         qsvs = qt.calibrate({signature: [{arg: b} for b in batches]}, num_threads=1)
     np = require("numpy", "tflite", "TFLite export")
     input_name = io_details(float_tflite)[0][0]["name"]
-    low, high = _PIXEL_RANGE
+
+    def pin(name: str, low: float, high: float) -> None:
+        qsvs[name] = {"min": np.full_like(qsvs[name]["min"], low), "max": np.full_like(qsvs[name]["max"], high)}
+
     # Pinning the range makes the input scale exactly 1 and the uint8 zero point 0: the
     # uint8 input is then the raw pixel, whatever the calibration images happened to span.
-    qsvs[input_name] = {"min": np.full_like(qsvs[input_name]["min"], low),
-                        "max": np.full_like(qsvs[input_name]["max"], high)}
+    pin(input_name, *PIXEL_RANGE)
+    # Likewise the normalization right after it: calibrated on its images, its range clipped
+    # bright pixels (the default model: above 2.04 of a possible 2.64, i.e. blue > 220).
+    pin(_normalization_output(float_tflite, input_name), *norm_range)
     return qsvs
+
+
+def _normalization_output(float_tflite: bytes, input_name: str) -> str:
+    """Name of the output tensor of the in-graph normalization (the op reading the pixel input)."""
+    interpreter_mod = require("ai_edge_litert.interpreter", "tflite", "int8 calibration")
+    interp = interpreter_mod.Interpreter(model_content=float_tflite)
+    tensors = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    readers = [op for op in interp._get_ops_details() if input_name in (tensors.get(i) for i in op["inputs"])]
+    if len(readers) != 1 or readers[0]["op_name"] != "DEPTHWISE_CONV_2D":
+        raise ArtifactError(f"int8 TFLite: expected the pixel input to feed one DEPTHWISE_CONV_2D (the in-graph "
+                            f"normalization), found {[op['op_name'] for op in readers]}")
+    return tensors[readers[0]["outputs"][0]]
 
 
 def _quantizable_op_types(op_names: list[str]) -> tuple[str, ...]:

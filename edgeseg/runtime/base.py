@@ -58,6 +58,17 @@ def check_batch(images: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
+PIXEL_RANGE = (0.0, 255.0)
+
+
+def normalized_range(mean, std) -> tuple[float, float]:
+    """The span of (pixel - mean) / std over every pixel value and channel: what an int8 input range
+    must cover so that no pixel of any photo clips (calibration images rarely span it)."""
+    low, high = PIXEL_RANGE
+    return (min((low - float(m)) / float(s) for m, s in zip(mean, std)),
+            max((high - float(m)) / float(s) for m, s in zip(mean, std)))
+
+
 def normalize_nhwc(images: np.ndarray, mean, std) -> np.ndarray:
     """uint8 NHWC -> float32 NHWC (pixel - mean) / std."""
     return (images.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
