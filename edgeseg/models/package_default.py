@@ -14,7 +14,7 @@ from edgeseg.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_
 from edgeseg.runtime.evaluate import evaluate
 from edgeseg.runtime.torch_runner import TorchRunner
 
-TRAIN_COMMAND = "make train-default  # five training stages of recipes/portrait_unet_mnv3s_256.yaml, see Makefile"
+TRAIN_COMMAND = "make train-default  # five training stages of recipes/portrait_unet_mnv3min_s4_256.yaml, see Makefile"
 EVAL_IMAGES = 200
 
 
