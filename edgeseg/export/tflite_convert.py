@@ -49,7 +49,7 @@ class TFLiteResult:
 
 def convert_tflite(model, *, height: int, width: int, mean: list[float], std: list[float], labels: list[str],
                    precision: str, calib_images, name: str, description: str,
-                   calib_method: str = next(iter(TFLITE_CALIB_METHODS))) -> TFLiteResult:
+                   calib_method: str = next(iter(TFLITE_CALIB_METHODS)), float_cache: dict | None = None) -> TFLiteResult:
     """Convert an eval-mode segmenter to a MediaPipe-ready .tflite at one precision.
 
     ``model`` maps normalized float32 NCHW ``[1,3,H,W]`` to logits ``[1,C,H,W]`` with
@@ -57,7 +57,8 @@ def convert_tflite(model, *, height: int, width: int, mean: list[float], std: li
     units. ``calib_images`` (uint8 HxWx3 RGB arrays) and ``calib_method`` (a ``TFLITE_CALIB_METHODS``
     name) are used for int8 and ignored otherwise. The returned file has NHWC I/O, the input
     contract in the module docstring, metadata with ``name``/``description``/``labels``, and its
-    XNNPACK partitioning measured.
+    XNNPACK partitioning measured. ``float_cache``: a dict kept across calls for the SAME model, so
+    its float graph is converted once and each precision derived from it.
     Raises ``EdgesegError`` for bad arguments, ``MissingExtra`` if the tflite extra is absent.
     """
     if precision not in TFLITE_PRECISIONS:
@@ -72,7 +73,13 @@ def convert_tflite(model, *, height: int, width: int, mean: list[float], std: li
     batches = _calibration_batches(calib_images, height, width) if precision == "int8" else None
     in_graph = precision == "int8" or not _uniform(mean, std)
     wrapped = _pixel_input_module(torch, model, mean, std) if in_graph else model
-    float_tflite = _to_nhwc_tflite(torch, wrapped, height, width)
+    key = (in_graph, height, width, tuple(mean), tuple(std))
+    if float_cache is not None and key in float_cache:
+        float_tflite = float_cache[key]
+    else:
+        float_tflite = _to_nhwc_tflite(torch, wrapped, height, width)
+        if float_cache is not None:
+            float_cache[key] = float_tflite
     if precision == "fp32":
         data, quantized = float_tflite, "nothing (float32 weights and activations)"
     elif precision == "fp16":
