@@ -95,7 +95,7 @@ def main() -> int:
         print(f"exporting to {exp['dir']} ({why})")
         rc = edgeseg("export", "--out", exp["dir"], "--formats", ",".join(exp["formats"]),
                      "--precisions", ",".join(exp["precisions"]), "--calib-count", str(exp["calib_count"]),
-                     "--parity-images", str(exp["parity_images"]))
+                     "--parity-images", str(exp["parity_images"]), "--stress", exp.get("stress", "gate"))
         if rc != 0:
             return rc
 

@@ -181,7 +181,7 @@ def _fp16_weights(float_tflite: bytes) -> bytes:
     return bytes(qt.quantize(enable_progress_report=False).quantized_model)
 
 
-def _full_int8(float_tflite: bytes, batches: list, norm_range: tuple[float, float]) -> tuple[bytes, str]:
+def _full_int8(float_tflite: bytes, batches: list, norm_range: tuple[float, float] | None = None) -> tuple[bytes, str]:
     """Full-integer model with uint8 pixel input and float32 output, plus its description.
 
     Quantizes once with every op in int8, measures the XNNPACK split, and if some
@@ -201,7 +201,7 @@ def _full_int8(float_tflite: bytes, batches: list, norm_range: tuple[float, floa
     return uint8_input_float_output(_checked_pixel_input(candidate), float_output=True), described
 
 
-def _calibrate(float_tflite: bytes, batches: list, norm_range: tuple[float, float]) -> dict:
+def _calibrate(float_tflite: bytes, batches: list, norm_range: tuple[float, float] | None = None) -> dict:
     """Activation ranges from ``batches``, with the input range pinned to 0..255 and the in-graph
     normalization's output to what any pixel can normalize to."""
     qt = _int8_quantizer(float_tflite, keep_float=())
@@ -219,7 +219,8 @@ def _calibrate(float_tflite: bytes, batches: list, norm_range: tuple[float, floa
     pin(input_name, *PIXEL_RANGE)
     # Likewise the normalization right after it: calibrated on its images, its range clipped
     # bright pixels (the default model: above 2.04 of a possible 2.64, i.e. blue > 220).
-    pin(_normalization_output(float_tflite, input_name), *norm_range)
+    if norm_range is not None:  # None: a graph without edgeseg's in-graph normalization
+        pin(_normalization_output(float_tflite, input_name), *norm_range)
     return qsvs
 
 
