@@ -1,12 +1,20 @@
-"""Shared fixtures: tiny recipes, a tiny trained checkpoint, a CLI runner with real exit codes."""
+"""Shared fixtures: tiny recipes, a tiny trained checkpoint, one tiny export for the whole session
+(read-only; ``copy_export`` gives a test its own copy to change), a CLI runner with real exit codes,
+and slow steps run ahead in a background thread (``prefetched``)."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # One intra-op thread per process: tests run tiny models, often in subprocesses beside each
 # other, and oversubscribed OpenMP threads on a 2-core machine run up to 10x slower.
@@ -47,30 +55,243 @@ def cli():
     return invoke
 
 
+_RUNNING: set = set()  # subprocesses of run_command still running (the prefetch thread's are killed at the end)
+
+
+def run_command(cmd: list, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)``, killable from the session's end."""
+    with subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=cwd, env=env) as proc:
+        _RUNNING.add(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            _RUNNING.discard(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def run_edgeseg(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
     """Run the real ``edgeseg`` console entry point in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "edgeseg.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+    return run_command([sys.executable, "-m", "edgeseg.cli", *args], cwd=cwd, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow steps run ahead, beside the tests
+#
+# The tiny checkpoint, the shared export and a few other slow, self-contained steps are registered here
+# and in test modules with ``prefetched``. When the session's tests are known, the steps some selected
+# test needs (it uses the fixture of the same name) start in one background thread, in the order they
+# were registered, each in subprocesses: they run on the machine's other core while the first tests
+# run, and a test that needs one waits for it (or runs it, when no selected test asked for it ahead).
+
+_STEPS: dict[str, Callable] = {}
+
+
+def prefetched(name: str):
+    """Register ``step(prefetch, folder) -> result`` as the slow step behind the fixture ``name``
+    (``prefetch.get(name)`` returns the result). ``folder`` is the step's own new folder. The step runs
+    its work in subprocesses (``run_edgeseg``, ``run_command``), never in this process: the tests run
+    here meanwhile, and click's runner swaps sys.stdout for the whole process."""
+    def register(step):
+        assert name not in _STEPS, f"prefetched step {name!r} registered twice"
+        _STEPS[name] = step
+        return step
+    return register
+
+
+class Prefetch:
+    """The background thread running the registered steps that the selected tests need; ``get`` waits."""
+
+    def __init__(self, tmp_path_factory, wanted: set):
+        self._factory = tmp_path_factory
+        self._queue = [name for name in _STEPS if name in wanted]
+        self._folders = {name: tmp_path_factory.mktemp(name) for name in self._queue}  # made here, not in the thread
+        self._done = {name: threading.Event() for name in self._queue}
+        self._results: dict = {}
+        self._inline_locks: dict = {}
+        self._lock = threading.Lock()
+        self._closing = False
+        self._thread = threading.Thread(target=self._work, name="edgeseg-tests-prefetch", daemon=True)
+
+    def start(self) -> "Prefetch":
+        if self._queue:
+            self._thread.start()
+        return self
+
+    def _run(self, name: str, folder: Path) -> None:
+        try:
+            self._results[name] = (True, _STEPS[name](self, folder))
+        except BaseException:  # the tests that need the step fail with its reason
+            self._results[name] = (False, traceback.format_exc())
+
+    def _work(self) -> None:
+        for name in self._queue:
+            if not self._closing:
+                self._run(name, self._folders[name])
+            self._done[name].set()
+
+    def get(self, name: str):
+        if name in self._done:
+            self._done[name].wait()
+        else:  # nobody asked ahead (a fixture requested by name at run time): run it here, once
+            with self._lock:
+                lock = self._inline_locks.setdefault(name, threading.Lock())
+            with lock:
+                if name not in self._results:
+                    self._run(name, self._factory.mktemp(name))
+        if name not in self._results:
+            pytest.fail(f"{name}: not run (the session is ending)", pytrace=False)
+        ok, value = self._results[name]
+        if not ok:
+            pytest.fail(f"{name} (a slow step run ahead, see conftest.prefetched) failed:\n{value}", pytrace=False)
+        return value
+
+    def close(self) -> None:
+        """Stop after the running step; kill its subprocess (the tests that needed the rest have ended)."""
+        self._closing = True
+        for proc in list(_RUNNING):
+            proc.kill()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run whole test modules in the order their prefetched steps finish: first the modules that need
+    none, then those that need only the first step (the tiny checkpoint), and so on; each module keeps its
+    place among equals and its own order. The first modules run while the background thread works."""
+    order = {name: i for i, name in enumerate(_STEPS)}
+    need: dict = {}  # module -> (latest step it needs, first position)
+    for i, item in enumerate(items):
+        module = item.nodeid.split("::")[0]
+        last = max((order[n] for n in getattr(item, "fixturenames", ()) if n in order), default=-1)
+        latest, first = need.get(module, (-1, i))
+        need[module] = (max(latest, last), first)
+    items.sort(key=lambda item: need[item.nodeid.split("::")[0]])  # stable: each module's own order is kept
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefetch(request, tmp_path_factory):
+    """Starts the registered slow steps that the selected tests need (see ``prefetched``)."""
+    wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    runner = Prefetch(tmp_path_factory, wanted).start()
+    yield runner
+    runner.close()
+
+
+@prefetched("tiny_checkpoint")
+def _train_tiny(prefetch, folder: Path) -> Path:
+    r = run_edgeseg("train", "--recipe", write_recipe(folder / "tiny.yaml"), "--out", folder)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return folder / "best.pt"
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
+def tiny_checkpoint(prefetch) -> Path:
     """A tiny binary portrait model trained for 40 steps (64x64): it predicts both classes."""
-    out = tmp_path_factory.mktemp("tiny_run")
-    recipe = write_recipe(out / "tiny.yaml")
-    res = CliRunner().invoke(main, ["train", "--recipe", str(recipe), "--out", str(out)], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return out / "best.pt"
+    return prefetch.get("tiny_checkpoint")
+
+
+# ---------------------------------------------------------------------------------------------
+# One tiny export per session, shared read-only
+
+# Every format x precision of the tiny checkpoint. A 40-step model has small logit margins, so int8 flips
+# more pixels than a trained one would: the int8 agreement threshold is relaxed (the default model is held
+# to 0.98 by make demo). 4 calibration images, minmax (the default method), as a plain
+# ``--formats onnx --precisions int8 --calib-count 4`` export would calibrate.
+SHARED_EXPORT_ARGS = ("--parity-images", "4", "--calib-count", "4", "--threshold", "int8=0.9")
+
+
+@dataclass(frozen=True)
+class SharedExport:
+    """The session's export of the tiny checkpoint: its folder and what ``edgeseg export`` printed.
+
+    Read-only: a test that changes files copies the folder first (``copy_export``); the fixture checks
+    at the end of the session that no file under ``dir`` changed.
+    """
+
+    dir: Path
+    stdout: str
+    stderr: str
+
+    @property
+    def manifest(self):
+        from edgeseg.manifest import read_manifest
+
+        return read_manifest(self.dir)
+
+
+@prefetched("shared_export")
+def _export_tiny(prefetch, folder: Path) -> SharedExport:
+    out = folder / "exp"
+    r = run_edgeseg("export", prefetch.get("tiny_checkpoint"), "--out", out, *SHARED_EXPORT_ARGS)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return SharedExport(out, r.stdout, r.stderr)
 
 
 @pytest.fixture(scope="session")
-def tiny_parts_checkpoint(tmp_path_factory) -> Path:
+def shared_export(prefetch, tiny_checkpoint) -> SharedExport:
+    """``edgeseg export`` of the tiny checkpoint to ONNX, TFLite and Core ML at fp32, fp16 and int8 (the
+    defaults), run once per session through the real console entry point (a subprocess)."""
+    export = prefetch.get("shared_export")
+    before = tree_state(export.dir)
+    yield export
+    assert tree_state(export.dir) == before, f"a test changed the shared export {export.dir}: copy it with copy_export first"
+
+
+@prefetched("tiny_parts_checkpoint")
+def _train_tiny_parts(prefetch, folder: Path) -> Path:
+    recipe = write_recipe(folder / "tiny_parts.yaml", {"name": "tinyparts", "data": {"task": "parts"}})
+    r = run_edgeseg("train", "--recipe", recipe, "--out", folder)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return folder / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_parts_checkpoint(prefetch) -> Path:
     """A tiny 5-class parts model trained for 40 steps (64x64)."""
-    out = tmp_path_factory.mktemp("tiny_parts_run")
-    recipe = write_recipe(out / "tiny_parts.yaml", {"name": "tinyparts", "data": {"task": "parts"}})
-    res = CliRunner().invoke(main, ["train", "--recipe", str(recipe), "--out", str(out)], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return out / "best.pt"
+    return prefetch.get("tiny_parts_checkpoint")
+
+
+def copy_export(src: Path, dest: Path, keep=None) -> Path:
+    """Copy the export folder ``src`` to ``dest`` (created; it must not exist) for a test to change.
+
+    ``keep``: (format, precision) pairs; only those artifacts are copied and listed in the copy's
+    manifest (in the export's order), as if the export had made just those files: the same bytes,
+    sha256 and parity, the same stored parity reference, calibration methods only for the formats kept.
+    """
+    from edgeseg.manifest import MANIFEST_NAME
+
+    raw = json.loads((Path(src) / MANIFEST_NAME).read_text())
+    if keep is not None:
+        keep = set(keep)
+        raw["artifacts"] = [a for a in raw["artifacts"] if (a["format"], a["precision"]) in keep]
+        assert {(a["format"], a["precision"]) for a in raw["artifacts"]} == keep, f"{src} has not all of {sorted(keep)}"
+        calibration = raw["model"].get("calibration") or {}
+        if "methods" in calibration:
+            int8 = {a["format"] for a in raw["artifacts"] if a["precision"] == "int8"}
+            calibration["methods"] = {f: m for f, m in calibration["methods"].items() if f in int8}
+    dest = Path(dest)
+    dest.mkdir(parents=True)
+    members = [a["path"] for a in raw["artifacts"]] + ([raw["parity_reference"]["path"]] if raw.get("parity_reference") else [])
+    for rel in members:
+        source = Path(src) / rel
+        if source.is_dir():
+            shutil.copytree(source, dest / rel)
+        else:
+            shutil.copy2(source, dest / rel)
+    (dest / MANIFEST_NAME).write_text(json.dumps(raw, indent=2) + "\n")
+    return dest
+
+
+def invoke_cli(*args, cwd=None):
+    """``edgeseg ARGS`` in-process (click's runner, exceptions propagate), from ``cwd`` when given;
+    for module- and session-scoped fixtures (tests use the ``cli`` fixture)."""
+    with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def one_line_error(result_output: str) -> str:

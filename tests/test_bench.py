@@ -18,27 +18,24 @@ from edgeseg.errors import EdgesegError
 from edgeseg.manifest import MANIFEST_NAME, file_digest, read_manifest
 from edgeseg.runtime import loader
 
-from conftest import assert_refused, run_edgeseg
+from conftest import assert_refused, copy_export, invoke_cli
 
 RESULT_KEYS = {"artifact", "format", "precision", "runtime", "threads", "runs", "latency_ms", "normalized_p50", "load_ms",
                "peak_rss_mb", "bytes"}
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "exp"
-    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32,fp16",
-                    "--parity-images", "2", "--calib-count", "4")
-    assert r.returncode == 0, r.stderr
-    return out
+def onnx_dir(shared_export, tmp_path_factory):
+    """The tiny model's ONNX fp32 + fp16 export (copied from the session's export)."""
+    return copy_export(shared_export.dir, tmp_path_factory.mktemp("bench") / "exp", keep=[("onnx", "fp32"), ("onnx", "fp16")])
 
 
 @pytest.fixture(scope="module")
 def baseline(onnx_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("base") / "baseline.json"
-    r = run_edgeseg("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
-                    "--json", path, "--report", path.parent / "report")
-    assert r.returncode == 0, r.stderr
+    r = invoke_cli("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
+                   "--json", path, "--report", path.parent / "report")
+    assert r.exit_code == 0, r.output
     return path
 
 
@@ -80,10 +77,10 @@ E2E_LIMIT = "2.0"
 PLANTED = 3.0  # a planted slowdown: every call takes 4x as long
 
 
-def test_unchanged_rerun_passes_the_gate(onnx_dir, baseline):
-    r = run_edgeseg("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
-                    "--baseline", baseline, "--max-slowdown", E2E_LIMIT)
-    assert r.returncode == 0, r.stdout + r.stderr
+def test_unchanged_rerun_passes_the_gate(onnx_dir, baseline, cli):
+    r = cli("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
+            "--baseline", baseline, "--max-slowdown", E2E_LIMIT)
+    assert r.exit_code == 0, r.output
     assert "gate passed" in r.stdout
 
 
@@ -408,15 +405,14 @@ def test_json_outputs_never_replace_the_commands_inputs(cli, onnx_dir, tiny_chec
 
 
 @pytest.fixture(scope="module")
-def int8_bench(tiny_checkpoint, tmp_path_factory):
-    """The tiny model exported to fp32 and int8 ONNX and TFLite, benched once (--json, --report, stdout)."""
+def int8_bench(shared_export, tmp_path_factory):
+    """The tiny model's fp32 and int8 ONNX and TFLite files (copied from the session's export), benched
+    once (--json, --report, stdout)."""
     root = tmp_path_factory.mktemp("int8bench")
-    r = run_edgeseg("export", tiny_checkpoint, "--out", root / "exp", "--formats", "onnx,tflite", "--precisions", "fp32,int8",
-                    "--parity-images", "2", "--calib-count", "4", "--threshold", "int8=0.9", "--stress", "off")
-    assert r.returncode == 0, r.stderr
-    r = run_edgeseg("bench", root / "exp", "--threads", "1", "--runs", "3", "--warmup", "1", "--sessions", "1",
-                    "--parity-images", "2", "--json", root / "bench.json", "--report", root / "report")
-    assert r.returncode == 0, r.stderr
+    copy_export(shared_export.dir, root / "exp", keep=[(f, p) for f in ("onnx", "tflite") for p in ("fp32", "int8")])
+    r = invoke_cli("bench", root / "exp", "--threads", "1", "--runs", "3", "--warmup", "1", "--sessions", "1",
+                   "--parity-images", "2", "--json", root / "bench.json", "--report", root / "report")
+    assert r.exit_code == 0, r.output
     return root, json.loads((root / "bench.json").read_text()), r.stdout
 
 
@@ -502,9 +498,9 @@ def moved_export(tiny_checkpoint, tmp_path_factory):
     work = root / "work"
     (work / "ckpt").mkdir(parents=True)
     shutil.copy(tiny_checkpoint, work / "ckpt" / "best.pt")
-    r = run_edgeseg("export", "ckpt/best.pt", "--out", "exp", "--formats", "onnx", "--precisions", "fp32,fp16",
-                    "--parity-images", "2", "--calib-count", "4", cwd=work)
-    assert r.returncode == 0, r.stderr
+    r = invoke_cli("export", "ckpt/best.pt", "--out", "exp", "--formats", "onnx", "--precisions", "fp32,fp16",
+                   "--parity-images", "2", "--calib-count", "4", cwd=work)
+    assert r.exit_code == 0, r.output
     (root / "ci").mkdir()
     shutil.move(work / "exp", root / "ci" / "exp")
     shutil.rmtree(work)
@@ -512,10 +508,10 @@ def moved_export(tiny_checkpoint, tmp_path_factory):
 
 
 def bench_from(cwd, export_dir, *extra):
-    """A quick ``edgeseg bench`` of ``export_dir`` run from ``cwd``."""
+    """A quick ``edgeseg bench`` of ``export_dir`` run from ``cwd`` (in-process)."""
     cwd.mkdir(exist_ok=True)
-    return run_edgeseg("bench", export_dir, "--threads", "1", "--runs", "3", "--sessions", "1", "--warmup", "0",
-                       "--json", cwd / "bench.json", *extra, cwd=cwd)
+    return invoke_cli("bench", export_dir, "--threads", "1", "--runs", "3", "--sessions", "1", "--warmup", "0",
+                      "--json", cwd / "bench.json", *extra, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -550,7 +546,7 @@ def test_moved_export_is_checked_in_full_without_its_checkpoint(moved_export, mo
     """Every file's parity comes from the stored reference (same numbers as at export); only the PyTorch
     timing row, which needs the model itself, is skipped, saying why; the gate passes."""
     r, doc = moved_bench
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.exit_code == 0, r.output[-3000:]
     rows = {row["artifact"]: row for row in doc["results"]}
     assert rows["pytorch-fp32"]["skipped"].startswith("not timed: its checkpoint ckpt/best.pt")
     assert "parity uses the stored reference" in rows["pytorch-fp32"]["skipped"]

@@ -30,20 +30,23 @@ def qdq_scales(path) -> tuple[dict, dict]:
     return acts, weights
 
 
-def test_calib_method_is_recorded_and_changes_the_activation_scales(cli, tiny_checkpoint, tmp_path):
+def test_calib_method_is_recorded_and_changes_the_activation_scales(cli, tiny_checkpoint, shared_export, tmp_path):
+    """minmax: the session's export (the default method, 4 calibration images); percentile: exported here from
+    the same checkpoint and the same 4 calibration images."""
+    r = cli("export", tiny_checkpoint, "--out", tmp_path / "percentile", "--formats", "onnx", "--precisions", "int8",
+            "--calib-count", "4", "--parity-images", "2", "--stress", "off", "--threshold", "int8=0.5",
+            "--calib-method", "percentile")
+    assert r.exit_code == 0, r.output
+    methods = {"minmax": {"onnx": "minmax", "tflite": "minmax"}, "percentile": {"onnx": "percentile"}}  # coreml: never
     exports = {}
-    for method in ("minmax", "percentile"):
-        out = tmp_path / method
-        r = cli("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "int8", "--calib-count", "4",
-                "--parity-images", "2", "--stress", "off", "--threshold", "int8=0.5", "--calib-method", method)
-        assert r.exit_code == 0, r.output
+    for method, out in (("minmax", shared_export.dir), ("percentile", tmp_path / "percentile")):
         manifest = json.loads((out / "manifest.json").read_text())
-        (art,) = manifest["artifacts"]
+        (art,) = [a for a in manifest["artifacts"] if (a["format"], a["precision"]) == ("onnx", "int8")]
         assert art["details"]["calibration"] == method
         assert f"{method} calibration" in art["quantized"]
         # the tiny recipe keeps the default augmentation: colour jitter 0.3, no corruption
         calibration = manifest["model"]["calibration"]
-        assert calibration["methods"] == {"onnx": method}
+        assert calibration["methods"] == methods[method] and calibration["images"] == 4
         assert calibration["augment"] == {"color": 0.3, "corrupt": 0.0, "seed": AUGMENT_SEED}
         assert "with the recipe's training augmentations (color 0.3, corrupt 0" in calibration["source"]
         exports[method] = qdq_scales(out / art["path"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_refused, one_line_error, run_edgeseg
+from conftest import assert_refused, invoke_cli, one_line_error
 
 
 def test_eval_default_model_on_builtin_set(cli, tmp_path):
@@ -24,7 +24,7 @@ def test_eval_default_model_on_builtin_set(cli, tmp_path):
 
 
 def test_eval_folder_dataset_with_slices_csv(cli, tiny_checkpoint, tmp_path):
-    assert run_edgeseg("data", "synth", tmp_path / "ds", "--count", "10", "--size", "64").returncode == 0
+    assert cli("data", "synth", tmp_path / "ds", "--count", "10", "--size", "64").exit_code == 0
     slices = tmp_path / "slices.csv"
     rows = ["id,region"] + [f"synth_{i:06d},{'north' if i % 2 else 'south'}" for i in range(10)]
     slices.write_text("\n".join(rows) + "\n")
@@ -36,10 +36,8 @@ def test_eval_folder_dataset_with_slices_csv(cli, tiny_checkpoint, tmp_path):
     assert list(doc["slices"]) == ["region"]
 
 
-def test_eval_exported_file(cli, tiny_checkpoint, tmp_path):
-    assert cli("export", tiny_checkpoint, "--out", tmp_path / "x", "--formats", "onnx", "--precisions", "fp32",
-               "--parity-images", "2").exit_code == 0
-    a = cli("eval", tmp_path / "x" / "tiny-fp32.onnx", "--count", "4", "--json", tmp_path / "a.json")
+def test_eval_exported_file(cli, tiny_checkpoint, shared_export, tmp_path):
+    a = cli("eval", shared_export.dir / "tiny-fp32.onnx", "--count", "4", "--json", tmp_path / "a.json")
     b = cli("eval", tiny_checkpoint, "--count", "4", "--json", tmp_path / "b.json")
     assert a.exit_code == b.exit_code == 0
     ja, jb = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
@@ -61,7 +59,7 @@ def test_bad_slices_file_exits_2(cli, tmp_path):
 def flat_dataset(tmp_path_factory) -> Path:
     """A folder-pairs dataset without split folders (its splits: train and val, derived)."""
     root = tmp_path_factory.mktemp("flat") / "ds"
-    assert run_edgeseg("data", "synth", root, "--count", "4", "--size", "64").returncode == 0
+    assert invoke_cli("data", "synth", root, "--count", "4", "--size", "64").exit_code == 0
     return root
 
 

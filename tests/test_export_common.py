@@ -13,7 +13,7 @@ import pytest
 
 from edgeseg.manifest import file_digest, read_manifest
 
-from conftest import one_line_error, run_edgeseg
+from conftest import copy_export, one_line_error
 
 MANIFEST_MODEL_KEYS = {"name", "architecture", "classes", "input", "mean", "std", "params", "macs", "checkpoint"}
 ARTIFACT_KEYS = {"format", "precision", "path", "bytes", "sha256", "input", "output", "parity", "quantized"}
@@ -21,52 +21,47 @@ PARITY_KEYS = {"reference", "images", "agreement_miou", "gt_miou", "reference_gt
                "threshold", "passed"}
 
 
-@pytest.fixture(scope="module")
-def onnx_export(tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exp") / "onnx"
-    # int8 threshold relaxed: a 40-step model has small logit margins (see test_export_formats)
-    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--parity-images", "4", "--calib-count", "4",
-                    "--threshold", "int8=0.9")
-    assert r.returncode == 0, r.stderr + r.stdout
-    return out, r
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
 
 
-def test_manifest_has_design_fields(onnx_export, tiny_checkpoint):
-    out, _ = onnx_export
+def test_manifest_has_design_fields(shared_export, tiny_checkpoint):
+    out = shared_export.dir  # every format x precision, from the session's export (read-only)
     raw = json.loads((out / "manifest.json").read_text())
     assert raw["schema_version"] == 1 and MANIFEST_MODEL_KEYS <= set(raw["model"])
     assert raw["model"]["mean"] == [127.5] * 3 and raw["model"]["input"] == {"height": 64, "width": 64}
     assert {"torch", "onnxruntime", "edgeseg"} <= set(raw["tools"])
-    assert [a["precision"] for a in raw["artifacts"]] == ["fp32", "fp16", "int8"]
+    assert [(a["format"], a["precision"]) for a in raw["artifacts"]] == [
+        (f, p) for f in ("onnx", "tflite", "coreml") for p in ("fp32", "fp16", "int8")]
     for a in raw["artifacts"]:
         assert ARTIFACT_KEYS <= set(a) and PARITY_KEYS <= set(a["parity"])
-        assert a["path"] == f"tiny-{a['precision']}.onnx"
+        assert a["path"] == f"tiny-{a['precision']}{SUFFIX[a['format']]}"
         assert (a["bytes"], a["sha256"]) == file_digest(out / a["path"])
+        assert a["parity"]["passed"] is True
+    onnx = [a for a in raw["artifacts"] if a["format"] == "onnx"]
+    for a in onnx:
         assert a["input"]["layout"] == "NCHW" and a["input"]["expects"] == "normalized"
-        assert a["parity"]["passed"] is True and a["parity"]["runtime"] == "onnxruntime"
-    assert raw["artifacts"][2]["details"]["activation_type"] == "uint8"
+        assert a["parity"]["runtime"] == "onnxruntime"
+    assert onnx[2]["details"]["activation_type"] == "uint8"
 
 
-def test_export_prints_table(onnx_export):
-    _, r = onnx_export
-    assert "agreement mIoU" in r.stdout and "PASS" in r.stdout and "max |Δlogit|" in r.stdout
+def test_export_prints_table(shared_export):
+    assert "agreement mIoU" in shared_export.stdout and "PASS" in shared_export.stdout
+    assert "max |Δlogit|" in shared_export.stdout
 
 
-def test_new_export_folder_gets_a_normal_mode(onnx_export):
+def test_new_export_folder_gets_a_normal_mode(shared_export):
     from edgeseg.fsutil import folder_mode
 
-    out, _ = onnx_export
-    assert out.stat().st_mode & 0o777 == folder_mode()
+    assert shared_export.dir.stat().st_mode & 0o777 == folder_mode()
 
 
-def test_rerun_replaces_only_what_the_earlier_export_wrote(tiny_checkpoint, tmp_path):
-    out = tmp_path / "e"
-    assert run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32,fp16",
-                       "--parity-images", "2").returncode == 0
+def test_rerun_replaces_only_what_the_earlier_export_wrote(tiny_checkpoint, shared_export, tmp_path, cli):
+    out = copy_export(shared_export.dir, tmp_path / "e")  # the earlier export: every format x precision
     (out / "stray.txt").write_text("the user's")
     out.chmod(0o750)
-    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32", "--parity-images", "2")
-    assert r.returncode == 0, r.stderr
+    r = cli("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32", "--parity-images", "2",
+            "--stress", "off")
+    assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "parity-reference.npz", "stray.txt", "tiny-fp32.onnx"]
     assert (out / "stray.txt").read_text() == "the user's" and out.stat().st_mode & 0o777 == 0o750
 
@@ -110,24 +105,23 @@ def test_export_force_never_replaces_a_users_manifest_or_folder(tiny_checkpoint,
                    watch=[tmp_path], match="manifest.json, tiny-fp32.onnx would be replaced")
 
 
-def test_export_force_writes_beside_the_users_files(tiny_checkpoint, tmp_path):
+def test_export_force_writes_beside_the_users_files(tiny_checkpoint, tmp_path, cli):
     from conftest import tree_state
 
     assets = _users_assets(tmp_path)
     before = tree_state(assets / "fonts", assets / "config.json")
-    r = run_edgeseg("export", tiny_checkpoint, "--out", assets, "--formats", "onnx", "--precisions", "fp32",
-                    "--parity-images", "2", "--force")
-    assert r.returncode == 0, r.stderr
+    r = cli("export", tiny_checkpoint, "--out", assets, "--formats", "onnx", "--precisions", "fp32",
+            "--parity-images", "2", "--stress", "off", "--force")
+    assert r.exit_code == 0, r.output
     assert tree_state(assets / "fonts", assets / "config.json") == before
     assert read_manifest(assets).artifacts[0].path == "tiny-fp32.onnx" and (assets / "tiny-fp32.onnx").is_file()
 
 
-def test_interrupted_export_leaves_previous_output_intact(onnx_export, tiny_checkpoint, tmp_path):
+def test_interrupted_export_leaves_previous_output_intact(shared_export, tiny_checkpoint, tmp_path, cli):
     from edgeseg.fsutil import is_staging
 
-    out = tmp_path / "e"
-    assert run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32",
-                       "--parity-images", "2").returncode == 0
+    # the previous output: an ONNX fp32 export (copied from the session's export)
+    out = copy_export(shared_export.dir, tmp_path / "e", keep=[("onnx", "fp32")])
     before = {p.name: file_digest(p) for p in out.iterdir()}
     proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "export", str(tiny_checkpoint), "--out", str(out),
                              "--formats", "onnx", "--precisions", "fp32,fp16,int8", "--parity-images", "2"],
@@ -139,17 +133,17 @@ def test_interrupted_export_leaves_previous_output_intact(onnx_export, tiny_chec
     assert [p for p in out.iterdir() if is_staging(p)]  # the dead run's staging folder, hidden
     assert not any(p.name.endswith(".onnx") for p in tmp_path.iterdir())
     # the next run cleans the dead run's staging folder up
-    assert run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32",
-                       "--parity-images", "2").returncode == 0
+    assert cli("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32",
+               "--parity-images", "2", "--stress", "off").exit_code == 0
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "parity-reference.npz", "tiny-fp32.onnx"]
 
 
-def test_parity_failure_exits_1_and_keeps_files(tiny_checkpoint, tmp_path):
+def test_parity_failure_exits_1_and_keeps_files(tiny_checkpoint, tmp_path, cli):
     out = tmp_path / "e"
     # int8 of a 40-step model (small logit margins) flips some pixels, so demanding exact agreement fails
-    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "int8",
-                    "--parity-images", "4", "--calib-count", "4", "--threshold", "int8=1")
-    assert r.returncode == 1, r.stderr
+    r = cli("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "int8",
+            "--parity-images", "4", "--calib-count", "4", "--threshold", "int8=1", "--stress", "off")
+    assert r.exit_code == 1, r.output
     m = read_manifest(out)
     assert m.artifacts[0].parity["agreement_miou"] < 1 and m.artifacts[0].parity["passed"] is False
     assert (out / "tiny-int8.onnx").is_file()
@@ -226,20 +220,19 @@ def test_ctrl_c_exits_130_with_one_line_and_no_export(tiny_checkpoint, tmp_path)
 STRESS_KEYS = {"agreement_miou", "images", "corruptions", "threshold", "passed", "per_corruption", "gated", "real_photos"}
 
 
-def test_stress_parity_is_recorded_for_every_file(onnx_export):
+def test_stress_parity_is_recorded_for_every_file(shared_export):
     from edgeseg.data.corruptions import CORRUPTIONS
 
-    out, r = onnx_export
-    for a in read_manifest(out).artifacts:
+    for a in shared_export.manifest.artifacts:
         stress = a.parity["stress"]
         assert STRESS_KEYS <= set(stress) and stress["gated"] is False  # the default: measured, not gated
         assert stress["corruptions"] == sorted(CORRUPTIONS) and stress["real_photos"] == 8  # clean crops; 8 more corrupted
         assert stress["images"] == 4 * 2 + 16 and 0 <= stress["agreement_miou"] <= 1
         assert stress["threshold"] == {"fp32": 0.999, "fp16": 0.99, "int8": 0.95}[a.precision]
-    assert "stress agreement" in r.stdout
+    assert "stress agreement" in shared_export.stdout
 
 
-def test_broken_calibration_fails_stress_parity_when_gated(tiny_checkpoint, tmp_path):
+def test_broken_calibration_fails_stress_parity_when_gated(tiny_checkpoint, tmp_path, cli):
     from PIL import Image
 
     calib = tmp_path / "calib"
@@ -247,9 +240,9 @@ def test_broken_calibration_fails_stress_parity_when_gated(tiny_checkpoint, tmp_
     for i in range(4):  # flat grey frames: every activation range collapses
         Image.new("RGB", (64, 64), (128, 128, 128)).save(calib / f"{i}.png")
     out = tmp_path / "e"
-    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "int8", "--calib", calib,
-                    "--parity-images", "4", "--threshold", "int8=0.01", "--stress", "gate")
-    assert r.returncode == 1, r.stderr
+    r = cli("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "int8", "--calib", calib,
+            "--parity-images", "4", "--threshold", "int8=0.01", "--stress", "gate")
+    assert r.exit_code == 1, r.output
     stress = read_manifest(out).artifacts[0].parity["stress"]
     assert stress["gated"] is True and stress["passed"] is False and stress["agreement_miou"] < 0.95
     assert "LOW" in r.stdout

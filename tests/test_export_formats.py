@@ -11,21 +11,17 @@ import pytest
 
 from edgeseg.manifest import read_manifest
 
-from conftest import run_edgeseg, write_recipe
+from conftest import prefetched, run_edgeseg, write_recipe
 
 FORMATS = ("onnx", "tflite", "coreml")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @pytest.fixture(scope="module")
-def full_export(tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("full") / "exp"
-    # A 40-step model has small logit margins, so int8 flips more pixels than a trained one would:
-    # the int8 agreement threshold is relaxed here (the default model is held to 0.98 by make demo).
-    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--parity-images", "4", "--calib-count", "8",
-                    "--threshold", "int8=0.9")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return read_manifest(out)
+def full_export(shared_export):
+    """The session's export of the tiny checkpoint (every format x precision, through ``edgeseg export``
+    in a subprocess; int8 threshold relaxed for a 40-step model, see conftest.SHARED_EXPORT_ARGS)."""
+    return shared_export.manifest
 
 
 def test_nine_artifacts_all_pass_parity(full_export):
@@ -111,25 +107,46 @@ def test_coreml_packages_have_image_input_and_float_output(full_export):
         assert a.input["expects"] == "pixels"
 
 
-@pytest.mark.parametrize("arch,extra", [
-    ("lraspp_mobilenet_v3_small", {"model": {"arch": "lraspp_mobilenet_v3_small", "width": 0.5, "inter_channels": 16,
-                                             "decoder_channels": None}}),
-])
-def test_lraspp_exports_to_every_format(arch, extra, tmp_path):
-    recipe = write_recipe(tmp_path / "r.yaml", {**extra, "name": "lr", "train": {"steps_per_epoch": 20}})
-    r = run_edgeseg("train", "--recipe", recipe, "--out", tmp_path / "run")
+LRASPP = {"model": {"arch": "lraspp_mobilenet_v3_small", "width": 0.5, "inter_channels": 16, "decoder_channels": None}}
+
+
+@prefetched("lraspp_export")
+def _train_and_export_lraspp(prefetch, folder):
+    """A tiny LR-ASPP (20 steps) exported to every format at fp32 and int8 (run ahead, see conftest.prefetched)."""
+    recipe = write_recipe(folder / "r.yaml", {**LRASPP, "name": "lr", "train": {"steps_per_epoch": 20}})
+    r = run_edgeseg("train", "--recipe", recipe, "--out", folder / "run")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run_edgeseg("export", tmp_path / "run" / "best.pt", "--out", tmp_path / "exp", "--precisions", "fp32,int8",
-                    "--parity-images", "2", "--calib-count", "4", "--threshold", "int8=0.9")
+    r = run_edgeseg("export", folder / "run" / "best.pt", "--out", folder / "exp", "--precisions", "fp32,int8",
+                    "--parity-images", "2", "--calib-count", "4", "--threshold", "int8=0.9", "--stress", "off")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    m = read_manifest(tmp_path / "exp")
-    assert m.model["architecture"] == arch and len(m.artifacts) == 6
+    return read_manifest(folder / "exp")
 
 
-def test_multiclass_parts_model_exports(tiny_parts_checkpoint, tmp_path):
-    r = run_edgeseg("export", tiny_parts_checkpoint, "--out", tmp_path / "exp", "--formats", "onnx,tflite,coreml",
-                    "--precisions", "fp32", "--parity-images", "2")
+@pytest.fixture
+def lraspp_export(prefetch):
+    return prefetch.get("lraspp_export")
+
+
+def test_lraspp_exports_to_every_format(lraspp_export):
+    assert lraspp_export.model["architecture"] == "lraspp_mobilenet_v3_small" and len(lraspp_export.artifacts) == 6
+    assert {(a.format, a.precision) for a in lraspp_export.artifacts} == {(f, p) for f in FORMATS for p in ("fp32", "int8")}
+
+
+@prefetched("parts_export")
+def _export_parts(prefetch, folder):
+    """The tiny 5-class parts model exported to every format at fp32 (run ahead, see conftest.prefetched)."""
+    r = run_edgeseg("export", prefetch.get("tiny_parts_checkpoint"), "--out", folder / "exp", "--formats",
+                    "onnx,tflite,coreml", "--precisions", "fp32", "--parity-images", "2", "--stress", "off")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    m = read_manifest(tmp_path / "exp")
+    return read_manifest(folder / "exp")
+
+
+@pytest.fixture
+def parts_export(prefetch):
+    return prefetch.get("parts_export")
+
+
+def test_multiclass_parts_model_exports(parts_export):
+    m = parts_export
     assert m.model["classes"] == ["background", "hair", "skin", "body", "clothes"]
     assert m.find("tflite", "fp32").output["shape"] == [1, 64, 64, 5]

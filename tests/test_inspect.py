@@ -412,7 +412,7 @@ def damage_onnx_conv(path: Path) -> str:
 
 
 def damage_tflite_conv(path: Path) -> str:
-    """Multiply the filter scales of the middle CONV_2D of an int8 .tflite by 10 (flatbuffer edit); return
+    """Multiply the filter scales of the first CONV_2D (the stem) of an int8 .tflite by 10 (flatbuffer edit); return
     that op's output tensor name."""
     from ai_edge_litert import schema_py_generated as schema
 
@@ -422,7 +422,7 @@ def damage_tflite_conv(path: Path) -> str:
     graph, codes = model.subgraphs[0], model.operatorCodes
     convs = [op for op in graph.operators if max(codes[op.opcodeIndex].builtinCode,
                                                   codes[op.opcodeIndex].deprecatedBuiltinCode) == schema.BuiltinOperator.CONV_2D]
-    conv = convs[len(convs) // 2]
+    conv = convs[0]
     weights = graph.tensors[conv.inputs[1]]
     assert weights.type == schema.TensorType.INT8 and len(weights.quantization.scale) > 1  # per-channel int8
     weights.quantization.scale = [s * 10 for s in weights.quantization.scale]

@@ -1,7 +1,7 @@
 """Integrity of export directories: every file is checked against manifest.json before it is used.
 
-The tiny model is exported once (ONNX fp32 + int8) and copied into each test's tmp_path before it
-is tampered with. Every consumer (predict, eval, bench, inspect) refuses, exit 2 with one line
+The tiny model's ONNX fp32 + int8 files (from the session's shared export) are copied into each
+test's tmp_path before they are tampered with. Every consumer (predict, eval, bench, inspect) refuses, exit 2 with one line
 naming the file and the fix, a file whose sha256 does not match (the fp32 file replaced by the
 int8 one runs silently otherwise) and a path that leaves the directory (``..``, absolute, or a
 symlink out), and writes nothing.
@@ -18,24 +18,13 @@ import pytest
 from edgeseg.errors import ArtifactError
 from edgeseg.manifest import MANIFEST_NAME, check_relative, file_digest, read_manifest
 
-from conftest import assert_refused, run_edgeseg
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_checkpoint, tmp_path_factory) -> Path:
-    """The tiny checkpoint exported once to ONNX fp32 and int8; tests copy it before changing it."""
-    out = tmp_path_factory.mktemp("integrity") / "exp"
-    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32,int8",
-                    "--parity-images", "2", "--calib-count", "4", "--threshold", "int8=0.9")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out
+from conftest import assert_refused, copy_export, invoke_cli
 
 
 @pytest.fixture
-def export_copy(exported, tmp_path) -> Path:
-    dest = tmp_path / "exp"
-    shutil.copytree(exported, dest)
-    return dest
+def export_copy(shared_export, tmp_path) -> Path:
+    """This test's own ONNX fp32 + int8 export of the tiny checkpoint (copied from the session's export)."""
+    return copy_export(shared_export.dir, tmp_path / "exp", keep=[("onnx", "fp32"), ("onnx", "int8")])
 
 
 def edit_manifest(export_dir: Path, **paths: str) -> None:
@@ -50,8 +39,8 @@ def edit_manifest(export_dir: Path, **paths: str) -> None:
 def images(tmp_path_factory) -> Path:
     """Two 64x64 input images for predict."""
     root = tmp_path_factory.mktemp("integrity_images")
-    r = run_edgeseg("data", "synth", root, "--count", "2", "--size", "64")
-    assert r.returncode == 0, r.stderr
+    r = invoke_cli("data", "synth", root, "--count", "2", "--size", "64")
+    assert r.exit_code == 0, r.output
     return root / "images"
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from edgeseg.models import registry
 from edgeseg.models.profile import count_macs
 from edgeseg.models.registry import ArchSpec, build_model, check_input_size, get_spec, names
 from edgeseg.models.weights import load_weights
+
+from conftest import prefetched, run_command
 
 REQUIRED = {"lraspp_mobilenet_v3_large", "lraspp_mobilenet_v3_small", "unet_mobilenet_v3_small", "unet_mobilenetv4_conv_small",
             "unet_mobilenet_v3_small_minimal"}
@@ -157,11 +160,25 @@ def test_every_registered_architecture_has_an_int8_audit_entry():
     assert doc["generated"] and {"torch", "litert-torch", "ai-edge-quantizer", "onnxruntime"} <= set(doc["tools"])
 
 
-def test_committed_int8_audit_matches_a_fresh_measurement():
-    from edgeseg.export.int8_audit import audit_architecture
+@prefetched("fresh_int8_audit")
+def _measure_int8_audit(prefetch, folder):
+    """``audit_architecture(AUDIT_ARCH)`` measured now, in a fresh process (run ahead: two real exports, ~30 s)."""
+    code = ("import json, sys; from edgeseg.export.int8_audit import audit_architecture; "
+            "json.dump(audit_architecture(sys.argv[1]), open(sys.argv[2], 'w'))")
+    r = run_command([sys.executable, "-c", code, AUDIT_ARCH, folder / "audit.json"], cwd=folder)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((folder / "audit.json").read_text())
+
+
+@pytest.fixture
+def fresh_int8_audit(prefetch):
+    return prefetch.get("fresh_int8_audit")
+
+
+def test_committed_int8_audit_matches_a_fresh_measurement(fresh_int8_audit):
     from edgeseg.models.report import int8_audit
 
-    fresh = audit_architecture(AUDIT_ARCH)
+    fresh = fresh_int8_audit
     assert fresh == int8_audit()["architectures"][AUDIT_ARCH], "stale: re-run benchmarks/int8_audit.py and commit its file"
     assert fresh["tflite"]["pure_integer"] and fresh["tflite"]["qdq"]["float"] == 0 and not fresh["tflite"]["float_ops"]
 

@@ -18,7 +18,7 @@ from edgeseg.errors import ArtifactError
 from edgeseg.manifest import MANIFEST_NAME, Manifest, file_digest, read_manifest
 from edgeseg.runtime.base import Runner
 
-from conftest import assert_refused, run_edgeseg
+from conftest import assert_refused
 
 H, W = 6, 8
 MODEL = {"name": "m", "classes": ["background", "person"], "input": {"height": H, "width": W},
@@ -203,11 +203,12 @@ def test_a_file_its_interpreter_cannot_run_fails_alone_and_the_export_is_kept(ga
     assert {a.path for a in failed.manifest.artifacts} == {"tanhseg-fp32.onnx", "tanhseg-fp32.mlpackage"}
 
 
-def test_bench_fails_the_gate_naming_the_file_its_runtime_cannot_run(gap_export, tmp_path):
+def test_bench_fails_the_gate_naming_the_file_its_runtime_cannot_run(gap_export, tmp_path, cli, monkeypatch):
     out, _ = gap_export
-    r = run_edgeseg("bench", out, "--threads", "1", "--runs", "3", "--sessions", "1", "--warmup", "0",
-                    "--json", tmp_path / "bench.json", cwd=tmp_path)
-    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    r = cli("bench", out, "--threads", "1", "--runs", "3", "--sessions", "1", "--warmup", "0",
+            "--json", tmp_path / "bench.json")
+    assert r.exit_code == 1, r.output[-4000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith(("FAILED", "error"))]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("FAILED: tanhseg-fp32.mlpackage: parity failed: coreml cannot run it (")

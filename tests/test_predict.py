@@ -16,7 +16,7 @@ from PIL import Image
 from edgeseg.apply.predict import LEDGER_NAME
 from edgeseg.data import synth
 
-from conftest import ROOT, assert_refused, one_line_error
+from conftest import ROOT, assert_refused, one_line_error, prefetched, run_command
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +68,8 @@ def test_corrupt_image_is_reported_and_the_rest_processed(cli, tiny_checkpoint, 
     assert (tmp_path / "o" / "good.png").is_file() and not (tmp_path / "o" / "broken.png").exists()
 
 
-def test_predict_with_exported_file_matches_checkpoint(cli, tiny_checkpoint, photos, tmp_path):
-    exp = tmp_path / "exp"
-    assert cli("export", tiny_checkpoint, "--out", exp, "--formats", "onnx", "--precisions", "fp32",
-               "--parity-images", "2").exit_code == 0
-    assert cli("predict", exp / "tiny-fp32.onnx", photos / "odd.png", "--out", tmp_path / "a").exit_code == 0
+def test_predict_with_exported_file_matches_checkpoint(cli, tiny_checkpoint, shared_export, photos, tmp_path):
+    assert cli("predict", shared_export.dir / "tiny-fp32.onnx", photos / "odd.png", "--out", tmp_path / "a").exit_code == 0
     assert cli("predict", tiny_checkpoint, photos / "odd.png", "--out", tmp_path / "b").exit_code == 0
     a = np.asarray(Image.open(tmp_path / "a" / "odd.png"))
     b = np.asarray(Image.open(tmp_path / "b" / "odd.png"))
@@ -242,14 +239,25 @@ def test_image_over_the_pixel_limit_is_skipped_before_decoding(cli, tiny_checkpo
 MAX_BYTES_PER_PIXEL = 80  # measured 40-44 B/px here (25-27 at 8000x6000): benchmarks/predict_memory.py
 
 
-def test_peak_memory_per_pixel_is_bounded(tiny_checkpoint, tmp_path):
-    """--output blur --refine (the heaviest mode) and replace, 1500x1000, each in a fresh process."""
-    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "predict_memory.py"), "--model", str(tiny_checkpoint),
-                          "--size", "1500x1000", "--output", "blur", "--output", "replace", "--refine", "on",
-                          "--workdir", str(tmp_path), "--json", str(tmp_path / "memory.json")],
-                         capture_output=True, text=True, timeout=600)
+@prefetched("predict_memory")
+def _measure_predict_memory(prefetch, folder):
+    """--output blur --refine (the heaviest mode) and replace, 1500x1000, each in a fresh process (run ahead,
+    see conftest.prefetched: peak memory is each process's own, whatever else runs)."""
+    res = run_command([sys.executable, ROOT / "benchmarks" / "predict_memory.py", "--model", prefetch.get("tiny_checkpoint"),
+                       "--size", "1500x1000", "--output", "blur", "--output", "replace", "--refine", "on",
+                       "--workdir", folder, "--json", folder / "memory.json"])
     assert res.returncode == 0, res.stderr
-    results = json.loads((tmp_path / "memory.json").read_text())["results"]
+    return json.loads((folder / "memory.json").read_text())
+
+
+@pytest.fixture
+def predict_memory(prefetch):
+    return prefetch.get("predict_memory")
+
+
+def test_peak_memory_per_pixel_is_bounded(predict_memory):
+    """--output blur --refine (the heaviest mode) and replace, 1500x1000, each in a fresh process."""
+    results = predict_memory["results"]
     assert [r["output"] for r in results] == ["blur", "replace"]
     for r in results:
         assert r["width"] * r["height"] == 1500 * 1000

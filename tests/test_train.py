@@ -13,7 +13,7 @@ import pytest
 
 from edgeseg.models.checkpoint import load_checkpoint
 
-from conftest import ROOT, run_edgeseg, write_recipe
+from conftest import ROOT, prefetched, run_command, write_recipe
 
 
 def test_train_writes_checkpoints_and_metrics(tiny_checkpoint: Path):
@@ -28,13 +28,13 @@ def test_train_writes_checkpoints_and_metrics(tiny_checkpoint: Path):
     assert load_checkpoint(tiny_checkpoint).train_state is None
 
 
-def test_train_on_folder_dataset(tmp_path):
-    r = run_edgeseg("data", "synth", tmp_path / "ds", "--count", "10", "--size", "64")
-    assert r.returncode == 0, r.stderr
+def test_train_on_folder_dataset(tmp_path, cli):
+    r = cli("data", "synth", tmp_path / "ds", "--count", "10", "--size", "64")
+    assert r.exit_code == 0, r.output
     recipe = write_recipe(tmp_path / "r.yaml")
-    r = run_edgeseg("train", "--recipe", recipe, "--data", tmp_path / "ds", "--out", tmp_path / "run",
-                    "--set", "train.steps_per_epoch=2", "--set", "data.val_fraction=0.2")
-    assert r.returncode == 0, r.stderr
+    r = cli("train", "--recipe", recipe, "--data", tmp_path / "ds", "--out", tmp_path / "run",
+            "--set", "train.steps_per_epoch=2", "--set", "data.val_fraction=0.2")
+    assert r.exit_code == 0, r.output
     assert load_checkpoint(tmp_path / "run" / "best.pt").metrics["miou"] >= 0
 
 
@@ -57,19 +57,29 @@ def test_resume_after_kill_reaches_same_step_count(tmp_path):
     assert state["step"] == 9 and state["epoch"] == 3
 
 
-def test_resume_without_checkpoint_exits_2(tmp_path):
-    r = run_edgeseg("train", "--recipe", write_recipe(tmp_path / "r.yaml"), "--out", tmp_path / "empty", "--resume")
-    assert r.returncode == 2 and "no " in r.stderr and "Traceback" not in r.stderr
+def test_resume_without_checkpoint_exits_2(tmp_path, cli):
+    r = cli("train", "--recipe", write_recipe(tmp_path / "r.yaml"), "--out", tmp_path / "empty", "--resume")
+    assert r.exit_code == 2 and "no " in r.stderr and "Traceback" not in r.output
 
 
-def test_ddp_two_gloo_processes(tmp_path):
-    recipe = write_recipe(tmp_path / "r.yaml", {"train": {"steps_per_epoch": 2}})
+@prefetched("ddp_run")
+def _train_with_ddp(prefetch, folder):
+    """Two gloo processes train the tiny recipe for 2 steps (run ahead, see conftest.prefetched)."""
+    recipe = write_recipe(folder / "r.yaml", {"train": {"steps_per_epoch": 2}})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                        "-m", "edgeseg.cli", "train", "--recipe", str(recipe), "--out", str(tmp_path / "ddp")],
-                       capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    r = run_command([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                     "-m", "edgeseg.cli", "train", "--recipe", recipe, "--out", folder / "ddp"], env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
-    state = load_checkpoint(tmp_path / "ddp" / "last.pt").train_state
+    return folder / "ddp"
+
+
+@pytest.fixture
+def ddp_run(prefetch):
+    return prefetch.get("ddp_run")
+
+
+def test_ddp_two_gloo_processes(ddp_run):
+    state = load_checkpoint(ddp_run / "last.pt").train_state
     assert state["step"] == 2
 
 
