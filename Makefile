@@ -44,7 +44,7 @@ train-default: install
 	  --set train.lr=0.0007 --set data.synth_train=8000 --set data.seed=3 $(CALM)
 	$(RUN) --weights runs/portrait_default_ft3/best.pt --out runs/portrait_default_ft4 $(STAGE) \
 	  --set train.lr=0.0004 --set data.synth_train=8000 --set data.seed=4 $(CALM)
-	$(BIN)/python -m edgeseg.models.package_default runs/portrait_default_ft4/best.pt
+	$(BIN)/python scripts/package_default.py runs/portrait_default_ft4/best.pt
 
 clean:
 	rm -rf out runs .pytest_cache

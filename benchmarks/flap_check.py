@@ -29,7 +29,7 @@ from pathlib import Path
 from common import cv, md_table, run_main, select_artifacts, timing_image, write_outputs
 
 from edgeseg.bench.harness import bench_targets, host_info, reference_checkpoint
-from edgeseg.bench.calibration import CalibrationPool
+from edgeseg.bench.latency_reference import CalibrationPool
 from edgeseg.bench.latency import combine_sessions, time_interleaved
 from edgeseg.errors import EdgesegError, MissingExtra
 

@@ -16,7 +16,7 @@ import numpy as np
 from common import run_main
 
 from edgeseg import __version__
-from edgeseg.bench.calibration import ASSETS, INFO, asset_precisions, calibration_net
+from edgeseg.bench.latency_reference import ASSETS, INFO, asset_precisions, calibration_net
 from edgeseg.export.base import ExportJob, embedded_metadata
 from edgeseg.export.pipeline import load_exporters, tool_versions
 from edgeseg.manifest import Manifest

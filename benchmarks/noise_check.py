@@ -29,7 +29,7 @@ import time
 from common import cv, md_table, run_main, select_artifacts, timing_image, write_outputs
 
 from edgeseg.bench.harness import host_info
-from edgeseg.bench.calibration import CalibrationPool
+from edgeseg.bench.latency_reference import CalibrationPool
 from edgeseg.bench.latency import time_interleaved
 from edgeseg.runtime.loader import runner_for_artifact
 

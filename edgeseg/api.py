@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.apply.predict import predict_image, predict_proba_image
-from edgeseg.bench.evaluation import evaluate_runner
+from edgeseg.evaluation.run import evaluate_runner
 from edgeseg.data.images import as_rgb_array
 from edgeseg.errors import EdgesegError, ParityFailed
 from edgeseg.manifest import FORMATS, Artifact, Manifest

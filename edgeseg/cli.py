@@ -205,7 +205,7 @@ def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):
 def eval_cmd(model, data_root, split, count, json_out, slices_file):
     """Evaluate a checkpoint or exported model (default: the packaged portrait model)."""
     from edgeseg.api import load
-    from edgeseg.bench.evaluation import print_eval
+    from edgeseg.evaluation.run import print_eval
     from edgeseg.fsutil import check_json_output
 
     if json_out:

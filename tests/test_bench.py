@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgeseg.bench.gate import SCHEMA_VERSION, check_baseline, compare, over_limit, parity_failures
-from edgeseg.bench.calibration import open_workload
+from edgeseg.bench.latency_reference import open_workload
 from edgeseg.bench.latency import time_interleaved
 from edgeseg.errors import EdgesegError
 from edgeseg.manifest import MANIFEST_NAME, file_digest, read_manifest
@@ -359,7 +359,7 @@ def test_unusable_baseline_is_refused_before_timing(cli, onnx_dir, baseline, tmp
 
 def test_baseline_of_another_real_model_is_refused(cli, baseline, tmp_path, no_timing):
     """The packaged calibration export (another model, real files) against the tiny model's baseline."""
-    from edgeseg.bench.calibration import ASSETS
+    from edgeseg.bench.latency_reference import ASSETS
 
     other = tmp_path / "other"
     shutil.copytree(ASSETS, other)

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from conftest import assert_refused
 from edgeseg.errors import RecipeError
-from edgeseg.export.calibration import AUGMENT_SEED, calibration_images
+from edgeseg.export.quant_images import AUGMENT_SEED, calibration_images
 from edgeseg.export.pipeline import calib_methods_for, load_exporters
 from edgeseg.recipe import CALIB_METHODS, AugmentCfg, ExportCfg, recipe_from_dict
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeseg.bench.calibration import ASSETS, calibration_image, calibration_net, open_workload
+from edgeseg.bench.latency_reference import ASSETS, calibration_image, calibration_net, open_workload
 from edgeseg.manifest import read_manifest
 from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
@@ -13,7 +13,7 @@ from edgeseg.runtime.torch_runner import TorchRunner
 
 @pytest.fixture(scope="module")
 def torch_logits():
-    from edgeseg.bench.calibration import INFO
+    from edgeseg.bench.latency_reference import INFO
 
     runner = TorchRunner(calibration_net(), input_size=INFO.input_size, mean=INFO.mean, std=INFO.std, threads=1)
     return runner.run(calibration_image()[None])

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg import __version__
-from edgeseg.bench.calibration import CalibrationPool
+from edgeseg.bench.latency_reference import CalibrationPool
 from edgeseg.bench.gate import SCHEMA_VERSION
 from edgeseg.bench.latency import combine_sessions, peak_rss_mb, reset_peak_rss, summarize, time_interleaved
 from edgeseg.bench.parity import (DEFAULT_MAX_GT_DROP, DEFAULT_STRESS_THRESHOLDS, DEFAULT_THRESHOLDS, ReferenceSet,
                                   cannot_run, check_parity, reference_set, stress_set, unchecked)
-from edgeseg.bench.slices import read_slices
+from edgeseg.evaluation.slices import read_slices
 from edgeseg.bench.stored_reference import load_reference
 from edgeseg.data.datasets import builtin_source, open_source
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra

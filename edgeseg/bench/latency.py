@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeseg.bench.calibration import CalibrationWorkload
+from edgeseg.bench.latency_reference import CalibrationWorkload
 from edgeseg.runtime.base import Runner
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from edgeseg.data.corruptions import CORRUPTIONS, stress_images
 from edgeseg.metrics import SegMetrics, agreement_miou
 from edgeseg.runtime.base import Runner
-from edgeseg.runtime.evaluate import model_inputs
+from edgeseg.evaluation.accumulate import model_inputs
 
 DEFAULT_THRESHOLDS = {"fp32": 0.999, "fp16": 0.995, "int8": 0.98, "pal6": 0.98}
 # agreement on the stress set (phone-camera corruptions and real photographs)
@@ -136,7 +136,7 @@ def check_parity(runner: Runner, ref: ReferenceSet, *, threshold: float, max_gt_
         extra["stress"] = {**check_stress(runner, stress, threshold=stress_threshold), "gated": gate_stress}
         passed = passed and (extra["stress"]["passed"] or not gate_stress)
     if ref.slices and ref.masks is not None:
-        from edgeseg.bench.slices import slice_report
+        from edgeseg.evaluation.slices import slice_report
 
         extra["slices"] = slice_report(preds, ref.masks, ref.ids, ref.slices, ref.classes)
     return {

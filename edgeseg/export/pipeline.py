@@ -26,7 +26,7 @@ from edgeseg.bench.parity import (DEFAULT_MAX_GT_DROP, DEFAULT_STRESS_THRESHOLDS
 from edgeseg.bench.stored_reference import store_reference
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra, require
 from edgeseg.export.base import CALIBRATED_PRECISION, EXPORTERS, ExportJob, embedded_metadata
-from edgeseg.export.calibration import calibration_images, parity_source
+from edgeseg.export.quant_images import calibration_images, parity_source
 from edgeseg.fsutil import check_output, install_staged, is_staging, staging_dir
 from edgeseg.manifest import MANIFEST_NAME, REFERENCE_NAME, SUFFIXES, Artifact, Manifest
 from edgeseg.export.source import ExportSource, checkpoint_source

@@ -152,7 +152,7 @@ def _int8_entry(path: Path) -> tuple[Manifest, Artifact]:
 def _images(manifest: Manifest, data_dir, count: int) -> tuple[list[np.ndarray], str]:
     """uint8 HxWx3 images at the model's size: ``data_dir``'s (like calibration) or the built-in eval set."""
     from edgeseg.data.datasets import builtin_source
-    from edgeseg.export.calibration import images_in_folder
+    from edgeseg.export.quant_images import images_in_folder
 
     size = (manifest.model["input"]["height"], manifest.model["input"]["width"])
     if data_dir is not None:

@@ -6,32 +6,10 @@ module's ``forward`` takes a float32 NCHW *normalized* image and returns ONE log
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 import torch.nn as nn
 
 from edgeseg.errors import EdgesegError, RecipeError
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """What the registry knows about one architecture."""
-
-    name: str
-    builder: Callable[..., nn.Module]
-    default_size: tuple[int, int]
-    stride: int
-    description: str
-    options: dict = field(default_factory=dict)  # option name -> default value
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    # (file prefix, model prefix) pairs for loading backbone-only checkpoints
-    weight_prefixes: tuple[tuple[str, str], ...] = ()
-
+from edgeseg.models.spec import IMAGENET_MEAN, IMAGENET_STD, ArchSpec  # noqa: F401  (re-exported)
 
 _REGISTRY: dict[str, ArchSpec] = {}
 
@@ -83,6 +61,16 @@ def build_model(name: str, *, num_classes: int, input_size: tuple[int, int] | No
     return spec.builder(num_classes=num_classes, **{**spec.options, **options})
 
 
+_builtin_done = False
+
+
 def _ensure_builtin() -> None:
-    # Importing the zoo registers the built-in architectures exactly once.
-    from edgeseg.models import zoo  # noqa: F401
+    """Register the zoo's built-in architectures, once, on the first lookup."""
+    global _builtin_done
+    if _builtin_done:
+        return
+    from edgeseg.models.zoo import builtin_specs
+
+    _builtin_done = True
+    for spec in builtin_specs():
+        register(spec)

@@ -1,11 +1,11 @@
-"""The built-in architectures, registered once on import."""
+"""The built-in architectures (``builtin_specs``; the registry registers them on its first lookup)."""
 from __future__ import annotations
 
 from functools import partial
 
 from edgeseg.errors import RecipeError
 from edgeseg.models.lraspp import build_lraspp
-from edgeseg.models.registry import ArchSpec, register
+from edgeseg.models.spec import ArchSpec
 from edgeseg.models.unet import UNetSegmenter
 
 # timm encoder variant per width multiplier
@@ -41,39 +41,39 @@ _TIMM_PREFIX = (("", "encoder."),)  # timm classification checkpoint -> encoder
 _TV_PREFIX = (("features.", "backbone."),)  # torchvision ImageNet MobileNetV3 -> LR-ASPP backbone
 
 
-def _register_all() -> None:
+def builtin_specs() -> list[ArchSpec]:
+    """Every built-in architecture's spec."""
     unet_options = {"width": 1.0, "decoder_channels": (64, 48, 32, 16)}
-    register(ArchSpec(
+    specs = []
+    specs.append(ArchSpec(
         "unet_mobilenet_v3_small", partial(build_unet, "mobilenetv3_small"), (256, 256), 32,
         "U-Net skips over timm MobileNetV3-Small (crisp portrait edges)",
         options={**unet_options, "width": 0.75, "decoder_channels": (48, 32, 24, 16)}, weight_prefixes=_TIMM_PREFIX,
     ))
-    register(ArchSpec(
+    specs.append(ArchSpec(
         "unet_mobilenetv4_conv_small", partial(build_unet, "mobilenetv4_conv_small"), (256, 256), 32,
         "U-Net skips over timm MobileNetV4-Conv-Small",
         options={**unet_options, "width": 0.5, "decoder_channels": (48, 32, 24, 16)}, weight_prefixes=_TIMM_PREFIX,
     ))
-    register(ArchSpec(
+    specs.append(ArchSpec(
         "unet_mobilenet_v3_small_minimal", partial(build_unet, "mobilenetv3_small_minimal"), (256, 256), 32,
         "U-Net skips over timm MobileNetV3-Small-Minimal (ReLU, no squeeze-excite: all-integer int8), head at stride 4",
         options={**unet_options, "decoder_channels": (48, 32, 24)}, weight_prefixes=_TIMM_PREFIX,
     ))
-    register(ArchSpec(
+    specs.append(ArchSpec(
         "unet_mobilenet_v3_large", partial(build_unet, "mobilenetv3_large"), (256, 256), 32,
         "U-Net skips over timm MobileNetV3-Large",
         options=unet_options, weight_prefixes=_TIMM_PREFIX,
     ))
     lraspp_options = {"width": 1.0, "inter_channels": 128}
-    register(ArchSpec(
+    specs.append(ArchSpec(
         "lraspp_mobilenet_v3_large", partial(build_lraspp, "large"), (512, 512), 16,
         "torchvision LR-ASPP MobileNetV3-Large (loads torchvision COCO-VOC / ImageNet weights)",
         options=lraspp_options, weight_prefixes=_TV_PREFIX,
     ))
-    register(ArchSpec(
+    specs.append(ArchSpec(
         "lraspp_mobilenet_v3_small", partial(build_lraspp, "small"), (512, 512), 16,
         "torchvision LR-ASPP MobileNetV3-Small (loads torchvision ImageNet weights)",
         options=lraspp_options, weight_prefixes=_TV_PREFIX,
     ))
-
-
-_register_all()
+    return specs

@@ -15,7 +15,8 @@ from edgeseg.errors import EdgesegError
 
 
 class Runner(ABC):
-    """Runs one model; subclasses register a ``runtime`` name and the formats they load."""
+    """Runs one model; subclasses name their ``runtime`` and the formats they load, and open a
+    manifest entry with ``from_artifact`` (the loader's ``RUNNERS`` table says which class opens which format)."""
 
     runtime: str = ""
     formats: tuple[str, ...] = ()
@@ -34,6 +35,11 @@ class Runner(ABC):
             return True, ""
         except ImportError:
             return False, f"{module} is not installed (pip install 'edgeseg[{extra}]')"
+
+    @classmethod
+    def from_artifact(cls, art, manifest, threads: int | None = None, *, spin: bool = True) -> "Runner":
+        """Open one manifest entry (already verified) with its recorded input contract."""
+        raise NotImplementedError(f"{cls.__name__} does not open exported files")
 
     @abstractmethod
     def run(self, images: np.ndarray) -> np.ndarray:

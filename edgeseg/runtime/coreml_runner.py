@@ -18,7 +18,6 @@ import numpy as np
 from edgeseg.errors import ArtifactError, require
 from edgeseg.manifest import Artifact, Manifest
 from edgeseg.runtime.base import Runner, check_batch
-from edgeseg.runtime.loader import RUNNER_FACTORIES
 
 
 def on_macos() -> bool:
@@ -80,6 +79,13 @@ class CoreMLRunner(Runner):
             return False, "Core ML prediction needs macOS (Apple's runtime); using the coreml-reference runner"
         return True, ""
 
+    @classmethod
+    def from_artifact(cls, art: Artifact, manifest: Manifest, threads: int | None = None, *, spin: bool = True) -> Runner:
+        """Core ML itself on macOS; elsewhere edgeseg's reference interpreter of the same package."""
+        if on_macos():
+            return cls(str(art.file), input_name=art.input["name"], output_name=art.output["name"])
+        return CoreMLReferenceRunner(str(art.file))
+
     def run(self, images: np.ndarray) -> np.ndarray:
         from PIL import Image
 
@@ -110,12 +116,3 @@ class CoreMLReferenceRunner(Runner):
 
     def run(self, images: np.ndarray) -> np.ndarray:
         return self.program.predict(images)
-
-
-def _factory(art: Artifact, manifest: Manifest, threads: int | None, spin: bool = True) -> Runner:
-    if on_macos():
-        return CoreMLRunner(str(art.file), input_name=art.input["name"], output_name=art.output["name"])
-    return CoreMLReferenceRunner(str(art.file))
-
-
-RUNNER_FACTORIES["coreml"] = _factory

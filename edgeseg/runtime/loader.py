@@ -1,13 +1,14 @@
 """Open any model a user names: a checkpoint, an exported file, or an export directory (layer 2).
 
 Exported files are described by the ``manifest.json`` beside them; the manifest's format
-picks the Runner. Runners register here by format.
+picks the Runner: ``RUNNERS`` names, per format, the class that opens it, imported only when a
+file of that format is opened (a runtime that is not installed costs nothing until then).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+import importlib
 
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra
 from edgeseg.manifest import FORMATS, MANIFEST_NAME, Artifact, Manifest, find_artifact_for_file, read_manifest
@@ -45,8 +46,12 @@ class LoadedModel:
     artifact: Artifact | None = None
 
 
-# format -> factory(artifact, manifest, threads, spin) -> Runner; filled by each runner module
-RUNNER_FACTORIES: dict[str, Callable[[Artifact, Manifest, int | None, bool], Runner]] = {}
+#: format -> "module:Class" of the Runner whose ``from_artifact`` opens a file of that format.
+RUNNERS = {
+    "onnx": "edgeseg.runtime.onnx_runner:OnnxRunner",
+    "tflite": "edgeseg.runtime.tflite_runner:TFLiteRunner",
+    "coreml": "edgeseg.runtime.coreml_runner:CoreMLRunner",
+}
 
 
 def synth_task_for(classes) -> str:
@@ -60,8 +65,12 @@ def checkpoint_task(ckpt: Checkpoint) -> str:
     return str(ckpt.recipe.get("data", {}).get("task") or synth_task_for(ckpt.info.classes))
 
 
-def _register_builtin() -> None:
-    from edgeseg.runtime import registry  # noqa: F401  (imports runner modules, which register)
+def runner_class(fmt: str) -> type[Runner]:
+    """The Runner class for a format (its module imported now); ArtifactError for an unknown format."""
+    if fmt not in RUNNERS:
+        raise ArtifactError(f"no runner for format {fmt!r}; known: {', '.join(RUNNERS)}")
+    module, _, name = RUNNERS[fmt].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def view_of_manifest(manifest: Manifest, art: Artifact) -> ModelView:
@@ -80,12 +89,10 @@ def runner_for_artifact(art: Artifact, manifest: Manifest, threads: int | None =
     ``spin=False`` asks runtimes that busy-wait between runs (ONNX Runtime's thread pool) not
     to, so a second session timed next to this one gets the CPU; others ignore it.
     """
-    _register_builtin()
-    factory = RUNNER_FACTORIES.get(art.format)
-    if factory is None:
+    if art.format not in RUNNERS:
         raise ArtifactError(f"{art.path}: no runner for format {art.format!r}")
     art.verified_file()
-    return factory(art, manifest, threads, spin)
+    return runner_class(art.format).from_artifact(art, manifest, threads, spin=spin)
 
 
 def open_model(spec: str | None, *, threads: int | None = None, pick: str | None = None) -> tuple[Runner, ModelView]:

@@ -6,7 +6,6 @@ import numpy as np
 from edgeseg.errors import ArtifactError, require
 from edgeseg.manifest import Artifact, Manifest
 from edgeseg.runtime.base import Runner, check_batch, float_input_nchw
-from edgeseg.runtime.loader import RUNNER_FACTORIES
 
 
 class OnnxRunner(Runner):
@@ -32,17 +31,14 @@ class OnnxRunner(Runner):
         self.height, self.width = input_size
         self.mean, self.std, self.expects, self.threads = mean, std, expects, threads
 
+    @classmethod
+    def from_artifact(cls, art: Artifact, manifest: Manifest, threads: int | None = None, *, spin: bool = True) -> "OnnxRunner":
+        m = manifest.model
+        return cls(str(art.file), input_size=(m["input"]["height"], m["input"]["width"]), mean=m["mean"], std=m["std"],
+                   expects=art.input.get("expects", "normalized"), threads=threads, spin=spin)
+
     def run(self, images: np.ndarray) -> np.ndarray:
         images = check_batch(images, self.height, self.width)
         x = float_input_nchw(images, self.expects, self.mean, self.std)
         outs = [self.session.run(None, {self.input_name: x[i:i + 1]})[0] for i in range(len(x))]
         return (outs[0] if len(outs) == 1 else np.concatenate(outs)).astype(np.float32, copy=False)
-
-
-def _factory(art: Artifact, manifest: Manifest, threads: int | None, spin: bool = True) -> OnnxRunner:
-    m = manifest.model
-    return OnnxRunner(str(art.file), input_size=(m["input"]["height"], m["input"]["width"]), mean=m["mean"], std=m["std"],
-                      expects=art.input.get("expects", "normalized"), threads=threads, spin=spin)
-
-
-RUNNER_FACTORIES["onnx"] = _factory

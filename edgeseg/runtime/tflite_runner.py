@@ -8,7 +8,6 @@ import numpy as np
 from edgeseg.errors import ArtifactError, require
 from edgeseg.manifest import Artifact, Manifest
 from edgeseg.runtime.base import Runner, check_batch, float_input
-from edgeseg.runtime.loader import RUNNER_FACTORIES
 
 
 def _dequantize(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -44,6 +43,11 @@ class TFLiteRunner(Runner):
             return images  # raw pixels; normalization is inside the graph
         return float_input(images, self.expects, self.mean, self.std).astype(self.inp["dtype"])
 
+    @classmethod
+    def from_artifact(cls, art: Artifact, manifest: Manifest, threads: int | None = None, *, spin: bool = True) -> "TFLiteRunner":
+        return cls(str(art.file), mean=manifest.model["mean"], std=manifest.model["std"],
+                   expects=art.input.get("expects", "normalized"), threads=threads)
+
     def run(self, images: np.ndarray) -> np.ndarray:
         images = check_batch(images, self.height, self.width)
         x = self._feed(images)
@@ -56,11 +60,3 @@ class TFLiteRunner(Runner):
 
     def close(self) -> None:
         self.interp = None
-
-
-def _factory(art: Artifact, manifest: Manifest, threads: int | None, spin: bool = True) -> TFLiteRunner:
-    return TFLiteRunner(str(art.file), mean=manifest.model["mean"], std=manifest.model["std"],
-                        expects=art.input.get("expects", "normalized"), threads=threads)
-
-
-RUNNER_FACTORIES["tflite"] = _factory

@@ -23,7 +23,7 @@ from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.fsutil import check_output, write_text_atomic
 from edgeseg.models.checkpoint import load_checkpoint, load_fitting, save_checkpoint
 from edgeseg.recipe import Recipe
-from edgeseg.runtime.evaluate import evaluate
+from edgeseg.evaluation.accumulate import evaluate
 from edgeseg.runtime.torch_runner import TorchRunner
 from edgeseg.train.losses import SegLoss
 from edgeseg.train.setup import build_for_training, model_info, open_splits

@@ -1,6 +1,6 @@
 """Package a trained checkpoint as the shipped default model (fp16 weights, a few hundred KB).
 
-    python -m edgeseg.models.package_default runs/portrait_default/best.pt
+    python scripts/package_default.py runs/portrait_default/best.pt
 
 Re-evaluates the fp16-stored weights on the built-in synthetic eval set and records those
 metrics and the reproduction command in the packaged checkpoint.
@@ -11,7 +11,7 @@ import sys
 
 from edgeseg.data.datasets import builtin_source
 from edgeseg.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
-from edgeseg.runtime.evaluate import evaluate
+from edgeseg.evaluation.accumulate import evaluate
 from edgeseg.runtime.torch_runner import TorchRunner
 
 TRAIN_COMMAND = "make train-default  # five training stages of recipes/portrait_unet_mnv3min_s4_256.yaml, see Makefile"

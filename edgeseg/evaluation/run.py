@@ -1,12 +1,12 @@
 """``edgeseg eval``: metrics of any model on a dataset or the built-in synthetic set (layer 3)."""
 from __future__ import annotations
 
-from edgeseg.bench.slices import read_slices, slice_report
+from edgeseg.evaluation.slices import read_slices, slice_report
 from edgeseg.data.datasets import builtin_source, open_source
 from edgeseg.errors import DataError
 from edgeseg.metrics import SegMetrics
 from edgeseg.runtime.base import Runner
-from edgeseg.runtime.evaluate import predict_source
+from edgeseg.evaluation.accumulate import predict_source
 from edgeseg.runtime.loader import ModelView, open_model
 from edgeseg.ui import console, print_table
 
