@@ -78,12 +78,17 @@ class TrainCfg:
 
 @dataclass(frozen=True)
 class ExportCfg:
+    """``edgeseg export``'s defaults, the one source of them: a checkpoint's recipe ``export:`` section
+    overrides these, and flags given on the command line (or to the Python API) override both."""
+
     formats: tuple[str, ...] = ("onnx", "tflite", "coreml")
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     calib_count: int = 32
     parity_images: int = 16
     calib_method: str = "minmax"  # int8 activation-range calibration (CALIB_METHODS) where a format offers it
     thresholds: dict = field(default_factory=lambda: {"fp32": 0.999, "fp16": 0.995, "int8": 0.98, "pal6": 0.98})
+    # agreement on the stress set (phone-camera corruptions and real photographs)
+    stress_thresholds: dict = field(default_factory=lambda: {"fp32": 0.999, "fp16": 0.99, "int8": 0.95, "pal6": 0.95})
     max_gt_drop: float = 1.0  # mIoU points
     stress: str = "report"  # stress parity (corruptions + real photos): "gate" | "report" (measured, not gated) | "off"
 
@@ -254,6 +259,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "export.parity_images": (_at_least(1), "an integer >= 1"),
     "export.calib_method": (_one_of(*CALIB_METHODS), f"one of {', '.join(CALIB_METHODS)}"),
     "export.thresholds": (_thresholds, f"a mapping of precision ({', '.join(PRECISIONS)}) to a number between 0 and 1"),
+    "export.stress_thresholds": (_thresholds, f"a mapping of precision ({', '.join(PRECISIONS)}) to a number between 0 and 1"),
     "export.max_gt_drop": (_between(0, 100), "mIoU points between 0 and 100"),
     "export.stress": (_one_of(*STRESS_MODES), f"one of {', '.join(STRESS_MODES)}"),
 }
@@ -289,6 +295,19 @@ def augment_from_dict(values: dict | None) -> AugmentCfg:
     keys it lacks (a checkpoint older than the key) take the defaults."""
     cfg = _build(AugmentCfg, _plain(values or {}), "data.augment")
     _check_rules(cfg, "data.augment.")
+    return cfg
+
+
+def export_from_dict(values: dict | None) -> ExportCfg:
+    """A recipe's ``export:`` section kept as a plain dict (e.g. in a checkpoint), checked like a recipe file;
+    keys it lacks take the defaults, and threshold mappings name only the precisions they change."""
+    values = _plain(values or {})
+    defaults = ExportCfg()
+    for key in ("thresholds", "stress_thresholds"):
+        if isinstance(values.get(key), dict):
+            values[key] = {**getattr(defaults, key), **values[key]}
+    cfg = _build(ExportCfg, values, "export")
+    _check_rules(cfg, "export.")
     return cfg
 
 

@@ -190,3 +190,22 @@ def test_export_module_refuses_bad_arguments_before_any_work(tmp_path, change, m
         edgeseg.export_module(args.pop("module"), tmp_path / "out", **args)
     assert message in str(refused.value) and "\n" not in str(refused.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_whose_classes_match_no_builtin_set_gets_agreement_only_parity_and_no_guessed_eval(tmp_path, cli):
+    torch.manual_seed(0)
+    scene = {**PORTRAIT, "classes": ["background", "sky", "road"]}
+    manifest = edgeseg.export_module(TinyNet(classes=3), tmp_path / "net", formats="onnx", precisions="fp32", **scene,
+                                     **QUICK)
+    (art,) = manifest.artifacts
+    assert art.parity.passed is True and art.parity.agreement_miou > 0.99
+    assert art.parity.gt_miou is None and art.parity.reference_gt_miou is None, "no labels: no accuracy numbers"
+    assert "agreement only" in art.parity.data and "--data DIR" in art.parity.data
+    assert manifest.model.task is None
+    assert "no built-in set has the model's classes" in manifest.model.calibration.source
+    with edgeseg.load(tmp_path / "net") as seg, pytest.raises(edgeseg.DataError) as refused:
+        seg.evaluate(count=2)
+    assert "classes (background, sky, road) match no built-in synthetic set" in str(refused.value)
+    assert "pass --data DIR" in str(refused.value)
+    result = cli("eval", tmp_path / "net", "--count", 2)
+    assert result.exit_code == 2 and "match no built-in synthetic set" in result.output

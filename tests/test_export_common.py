@@ -246,3 +246,38 @@ def test_broken_calibration_fails_stress_parity_when_gated(tiny_checkpoint, tmp_
     stress = read_manifest(out).artifacts[0].parity["stress"]
     assert stress["gated"] is True and stress["passed"] is False and stress["agreement_miou"] < 0.95
     assert "LOW" in r.stdout
+
+
+def _with_export_section(checkpoint: Path, dest: Path, section: dict) -> Path:
+    """A copy of ``checkpoint`` whose training recipe carries ``section`` as its ``export:`` defaults."""
+    from edgeseg.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    return save_checkpoint(dest, ckpt.model(), ckpt.info, recipe={**ckpt.recipe, "export": section})
+
+
+def test_the_checkpoints_recipe_export_section_sets_the_defaults_and_flags_override_it(tiny_checkpoint, tmp_path, cli):
+    ckpt = _with_export_section(tiny_checkpoint, tmp_path / "ckpt.pt", {
+        "formats": ["onnx"], "precisions": ["fp32", "fp16"], "parity_images": 3, "calib_count": 2,
+        "thresholds": {"fp16": 0.9}, "stress": "off"})
+    result = cli("export", ckpt, "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "a")
+    assert [(a.format, a.precision) for a in manifest.artifacts] == [("onnx", "fp32"), ("onnx", "fp16")]
+    assert manifest.parity_reference["thresholds"]["fp16"] == 0.9, "the recipe's threshold"
+    assert manifest.parity_reference["thresholds"]["fp32"] == 0.999, "a precision the recipe does not name: the default"
+    assert all(a.parity["images"] == 3 and "stress" not in a.parity for a in manifest.artifacts)
+
+    result = cli("export", ckpt, "--out", tmp_path / "b", "--precisions", "fp32", "--parity-images", 2,
+                 "--threshold", "fp32=0.99")
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "b")
+    assert [(a.format, a.precision, a.parity["images"]) for a in manifest.artifacts] == [("onnx", "fp32", 2)]
+    assert manifest.parity_reference["thresholds"]["fp32"] == 0.99 and manifest.parity_reference["thresholds"]["fp16"] == 0.9
+
+
+def test_a_bad_recipe_export_section_is_refused_naming_the_checkpoint(tiny_checkpoint, tmp_path, cli):
+    ckpt = _with_export_section(tiny_checkpoint, tmp_path / "ckpt.pt", {"formats": ["onnx", "gif"]})
+    result = cli("export", ckpt, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "ckpt.pt: its training recipe key 'export.formats'" in result.output
+    assert not (tmp_path / "out").exists()

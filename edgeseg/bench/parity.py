@@ -12,13 +12,15 @@ import numpy as np
 
 from edgeseg.data.corruptions import CORRUPTIONS, stress_images
 from edgeseg.metrics import SegMetrics, agreement_miou
+from edgeseg.recipe import ExportCfg
 from edgeseg.runtime.base import Runner
 from edgeseg.evaluation.accumulate import model_inputs
 
-DEFAULT_THRESHOLDS = {"fp32": 0.999, "fp16": 0.995, "int8": 0.98, "pal6": 0.98}
-# agreement on the stress set (phone-camera corruptions and real photographs)
-DEFAULT_STRESS_THRESHOLDS = {"fp32": 0.999, "fp16": 0.99, "int8": 0.95, "pal6": 0.95}
-DEFAULT_MAX_GT_DROP = 1.0  # mIoU points
+# the export defaults (``ExportCfg``), for files whose manifest predates recording its own
+_DEFAULTS = ExportCfg()
+DEFAULT_THRESHOLDS = _DEFAULTS.thresholds
+DEFAULT_STRESS_THRESHOLDS = _DEFAULTS.stress_thresholds
+DEFAULT_MAX_GT_DROP = _DEFAULTS.max_gt_drop  # mIoU points
 
 
 @dataclass

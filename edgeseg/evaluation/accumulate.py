@@ -1,4 +1,4 @@
-"""Run a Runner over a Source and accumulate segmentation metrics (layer 2)."""
+"""Run a Runner over a Source and accumulate segmentation metrics (layer 3)."""
 from __future__ import annotations
 
 from typing import Callable, Iterator

@@ -42,6 +42,7 @@ def _evaluate(runner: Runner, view: ModelView, data_root: str | None, split: str
               given: dict | None) -> dict:
     """The metrics dict of ``evaluate_model`` for an open runner (``given``: slices read from a file, or None)."""
     if data_root is None:  # synthetic samples carry their own slice attributes
+        check_builtin_matches(view)
         source = builtin_source("eval", view.task, count, view.input_size)
         slices = given if given is not None else {source.get(i)[2]: source.attrs(i) for i in range(len(source))}
     else:
@@ -57,6 +58,17 @@ def _evaluate(runner: Runner, view: ModelView, data_root: str | None, split: str
     if slices:
         result["slices"] = slice_report(preds, masks, ids, slices, view.classes)
     return result
+
+
+def check_builtin_matches(view: ModelView) -> None:
+    """DataError (exit 2) when no built-in synthetic set has the model's classes: its labels would mean
+    something else, and a score on them would be noise (``--data`` must name the model's own data)."""
+    if view.task is None:
+        from edgeseg.data.synth import TASKS
+
+        builtin = "; ".join(f"{t} ({', '.join(c)})" for t, c in TASKS.items())
+        raise DataError(f"{view.source}: its classes ({', '.join(view.classes)}) match no built-in synthetic set "
+                        f"[{builtin}]; pass --data DIR with labelled images of its classes")
 
 
 def print_eval(result: dict) -> None:

@@ -16,13 +16,12 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgeseg import __version__
 from edgeseg.bench.gate import parity_problem
-from edgeseg.bench.parity import (DEFAULT_MAX_GT_DROP, DEFAULT_STRESS_THRESHOLDS, DEFAULT_THRESHOLDS, cannot_run,
-                                  check_parity, reference_set, skipped, stress_set)
+from edgeseg.bench.parity import cannot_run, check_parity, reference_set, skipped, stress_set
 from edgeseg.bench.stored_reference import store_reference
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra, require
 from edgeseg.export.base import CALIBRATED_PRECISION, EXPORTERS, ExportJob, embedded_metadata
@@ -41,20 +40,30 @@ TOOL_PACKAGES = ("torch", "torchvision", "timm", "onnx", "onnxscript", "onnxrunt
 
 @dataclass
 class ExportRequest:
+    """What to export and how. A field left None (or a threshold not named) takes the model's recipe
+    ``export:`` section, else ``ExportCfg``'s default: see ``resolved``."""
+
     checkpoint: str | None = None
     out_dir: str = "out/default"
-    formats: tuple[str, ...] = ("onnx", "tflite", "coreml")
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    formats: tuple[str, ...] | None = None
+    precisions: tuple[str, ...] | None = None
     calib_dir: str | None = None
     data_dir: str | None = None
-    calib_count: int = ExportCfg.calib_count
-    parity_images: int = ExportCfg.parity_images
-    thresholds: dict = field(default_factory=dict)
-    max_gt_drop: float = DEFAULT_MAX_GT_DROP
+    calib_count: int | None = None
+    parity_images: int | None = None
+    thresholds: dict = field(default_factory=dict)  # precision -> minimum agreement, over the defaults
+    max_gt_drop: float | None = None  # mIoU points
     force: bool = False  # write into a non-empty folder that is not an earlier export
     stress_thresholds: dict = field(default_factory=dict)
-    stress: str = ExportCfg.stress  # stress set (corruptions + real photos): "gate" | "report" (measured, not gated) | "off"
-    calib_method: str = ExportCfg.calib_method  # METHOD, FORMAT=METHOD,... or both (see calib_methods_for)
+    stress: str | None = None  # stress set (corruptions + real photos): "gate" | "report" (measured, not gated) | "off"
+    calib_method: str | None = None  # METHOD, FORMAT=METHOD,... or both (see calib_methods_for)
+
+    def resolved(self, cfg: ExportCfg) -> "ExportRequest":
+        """This request with every unset field taken from ``cfg`` (the recipe's export section or the defaults)."""
+        unset = {k: getattr(cfg, k) for k in ("formats", "precisions", "calib_count", "parity_images", "max_gt_drop",
+                                                "stress", "calib_method") if getattr(self, k) is None}
+        return replace(self, **unset, thresholds={**cfg.thresholds, **self.thresholds},
+                       stress_thresholds={**cfg.stress_thresholds, **self.stress_thresholds})
 
 
 @dataclass
@@ -171,15 +180,18 @@ def run_export(req: ExportRequest, on_artifact=None, *, model_source: ExportSour
     """Export, check parity of every file, write the manifest; returns what was written.
 
     ``model_source`` is the model to export (default: ``req.checkpoint``, read after the cheap
-    option checks). ``on_artifact(artifact)`` is called after each file is checked (for progress output).
+    option checks). Options ``req`` leaves unset come from the model's recipe ``export:`` section, else
+    the defaults (``ExportRequest.resolved``); every option is checked before any file is written.
+    ``on_artifact(artifact)`` is called after each file is checked (for progress output).
     """
     dest = check_output(req.out_dir, is_dir=True, what="--out")
-    if req.stress not in STRESS_MODES:
+    if req.stress is not None and req.stress not in STRESS_MODES:
         raise EdgesegError(f"--stress must be one of {', '.join(STRESS_MODES)}, got {req.stress!r}")
-    exporters = load_exporters(req.formats, req.precisions)
-    methods = calib_methods_for(req.calib_method, exporters, req.precisions)
     if model_source is None:
         model_source = checkpoint_source(resolve_checkpoint(req.checkpoint))
+    req = req.resolved(model_source.export)
+    exporters = load_exporters(req.formats, req.precisions)
+    methods = calib_methods_for(req.calib_method, exporters, req.precisions)
     info, task, model = model_source.info, model_source.task, model_source.model
     names = {MANIFEST_NAME, REFERENCE_NAME} | {f"{info.name}-{p}{SUFFIXES[f]}" for f in exporters for p in req.precisions}
     owned = owned_by_earlier_export(dest, names, req.force)
@@ -229,8 +241,8 @@ class ParityGate:
     @classmethod
     def build(cls, reference, req: ExportRequest, *, reference_set_args) -> "ParityGate":
         ref = reference_set(reference, *reference_set_args)
-        return cls(ref, None if req.stress == "off" else stress_set(reference, ref), {**DEFAULT_THRESHOLDS, **req.thresholds},
-                   {**DEFAULT_STRESS_THRESHOLDS, **req.stress_thresholds}, req.max_gt_drop, req.stress == "gate")
+        return cls(ref, None if req.stress == "off" else stress_set(reference, ref), req.thresholds,
+                   req.stress_thresholds, req.max_gt_drop, req.stress == "gate")
 
     def check(self, art: Artifact, manifest: Manifest) -> dict:
         """The manifest ``parity`` block of one file: ``skipped`` when its runtime is not installed, failed

@@ -62,12 +62,17 @@ def augment_pixels(images: list[np.ndarray], augment: AugmentCfg, seed: int = AU
     return out
 
 
-def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str, count: int,
+#: the built-in images used for a model whose classes match no built-in set: pixels only, never labels
+FALLBACK_TASK = "portrait"
+
+
+def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str | None, count: int,
                        size: tuple[int, int], augment: AugmentCfg | None = None) -> CalibrationSet:
     """Calibration pixels: --calib DIR as they are; else the recipe's training data, else the built-in set,
     each under the training augmentations ``augment`` (the recipe's; None when the model has no recipe).
 
-    The built-in calibration set uses its own seed, disjoint from the parity/eval set.
+    The built-in calibration set uses its own seed, disjoint from the parity/eval set. ``task`` None
+    (no built-in set has the model's classes): the built-in portrait pixels, and the source says so.
     """
     if calib_dir:
         return CalibrationSet(images_in_folder(calib_dir, count, size), str(calib_dir))
@@ -76,9 +81,11 @@ def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str
         images = [resize_pixels(src.get(i)[0], size) for i in range(min(count, len(src)))]
         source = f"{recipe_root} (train split)"
     else:
-        src = builtin_source("calib", task, count, size)
+        src = builtin_source("calib", task or FALLBACK_TASK, count, size)
         images = [src.get(i)[0] for i in range(count)]
-        source = f"built-in synthetic {task} calibration set"
+        source = (f"built-in synthetic {task} calibration set" if task else
+                  f"built-in synthetic {FALLBACK_TASK} images (no built-in set has the model's classes; "
+                  "pass --calib DIR with images like the ones it will see)")
     if augment is None:
         return CalibrationSet(images, f"{source}, not augmented (the model carries no training recipe)")
     if not photometric_steps(color=augment.color, corrupt=augment.corrupt):
@@ -89,8 +96,30 @@ def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str
                           f"(color {augment.color:g}, corrupt {augment.corrupt:g}; seed {AUGMENT_SEED})", record)
 
 
-def parity_source(data_dir: str | None, task: str, count: int, size: tuple[int, int], classes):
-    """(source, description): --data DIR's val split, else the built-in synthetic eval set."""
+def parity_source(data_dir: str | None, task: str | None, count: int, size: tuple[int, int], classes):
+    """(source, description): --data DIR's val split, else the built-in synthetic eval set of ``task``.
+
+    ``task`` None (no built-in set has the model's classes): the built-in portrait images without
+    their labels, so parity is agreement with PyTorch only, and the description says so.
+    """
     if data_dir:
         return open_source(data_dir, "val", classes=tuple(classes)), f"{data_dir} (val split)"
+    if task is None:
+        return (Unlabelled(builtin_source("eval", FALLBACK_TASK, count, size)),
+                f"built-in synthetic {FALLBACK_TASK} images, agreement only: no built-in set has the model's classes "
+                f"({', '.join(classes)}); pass --data DIR with labelled images for accuracy numbers")
     return builtin_source("eval", task, count, size), f"built-in synthetic {task} eval set"
+
+
+class Unlabelled:
+    """A source's images and ids without its masks (pixels to compare runtimes on, not labels)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def get(self, i: int):
+        image, _, sid = self.source.get(i)
+        return image, None, sid

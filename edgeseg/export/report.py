@@ -50,3 +50,6 @@ def export_table(manifest) -> None:
     ref = next((a.parity.get("reference_gt_miou") for a in manifest.artifacts if a.parity.get("reference_gt_miou") is not None), None)
     if ref is not None:
         console.print(f"PyTorch fp32 reference GT mIoU: {ref:.4f}")
+    data = (manifest.parity_reference or {}).get("data")
+    if data:
+        console.print(f"parity images: {data}")

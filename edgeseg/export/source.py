@@ -19,8 +19,8 @@ from edgeseg.errors import EdgesegError, RecipeError
 from edgeseg.manifest import is_model_name, shown
 from edgeseg.models.checkpoint import INFO_RULES, Checkpoint, ModelInfo
 from edgeseg.models.profile import count_macs, count_params
-from edgeseg.recipe import AugmentCfg, augment_from_dict
-from edgeseg.runtime.loader import checkpoint_task, synth_task_for
+from edgeseg.recipe import AugmentCfg, ExportCfg, augment_from_dict, export_from_dict
+from edgeseg.runtime.loader import synth_task_for
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,11 @@ class ExportSource:
 
     model: nn.Module  # fp32, eval mode: normalized [N, 3, H, W] -> logits [N, C, H, W]
     info: ModelInfo
-    task: str  # the built-in synthetic set (calibration, parity) when no folder is given
+    task: str | None  # the built-in synthetic set matching its classes (None: none does; parity is agreement-only)
     origin: dict  # where the weights came from, for the manifest: {"checkpoint": {...}} or {"module": {...}}
     recipe_root: str | None = None  # the training data, calibrated on when no --calib is given
     augment: AugmentCfg | None = None  # the training augmentations calibration images follow
+    export: ExportCfg = ExportCfg()  # export defaults: the recipe's ``export:`` section, else edgeseg's
 
     def model_section(self) -> dict:
         """The manifest's ``model`` section: identity, classes, preprocessing, size and origin."""
@@ -55,11 +56,19 @@ def training_augment(ckpt: Checkpoint) -> AugmentCfg | None:
         raise RecipeError(f"{ckpt.path}: its training {exc}") from None
 
 
+def recipe_export(ckpt: Checkpoint) -> ExportCfg:
+    """The export defaults of the checkpoint's recipe (its ``export:`` section over edgeseg's defaults)."""
+    try:
+        return export_from_dict(ckpt.recipe.get("export"))
+    except RecipeError as exc:
+        raise RecipeError(f"{ckpt.path}: its training {exc}") from None
+
+
 def checkpoint_source(ckpt: Checkpoint, model: nn.Module | None = None) -> ExportSource:
     """The export source of an edgeseg checkpoint; ``model``: its weights already loaded (else loaded here)."""
-    return ExportSource(ckpt.model() if model is None else model, ckpt.info, checkpoint_task(ckpt),
+    return ExportSource(ckpt.model() if model is None else model, ckpt.info, synth_task_for(ckpt.info.classes),
                         {"checkpoint": {"path": str(ckpt.path), "sha256": ckpt.sha256}},
-                        ckpt.recipe.get("data", {}).get("root"), training_augment(ckpt))
+                        ckpt.recipe.get("data", {}).get("root"), training_augment(ckpt), recipe_export(ckpt))
 
 
 def module_source(module: nn.Module, *, classes, input_size, mean, std, name: str | None = None) -> ExportSource:

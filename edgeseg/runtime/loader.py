@@ -31,7 +31,7 @@ class ModelView:
     source: str  # checkpoint path or exported file
     format: str  # checkpoint | onnx | tflite | coreml
     precision: str
-    task: str  # built-in synthetic task matching the classes
+    task: str | None  # the built-in synthetic set whose classes are the model's; None: none is (no guessing)
 
 
 @dataclass
@@ -54,15 +54,15 @@ RUNNERS = {
 }
 
 
-def synth_task_for(classes) -> str:
-    from edgeseg.data.synth import PARTS_CLASSES
+def synth_task_for(classes) -> str | None:
+    """The built-in synthetic task whose class list is exactly ``classes``; None when none is.
 
-    return "parts" if tuple(classes) == tuple(PARTS_CLASSES) else "portrait"
+    A built-in set scores a model only when its labels mean what the model's outputs mean: a
+    21-class VOC model is never scored on the 2-class portrait set.
+    """
+    from edgeseg.data.synth import TASKS
 
-
-def checkpoint_task(ckpt: Checkpoint) -> str:
-    """The built-in synthetic task for a checkpoint: its recipe's ``data.task``, else the one matching its classes."""
-    return str(ckpt.recipe.get("data", {}).get("task") or synth_task_for(ckpt.info.classes))
+    return next((task for task, names in TASKS.items() if tuple(names) == tuple(classes)), None)
 
 
 def runner_class(fmt: str) -> type[Runner]:
@@ -126,7 +126,7 @@ def load_model(spec: str | None, *, threads: int | None = None, pick: str | None
     ckpt = resolve_checkpoint(spec)
     info = ckpt.info
     view = ModelView(info.name, info.classes, info.input_size, info.mean, info.std, str(ckpt.path), "checkpoint", "fp32",
-                     checkpoint_task(ckpt))
+                     synth_task_for(info.classes))
     return LoadedModel(TorchRunner.from_checkpoint(ckpt, threads), view, checkpoint=ckpt)
 
 
