@@ -22,7 +22,7 @@ and the written manifest is on the exception; pass ``check=False`` to get the ma
 and read ``artifact.parity.passed`` yourself.
 
 Every call here is a thin layer over the library: ``runtime.loader`` opens models,
-``apply.predict`` segments, ``bench.evaluation`` scores, ``export.pipeline`` exports.
+``apply.predict`` segments, ``evaluation.run`` scores, ``export.pipeline`` exports.
 """
 from __future__ import annotations
 

@@ -217,28 +217,36 @@ def eval_cmd(model, data_root, split, count, json_out, slices_file):
 
 
 def csv_list(ctx, param, value):
-    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+    """'a,b' -> ('a', 'b'); not given -> None (the recipe's or edgeseg's default); '' -> () (refused later)."""
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def recipe_default(value) -> str:
+    """The ``[default: ...]`` text of an export option whose default is the checkpoint's recipe ``export:`` section."""
+    shown = ",".join(value) if isinstance(value, tuple) else value
+    return f"the recipe's export: section, else {shown}"
 
 
 @main.command()
 @click.argument("checkpoint", required=False)
 @click.option("--out", "out_dir", default="out/default", show_default=True, type=click.Path(file_okay=False))
-@click.option("--formats", default="onnx,tflite,coreml", show_default=True, callback=csv_list)
-@click.option("--precisions", default="fp32,fp16,int8", show_default=True, callback=csv_list, help="fp32,fp16,int8 (Core ML also pal6)")
+@click.option("--formats", callback=csv_list, show_default=recipe_default(ExportCfg.formats))
+@click.option("--precisions", callback=csv_list, show_default=recipe_default(ExportCfg.precisions),
+              help="fp32,fp16,int8 (Core ML also pal6)")
 @click.option("--calib", "calib_dir", type=click.Path(),
               help="Folder of calibration images, used as they are [the recipe's data or the built-in set, "
                    "under the recipe's colour/noise training augmentations].")
 @click.option("--data", "data_dir", type=click.Path(), help="Dataset for parity (val split) [built-in synthetic set].")
-@click.option("--calib-count", type=click.IntRange(1), default=ExportCfg.calib_count, show_default=True)
-@click.option("--calib-method", default=ExportCfg.calib_method, show_default=True, metavar="METHOD|FORMAT=METHOD,...",
+@click.option("--calib-count", type=click.IntRange(1), show_default=recipe_default(ExportCfg.calib_count))
+@click.option("--calib-method", show_default=recipe_default(ExportCfg.calib_method), metavar="METHOD|FORMAT=METHOD,...",
               help=f"int8 activation calibration ({', '.join(CALIB_METHODS)}): one method for every int8 file, or per "
                    "format, e.g. onnx=entropy; a method a format's quantizer does not offer is refused, naming what it offers.")
-@click.option("--parity-images", type=click.IntRange(1), default=ExportCfg.parity_images, show_default=True)
+@click.option("--parity-images", type=click.IntRange(1), show_default=recipe_default(ExportCfg.parity_images))
 @click.option("--threshold", "thresholds", multiple=True, metavar="PRECISION=MIN_AGREEMENT",
               help="Override a parity threshold, e.g. int8=0.97.")
 @click.option("--stress-threshold", "stress_thresholds", multiple=True, metavar="PRECISION=MIN_AGREEMENT",
               help="Override a stress-parity threshold (phone-camera corruptions and real photos), e.g. int8=0.9.")
-@click.option("--stress", type=click.Choice(STRESS_MODES), default=ExportCfg.stress, show_default=True,
+@click.option("--stress", type=click.Choice(STRESS_MODES), show_default=recipe_default(ExportCfg.stress),
               help="Stress parity (parity images under phone-camera corruptions, plus real photos): gate on it, "
                    "only measure and record it, or skip it.")
 @click.option("--force", is_flag=True,
@@ -302,7 +310,7 @@ def predict(model, inputs, out_dir, output, background, refine, threads, pick, f
 
 def int_list(ctx, param, value):
     try:
-        return tuple(int(v) for v in csv_list(ctx, param, value))
+        return tuple(int(v) for v in csv_list(ctx, param, value) or ())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
@@ -328,7 +336,7 @@ def _announce_retiming(results: list[dict], max_slowdown: float) -> list[dict]:
               help="Fresh loads per result (RUNS timed runs each); normalized p50 is the median over them.")
 @click.option("--parity-images", type=click.IntRange(1), default=None,
               help="Check parity on the first N images the export stored [all]; with --data, on N of its val split [8].")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results (DESIGN.md schema).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results (docs/design.md schema).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.md/html with charts.")
 @click.option("--baseline", type=click.Path(dir_okay=False), help="Gate against this bench JSON.")
 @click.option("--max-slowdown", type=float, default=1.15, show_default=True)

@@ -1,6 +1,6 @@
 """``edgeseg inspect`` on real exported files, read by the real runtimes (no mocks).
 
-One tiny 64x64 model is exported once to ONNX, TFLite and Core ML at fp32 and int8; every file
+The session's shared tiny 64x64 export (ONNX, TFLite and Core ML at fp32, fp16 and int8): every file
 is inspected through the CLI. A second, bare .tflite is built here with an int8 HARD_SWISH,
 which XNNPACK has no int8 kernel for, to show that the delegate coverage is measured from the
 file (the graph splits into two XNNPACK partitions) rather than assumed.
@@ -28,14 +28,9 @@ LABELS = ["background", "person"]
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_checkpoint, tmp_path_factory):
-    """The tiny checkpoint exported once (subprocess, the real console entry point)."""
-    out = tmp_path_factory.mktemp("inspect") / "exp"
-    r = run_edgeseg("export", tiny_checkpoint, "--out", out, "--formats", ",".join(FORMATS),
-                    "--precisions", ",".join(PRECISIONS), "--parity-images", "2", "--calib-count", "4",
-                    "--threshold", "int8=0.9")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return read_manifest(out)
+def exported(shared_export):
+    """The session's shared tiny export (every format at fp32, fp16 and int8; read-only)."""
+    return shared_export.manifest
 
 
 def inspect_json(cli, path) -> dict:

@@ -1,6 +1,6 @@
 """``edgeseg bench``: time and check every exported file through its Runner (layer 3).
 
-One JSON document (schema in DESIGN.md): host, the benchmarked model's identity, calibration
+One JSON document (schema in docs/design.md): host, the benchmarked model's identity, calibration
 workload, and one result per (artifact, threads) with latency percentiles, normalized p50, load
 time, peak RSS, size and parity. Parity is checked against the reference each export stored
 beside its files (``stored_reference``): no checkpoint needed, from any directory; a file whose
@@ -308,7 +308,7 @@ def timing_image(manifest: Manifest):
     """The first built-in eval image at the model's size: what is timed when no parity set exists."""
     m = manifest.model
     size = (m["input"]["height"], m["input"]["width"])
-    return builtin_source("eval", m.get("task", "portrait"), 1, size).get(0)[0]
+    return builtin_source("eval", m.get("task") or "portrait", 1, size).get(0)[0]
 
 
 def _bench_target(t: Target, threads: int, req: BenchRequest, calib: CalibrationPool, image, parity,
