@@ -533,3 +533,24 @@ def test_coreml_predict_matches_reference(export, precision):
     ours = CoreMLReferenceProgram.load(dest).predict(images)
     assert _rel_err(native, ours) <= (5e-3 if precision == "fp32" else 2e-2)
     assert (native.argmax(1) == ours.argmax(1)).mean() >= 0.99
+
+
+def test_one_model_is_traced_once_and_converted_once_per_compute_precision(models, export, tmp_path):
+    """A cache shared across precisions (as the exporter does): fp32 and fp16 are converted, int8 compresses the
+    fp16 program already converted; each package equals its stand-alone conversion and describes its own precision."""
+    case = "perchannel"
+    mean, std = CASES[case][1]
+    cache = {}
+    images = _images()
+    for precision in ("int8", "fp16", "fp32"):  # int8 first: it converts the fp16 program that fp16 then reuses
+        dest = tmp_path / f"{precision}.mlpackage"
+        convert_coreml(models[case], height=SIZE, width=SIZE, mean=mean, std=std, labels=LABELS, precision=precision,
+                       dest=dest, description=f"tiny {case} segmenter",
+                       metadata={"recipe": "tiny.yaml", "epochs": 3, "classes": json.dumps(LABELS), "input_size": [64, 64]},
+                       weight_threshold=WEIGHT_THRESHOLD, cache=cache)
+        alone, _ = export(case, precision)
+        np.testing.assert_array_equal(CoreMLReferenceProgram.load(dest).predict(images),
+                                      CoreMLReferenceProgram.load(alone).predict(images))
+        meta = read_coreml_info(dest)["metadata"]["user_defined"]
+        assert meta["precision"] == precision and meta["quantized"] == read_coreml_info(alone)["metadata"]["user_defined"]["quantized"]
+    assert set(cache) == {"exported", "FLOAT16", "FLOAT32"}

@@ -13,6 +13,14 @@ class CoreMLExporter:
     extra = "coreml"
     calib_methods = ()  # int8 and pal6 compress weights only: nothing is calibrated on images
 
+    def __init__(self):
+        self._converted: tuple[int, dict] | None = None  # (id(model), conversion cache), reused across precisions
+
+    def _cache(self, model) -> dict:
+        if self._converted is None or self._converted[0] != id(model):
+            self._converted = (id(model), {})
+        return self._converted[1]
+
     def export(self, job: ExportJob) -> Artifact:
         check_precision(self, job.precision)
         require("coremltools", "coreml", "Core ML export")
@@ -22,6 +30,7 @@ class CoreMLExporter:
         dest = job.out_dir / f"{job.stem}.mlpackage"
         result = convert_coreml(job.model, height=h, width=w, mean=list(job.info.mean), std=list(job.info.std),
                                 labels=list(job.info.classes), precision=job.precision, dest=dest,
-                                description=f"edgeseg {job.info.arch} segmenter ({job.precision})", metadata=job.metadata)
+                                description=f"edgeseg {job.info.arch} segmenter ({job.precision})", metadata=job.metadata,
+                                cache=self._cache(job.model))
         return artifact_for(job, "coreml", input=dict(result.input), output=dict(result.output), quantized=result.quantized,
                             details={"minimum_deployment_target": "iOS16"})

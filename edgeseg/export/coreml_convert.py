@@ -139,6 +139,7 @@ def convert_coreml(
     metadata: Mapping[str, Any] | None,
     minimum_target: str = "iOS16",
     weight_threshold: int = 2048,
+    cache: dict | None = None,
 ) -> CoreMLResult:
     """Convert ``model`` to an ML Program written atomically at ``dest`` (a ``.mlpackage``).
 
@@ -151,18 +152,12 @@ def convert_coreml(
     weight tensors with at most this many elements uncompressed. Raises EdgesegError for an unknown
     precision or target, bad normalization, a label count that does not match the model's
     channels, or a ``dest`` that is not a ``.mlpackage`` path; ``dest`` is untouched on failure.
+
+    ``cache``: a dict kept by the caller for one model (same model, size, normalization and target)
+    across precisions: the model is traced once, converted once per compute precision, and int8 /
+    pal6 compress the fp16-compute program already converted.
     """
-    if precision not in _PRECISIONS:
-        raise EdgesegError(
-            f"Core ML precision {precision!r} is not supported; choose one of {', '.join(COREML_PRECISIONS)}"
-        )
-    if minimum_target not in COREML_TARGETS:
-        raise EdgesegError(
-            f"Core ML target {minimum_target!r} is not supported; choose one of {', '.join(COREML_TARGETS)}"
-        )
-    dest = Path(dest)
-    if dest.suffix != ".mlpackage":
-        raise EdgesegError(f"Core ML destination {dest} must end in .mlpackage")
+    _check_choice(precision, minimum_target, dest)
     scale, bias, factors = image_normalization(mean, std)
     spec = _PRECISIONS[precision]
     facts = {
@@ -175,34 +170,79 @@ def convert_coreml(
         "weight_threshold": weight_threshold,
     }
     user_metadata = _merge_metadata(facts, metadata or {})
-    ct = require("coremltools", "coreml", "Core ML export")
-    torch = require("torch", "coreml")
+    require("coremltools", "coreml", "Core ML export")
     if model.training:
         raise EdgesegError("convert_coreml needs the model in eval mode (call model.eval())")
-
     net = model if factors is None else _channel_scaled(model, factors)
-    example = torch.zeros(1, 3, height, width)
+    classes = _checked_classes(net, height, width, labels)
+    cache = {} if cache is None else cache
+    mlmodel = _converted(net, cache, height=height, width=width, scale=scale, bias=bias, compute=spec.compute,
+                         minimum_target=minimum_target)
+    if spec.compress is not None:
+        mlmodel = spec.compress(mlmodel, weight_threshold)  # a new model: the cached one is left as it was
+    _describe(mlmodel, description, user_metadata, facts, classes, labels, height, width)
+    with atomic_path(dest, is_dir=True) as tmp:
+        mlmodel.save(str(tmp))
+    return CoreMLResult(
+        input={"name": INPUT_NAME, "shape": [1, 3, height, width], "dtype": "uint8", "layout": "NCHW",
+               "expects": "pixels", "color": "RGB", "scale": scale, "bias": bias},
+        output={"name": OUTPUT_NAME, "shape": [1, classes, height, width], "dtype": "float32", "layout": "NCHW"},
+        quantized=spec.quantized,
+    )
+
+
+def _check_choice(precision: str, minimum_target: str, dest: Path) -> None:
+    """EdgesegError for an unknown precision or target, or a destination that is not a .mlpackage."""
+    if precision not in _PRECISIONS:
+        raise EdgesegError(
+            f"Core ML precision {precision!r} is not supported; choose one of {', '.join(COREML_PRECISIONS)}"
+        )
+    if minimum_target not in COREML_TARGETS:
+        raise EdgesegError(
+            f"Core ML target {minimum_target!r} is not supported; choose one of {', '.join(COREML_TARGETS)}"
+        )
+    if Path(dest).suffix != ".mlpackage":
+        raise EdgesegError(f"Core ML destination {dest} must end in .mlpackage")
+
+
+def _checked_classes(net, height: int, width: int, labels: Sequence[str]) -> int:
+    """The model's class count from one dry run; EdgesegError when its logits or the labels do not fit."""
+    torch = require("torch", "coreml")
     with torch.no_grad():
-        logits = net(example)
+        logits = net(torch.zeros(1, 3, height, width))
     classes = int(logits.shape[1])
     if tuple(logits.shape) != (1, classes, height, width):
         raise EdgesegError(f"model returned logits {list(logits.shape)}; expected [1, C, {height}, {width}]")
     if len(labels) != classes:
         raise EdgesegError(f"{len(labels)} labels given but the model has {classes} output channels")
+    return classes
 
-    exported = torch.export.export(net, (example,)).run_decompositions({})
-    mlmodel = ct.convert(
-        exported,
+
+def _converted(net, cache: dict, *, height: int, width: int, scale: float, bias: list[float], compute: str,
+               minimum_target: str):
+    """The ML Program of ``net`` at ``compute`` precision, from ``cache`` when this model was converted at it
+    before; the traced (``torch.export``) program is cached too, so each model is traced once."""
+    if compute in cache:
+        return cache[compute]
+    ct = require("coremltools", "coreml", "Core ML export")
+    torch = require("torch", "coreml")
+    if "exported" not in cache:
+        cache["exported"] = torch.export.export(net, (torch.zeros(1, 3, height, width),)).run_decompositions({})
+    cache[compute] = ct.convert(
+        cache["exported"],
         inputs=[ct.ImageType(name=INPUT_NAME, shape=(1, 3, height, width), scale=scale, bias=bias,
                              color_layout=ct.colorlayout.RGB)],
         outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
         convert_to="mlprogram",
         minimum_deployment_target=getattr(ct.target, minimum_target),
-        compute_precision=getattr(ct.precision, spec.compute),
+        compute_precision=getattr(ct.precision, compute),
     )
-    if spec.compress is not None:
-        mlmodel = spec.compress(mlmodel, weight_threshold)
+    return cache[compute]
 
+
+def _describe(mlmodel, description: str, user_metadata: dict, facts: dict, classes: int, labels, height: int,
+              width: int) -> None:
+    """Set the package's description, author, version, metadata and input/output descriptions."""
     mlmodel.short_description = description
     mlmodel.author = "edgeseg"
     mlmodel.version = __version__
@@ -214,15 +254,6 @@ def convert_coreml(
     )
     mlmodel.output_description[OUTPUT_NAME] = (
         f"float32 logits [1, {classes}, {height}, {width}]; argmax over axis 1 is the class index in {list(labels)}"
-    )
-    with atomic_path(dest, is_dir=True) as tmp:
-        mlmodel.save(str(tmp))
-
-    return CoreMLResult(
-        input={"name": INPUT_NAME, "shape": [1, 3, height, width], "dtype": "uint8", "layout": "NCHW",
-               "expects": "pixels", "color": "RGB", "scale": scale, "bias": bias},
-        output={"name": OUTPUT_NAME, "shape": [1, classes, height, width], "dtype": "float32", "layout": "NCHW"},
-        quantized=spec.quantized,
     )
 
 
