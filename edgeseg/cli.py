@@ -251,23 +251,27 @@ def recipe_default(value) -> str:
                    "only measure and record it, or skip it.")
 @click.option("--force", is_flag=True,
               help="Export into a non-empty folder that is not an earlier export (its other files are kept).")
+@click.option("--verbose", is_flag=True, help="Show the converters' own output (progress bars, warnings, logs).")
 def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, calib_method, parity_images,
-           thresholds, stress_thresholds, stress, force):
+           thresholds, stress_thresholds, stress, force, verbose):
     """Export a checkpoint (default: the packaged portrait model) to ONNX, TFLite and Core ML.
 
     Into an existing --out folder, only an earlier export's files (those its manifest lists) are
-    replaced; anything else there is kept.
+    replaced; anything else there is kept. The converters' own output is folded away (shown if
+    the export crashes, or always with --verbose).
     """
     from edgeseg.api import export_checkpoint
     from edgeseg.errors import ParityFailed
-    from edgeseg.export.report import export_table
+    from edgeseg.export.report import artifact_line, export_table
+    from edgeseg.ui import folded_output
 
     try:
-        manifest = export_checkpoint(checkpoint, out_dir, formats, precisions, calib=calib_dir, data=data_dir,
-                                     calib_count=calib_count, calib_method=calib_method, parity_images=parity_images,
-                                     thresholds=thresholds, stress_thresholds=stress_thresholds, stress=stress,
-                                     force=force, on_artifact=lambda a: click.echo(f"  exported {a.path} "
-                                                                                   f"({a.bytes / 1024:.0f} KB)"))
+        with folded_output(verbose, keep=(EdgesegError, GateFailed, KeyboardInterrupt)) as progress:
+            manifest = export_checkpoint(checkpoint, out_dir, formats, precisions, calib=calib_dir, data=data_dir,
+                                         calib_count=calib_count, calib_method=calib_method, parity_images=parity_images,
+                                         thresholds=thresholds, stress_thresholds=stress_thresholds, stress=stress,
+                                         force=force, on_artifact=lambda a: print(artifact_line(a), file=progress,
+                                                                                  flush=True))
     except ParityFailed as exc:
         export_table(exc.manifest)
         raise
@@ -315,17 +319,6 @@ def int_list(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
-def _echo_result(r: dict) -> None:
-    timing = f"{r['latency_ms']['p50']:.2f} ms" if "latency_ms" in r else r.get("skipped") or r.get("latency_skipped", "")
-    click.echo(f"  {r['artifact']} x{r['threads']}: {timing}")
-
-
-def _announce_retiming(results: list[dict], max_slowdown: float) -> list[dict]:
-    for r in results:
-        click.echo(f"  re-timing {r['artifact']} x{r['threads']} (over {max_slowdown:.2f}x the baseline)")
-    return results
-
-
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--data", "data_dir", type=click.Path(), help="Dataset for parity (val split) [built-in synthetic set].")
@@ -349,8 +342,7 @@ def _announce_retiming(results: list[dict], max_slowdown: float) -> list[dict]:
 @click.option("--benchmark-binary", type=click.Path(), help="TFLite benchmark_model built for the phone (android).")
 @click.option("--use-gpu", is_flag=True, help="Android: use the GPU delegate instead of XNNPACK.")
 @click.option("--slices", "slices_file", type=click.Path(dir_okay=False), help="CSV id,slice... for per-slice IoU.")
-def bench(paths, data_dir, threads, runs, warmup, sessions, parity_images, json_out, report_dir, baseline, max_slowdown,
-          update_baseline, gate_threads, confirm, device, benchmark_binary, use_gpu, slices_file):
+def bench(**options):
     """Time every exported file through its runtime, check parity, and gate against a baseline.
 
     Parity is checked against the reference each export stored beside its files: no checkpoint
@@ -358,63 +350,9 @@ def bench(paths, data_dir, threads, runs, warmup, sessions, parity_images, json_
     whose parity cannot be checked fails the gate (exit 1), as does one below its threshold.
     Options, output locations, every file's sha256 and the baseline are checked before any timing.
     """
-    from edgeseg.bench.gate import check_options, compare, load_baseline, over_limit, parity_failures
-    from edgeseg.bench.harness import BenchRequest, plan_bench, run_android, run_bench
-    from edgeseg.bench.report import COLUMNS, int8_summary, table_rows, write_report
-    from edgeseg.fsutil import check_json_output, check_output
-    from edgeseg.ui import print_table
+    from edgeseg.bench.command import BenchOptions, run_bench_command
 
-    if update_baseline and not baseline:
-        raise EdgesegError("--update-baseline needs --baseline FILE (where to write it)")
-    if device != "host" and not device.startswith("android"):
-        raise EdgesegError(f"--device must be host or android[:SERIAL], got {device!r}")
-    if device != "host" and not benchmark_binary:
-        raise EdgesegError("--device android needs --benchmark-binary PATH (TFLite's benchmark_model for the phone)")
-    req = BenchRequest(tuple(paths), data_dir, threads, runs, warmup, sessions=sessions, parity_images=parity_images,
-                       slices_file=slices_file)
-    gated = check_options(threads, gate_threads, max_slowdown)
-    for out, what in ((json_out, "--json"), (baseline if update_baseline else None, "--baseline")):
-        if out:
-            check_json_output(out, what=what)
-    if report_dir:
-        check_output(report_dir, is_dir=True, what="--report")
-    plan = plan_bench(req)
-    old = None
-    if baseline and not update_baseline:
-        old = load_baseline(baseline, model=plan.model, threads=threads, latency_threads=gated)
-    outcome = None
-    if device == "host":
-        recheck = None
-        if old is not None and confirm:
-            recheck = lambda results: _announce_retiming(over_limit(old, results, max_slowdown, gated), max_slowdown)  # noqa: E731
-        outcome = run_bench(plan, on_result=_echo_result, recheck=recheck)
-        doc = outcome.doc
-    else:
-        doc = run_android(plan, serial=device.partition(":")[2] or None, binary=benchmark_binary, use_gpu=use_gpu)
-    print_table("bench", COLUMNS, table_rows(doc))
-    summary = int8_summary(doc)
-    if summary:
-        click.echo(summary)
-    write_json(json_out, doc)
-    if report_dir:
-        write_report(doc, report_dir, None if outcome is None or outcome.sample_images is None
-                     else (outcome.sample_images, outcome.sample_preds))
-        click.echo(f"report: {Path(report_dir) / 'report.md'}")
-    failures = parity_failures(doc["results"])
-    if failures:
-        raise GateFailed("; ".join(failures) + (" (baseline not written)" if update_baseline else ""))
-    if baseline and update_baseline:
-        write_json(baseline, doc)
-        click.echo(f"baseline updated: {baseline}")
-    elif baseline:
-        gate = compare(old, doc, max_slowdown, gated)
-        print_table(f"gate vs {baseline} (max slowdown {max_slowdown:.2f}x, normalized p50)",
-                    ["result", "old", "new", "ratio", "re-timed", "agreement", "status"],
-                    [[r["key"], r["old"], r["new"], r["ratio"], r["retimed_ratio"], r.get("agreement"), r["status"]]
-                     for r in gate.rows])
-        if not gate.passed:
-            raise GateFailed("; ".join(gate.failures))
-        click.echo("gate passed")
+    run_bench_command(BenchOptions(**options), echo=click.echo, write_json=write_json)
 
 
 @main.command()

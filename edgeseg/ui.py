@@ -1,7 +1,12 @@
-"""Console output helpers shared by commands (rich tables)."""
+"""Console output helpers shared by commands (rich tables, progress, folded third-party output)."""
 from __future__ import annotations
 
 import contextlib
+import io
+import os
+import sys
+import tempfile
+from typing import IO, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -29,3 +34,61 @@ def progress_bar(label: str, total: int):
     with Progress(console=console, disable=not console.is_terminal or total < 2) as bar:
         task = bar.add_task(label, total=total)
         yield lambda: bar.advance(task)
+
+
+@contextlib.contextmanager
+def folded_output(verbose: bool = False, keep: tuple[type[BaseException], ...] = ()) -> Iterator[IO[str]]:
+    """Fold what third-party code prints (converter progress bars, library warnings, C++ logs) away from
+    the user; yields the stream edgeseg's own progress lines go to.
+
+    Both Python's ``sys.stdout`` / ``sys.stderr`` and the process's file descriptors 1 and 2 (where
+    C++ libraries write) point at a temporary log inside the block. If the block raises anything but
+    ``keep`` (edgeseg's own one-line errors, a failed gate, Ctrl-C), the log is replayed on stderr so
+    an unexpected failure is not hidden. ``verbose``: nothing is folded.
+    """
+    if verbose:
+        yield sys.stdout
+        return
+    out, err = sys.stdout, sys.stderr
+    for stream in (out, err):
+        stream.flush()
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+        real = _is_fd(out, 1)  # a real process stdout (not e.g. a test runner's buffer): fd 1 is folded too
+        saved = (os.dup(1), os.dup(2))
+        own = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8", errors="replace") if real else out
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        sys.stdout = sys.stderr = log
+        try:
+            yield own
+        except keep:
+            raise
+        except BaseException:
+            _restore(out, err, saved, log)
+            log.seek(0)
+            err.write(log.read())
+            err.flush()
+            raise
+        finally:
+            _restore(out, err, saved, log)
+            if real:
+                own.close()
+
+
+def _is_fd(stream, fd: int) -> bool:
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
+def _restore(out, err, saved: tuple[int, int], log) -> None:
+    """Point stdout/stderr (objects and descriptors) back where they were; idempotent."""
+    if sys.stdout is out and sys.stderr is err:
+        return
+    log.flush()
+    sys.stdout, sys.stderr = out, err
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    for fd in saved:
+        os.close(fd)

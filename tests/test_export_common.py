@@ -13,7 +13,7 @@ import pytest
 
 from edgeseg.manifest import file_digest, read_manifest
 
-from conftest import copy_export, one_line_error
+from conftest import copy_export, one_line_error, run_edgeseg
 
 MANIFEST_MODEL_KEYS = {"name", "architecture", "classes", "input", "mean", "std", "params", "macs", "checkpoint"}
 ARTIFACT_KEYS = {"format", "precision", "path", "bytes", "sha256", "input", "output", "parity", "quantized"}
@@ -281,3 +281,39 @@ def test_a_bad_recipe_export_section_is_refused_naming_the_checkpoint(tiny_check
     result = cli("export", ckpt, "--out", tmp_path / "out")
     assert result.exit_code == 2 and "ckpt.pt: its training recipe key 'export.formats'" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_export_folds_the_converters_output_into_its_own_lines(shared_export):
+    out, err = shared_export.stdout, shared_export.stderr
+    for noise in ("Running MIL", "Converting PyTorch Frontend", "LiteRT-Torch Convert", "absl::InitializeLog"):
+        assert noise not in out and noise not in err, noise
+    assert "  exported tiny-int8.tflite (" in out and "KB), parity ok" in out
+
+
+def test_export_verbose_shows_the_converters_output(tiny_checkpoint, tmp_path):
+    r = run_edgeseg("export", tiny_checkpoint, "--out", tmp_path / "out", "--formats", "coreml", "--precisions", "fp32",
+                    "--parity-images", "2", "--stress", "off", "--verbose")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Running MIL" in r.stderr and "  exported tiny-fp32.mlpackage (" in r.stdout
+
+
+def test_folded_output_replays_the_log_only_when_the_block_crashes(capfd):
+    from edgeseg.ui import folded_output
+
+    with folded_output() as progress:
+        os.write(2, b"c++ log line\n")
+        print("library warning", file=sys.stderr)
+        print("  exported a.onnx", file=progress)
+    captured = capfd.readouterr()
+    assert "c++ log line" not in captured.err + captured.out and "library warning" not in captured.err
+    assert "  exported a.onnx" in captured.out
+
+    with pytest.raises(RuntimeError), folded_output(keep=(ValueError,)):
+        os.write(2, b"c++ log before the crash\n")
+        raise RuntimeError("converter crashed")
+    assert "c++ log before the crash" in capfd.readouterr().err
+
+    with pytest.raises(ValueError), folded_output(keep=(ValueError,)):
+        os.write(2, b"expected failure noise\n")
+        raise ValueError("bad input")
+    assert "expected failure noise" not in capfd.readouterr().err

@@ -27,6 +27,14 @@ def _f(v, digits=4) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+def artifact_line(art) -> str:
+    """The progress line of one exported file: its name, size and parity verdict."""
+    p = art.parity
+    verdict = ("parity skipped" if "skipped" in p else "parity FAIL" if p.get("passed") is False else
+               "parity ok" if p.get("passed") else "parity not checked")
+    return f"  exported {art.path} ({art.bytes / 1024:.0f} KB), {verdict}"
+
+
 def export_table(manifest) -> None:
     """Format, precision, size, agreement mIoU, GT mIoU (drop vs PyTorch), max |Δlogit|, pass/fail of an
     export's ``Manifest`` (its ``root`` is the export directory)."""

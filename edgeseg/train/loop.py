@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from edgeseg.data.transforms import SegDataset, eval_transform, normalize, train_transform
 from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.fsutil import check_output, write_text_atomic
-from edgeseg.models.checkpoint import load_checkpoint, load_fitting, save_checkpoint
+from edgeseg.models.checkpoint import ModelInfo, load_checkpoint, load_fitting, save_checkpoint
 from edgeseg.recipe import Recipe
 from edgeseg.evaluation.accumulate import evaluate
 from edgeseg.runtime.torch_runner import TorchRunner
@@ -84,79 +84,140 @@ def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, 
           force: bool = False, progress: bool = True) -> TrainResult:
     """Train ``recipe``; writes last.pt, best.pt and metrics.csv into ``out_dir`` (see ``check_run_dir``)."""
     out_dir = check_run_dir(out_dir, resume=resume, force=force)
-    t = recipe.train
-    device = _device(t.device)
+    run = _setup(recipe, out_dir, data_root, resume)
+    bar = _progress(progress and run.rank == 0)
+    last_metrics: dict = {}
+    with bar:
+        task = bar.add_task("train", total=run.total, completed=run.step, loss=float("nan"), ips=0.0)
+        for epoch in range(run.start_epoch, recipe.train.epochs):
+            losses = _train_epoch(run, epoch, bar, task)
+            if run.rank == 0:
+                last_metrics = _end_epoch(run, epoch, losses, bar)
+            if run.world > 1:
+                dist.barrier()
+    if run.world > 1:
+        dist.destroy_process_group()
+    return TrainResult(out_dir, run.best, last_metrics, run.step)
+
+
+@dataclass
+class _Run:
+    """One training run as ``_setup`` built it; ``step`` and ``best`` advance as it trains."""
+
+    recipe: Recipe
+    out_dir: Path
+    resume: bool
+    device: torch.device
+    rank: int
+    world: int
+    info: ModelInfo
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    train_ds: SegDataset
+    val_src: object
+    steps_per_epoch: int
+    total: int
+    start_epoch: int
+    step: int
+    best: dict
+    ddp_model: torch.nn.Module
+    use_amp: bool
+    scaler: torch.amp.GradScaler
+    loss_fn: SegLoss
+
+
+def _placement(name: str) -> tuple[torch.device, int, int]:
+    """(device, rank, world size); under torchrun on CUDA, each process on its own GPU (LOCAL_RANK)."""
+    device = _device(name)
     rank, world = _dist_setup(device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
+    return device, rank, world
+
+
+def _train_dataset(recipe: Recipe, info: ModelInfo, train_src) -> SegDataset:
+    """The training split under the recipe's augmentations."""
+    a = recipe.data.augment
+    return SegDataset(train_src, train_transform(info.input_size, hflip=a.hflip, scale=a.scale, rotate=a.rotate,
+                                                 color=a.color, corrupt=a.corrupt))
+
+
+def _setup(recipe: Recipe, out_dir: Path, data_root: str | None, resume: bool) -> _Run:
+    """Device, data, model, optimizer and schedule for ``recipe``; with ``resume``, restored from last.pt."""
+    t = recipe.train
+    device, rank, world = _placement(t.device)
     train_src, val_src = open_splits(recipe, data_root)
     info = model_info(recipe, train_src.classes)
     torch.manual_seed(t.seed)
     model = build_for_training(info, recipe.model.weights).to(device)
-    d = recipe.data
-    train_ds = SegDataset(train_src, train_transform(info.input_size, hflip=d.augment.hflip, scale=d.augment.scale,
-                                                     rotate=d.augment.rotate, color=d.augment.color,
-                                                     corrupt=d.augment.corrupt))
+    train_ds = _train_dataset(recipe, info, train_src)
     steps_per_epoch = t.steps_per_epoch or max(1, len(train_ds) // (t.batch_size * world))
     total = steps_per_epoch * t.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, warmup=min(100, total // 10 + 1)))
     start_epoch, step, best = 0, 0, {"miou": -1.0}
-    last_path = out_dir / "last.pt"
     if resume:
-        start_epoch, step, best = _restore(last_path, model, opt, sched)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        start_epoch, step, best = _restore(out_dir / "last.pt", model, opt, sched)
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model  # after the restore
     use_amp = t.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = SegLoss(t.dice_weight)
-    bar = _progress(progress and rank == 0)
-    last_metrics: dict = {}
-    with bar:
-        task = bar.add_task("train", total=total, completed=step, loss=float("nan"), ips=0.0)
-        for epoch in range(start_epoch, t.epochs):
-            loader = _loader(train_ds, t, epoch, steps_per_epoch, world, rank)
-            model.train()
-            seen, t0, losses = 0, time.perf_counter(), []
-            for batch_index, (images, masks) in enumerate(loader):
-                if batch_index >= steps_per_epoch:  # DistributedSampler yields a full pass
-                    break
-                x = normalize(images.to(device), info.mean, info.std)
-                y = masks.to(device)
-                with torch.autocast(device.type, enabled=use_amp):
-                    loss = loss_fn(ddp_model(x), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                step += 1
-                seen += images.shape[0] * world
-                losses.append(loss.item())
-                bar.update(task, advance=1, loss=losses[-1], ips=seen / (time.perf_counter() - t0))
-                if rank == 0 and not bar.console.is_terminal and step % 50 == 0:  # logs/CI: no live bar
-                    bar.console.log(f"step {step}/{total} loss {losses[-1]:.4f} {seen / (time.perf_counter() - t0):.1f} img/s")
-            if rank == 0:
-                last_metrics = _validate(model, info, val_src)
-                last_metrics.update(epoch=epoch + 1, step=step, train_loss=round(sum(losses) / max(1, len(losses)), 5))
-                # the run folder and its files appear with the first epoch's results (a run stopped
-                # earlier leaves nothing); a new run (--force) starts metrics.csv over right then
-                _write_csv_row(out_dir / "metrics.csv", last_metrics, info.classes,
-                               start_over=not resume and epoch == start_epoch)
-                rec = recipe.to_dict()
-                if last_metrics["miou"] > best["miou"]:
-                    best = dict(last_metrics)
-                    save_checkpoint(out_dir / "best.pt", model, info, recipe=rec, metrics=best)
-                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                         "step": step, "best": best}
-                save_checkpoint(last_path, model, info, recipe=rec, metrics=last_metrics, train_state=state)
-                bar.console.log(f"epoch {epoch + 1}/{t.epochs} step {step} loss {last_metrics['train_loss']:.4f} "
-                                f"val mIoU {last_metrics['miou']:.4f} boundary IoU {last_metrics['boundary_iou']:.4f}")
-            if world > 1:
-                dist.barrier()
-    if world > 1:
-        dist.destroy_process_group()
-    return TrainResult(out_dir, best, last_metrics, step)
+    return _Run(recipe, out_dir, resume, device, rank, world, info, model, opt, sched, train_ds, val_src,
+                steps_per_epoch, total, start_epoch, step, best, ddp_model, use_amp,
+                torch.amp.GradScaler("cuda", enabled=use_amp), SegLoss(t.dice_weight))
+
+
+def _train_epoch(run: _Run, epoch: int, bar, task) -> list[float]:
+    """One epoch (``steps_per_epoch`` optimizer steps), shown on ``bar``; the loss of each step."""
+    loader = _loader(run.train_ds, run.recipe.train, epoch, run.steps_per_epoch, run.world, run.rank)
+    run.model.train()
+    seen, t0, losses = 0, time.perf_counter(), []
+    for batch_index, (images, masks) in enumerate(loader):
+        if batch_index >= run.steps_per_epoch:  # DistributedSampler yields a full pass
+            break
+        losses.append(_train_step(run, images, masks))
+        seen += images.shape[0] * run.world
+        bar.update(task, advance=1, loss=losses[-1], ips=seen / (time.perf_counter() - t0))
+        if run.rank == 0 and not bar.console.is_terminal and run.step % 50 == 0:  # logs/CI: no live bar
+            bar.console.log(f"step {run.step}/{run.total} loss {losses[-1]:.4f} "
+                            f"{seen / (time.perf_counter() - t0):.1f} img/s")
+    return losses
+
+
+def _train_step(run: _Run, images, masks) -> float:
+    """One optimizer and scheduler step on a batch; its loss."""
+    x = normalize(images.to(run.device), run.info.mean, run.info.std)
+    y = masks.to(run.device)
+    with torch.autocast(run.device.type, enabled=run.use_amp):
+        loss = run.loss_fn(run.ddp_model(x), y)
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.sched.step()
+    run.step += 1
+    return loss.item()
+
+
+def _end_epoch(run: _Run, epoch: int, losses: list[float], bar) -> dict:
+    """Validate, append the epoch to metrics.csv, save best.pt (when val mIoU improved) and last.pt, log
+    the epoch (rank 0 only); the epoch's metrics."""
+    metrics = _validate(run.model, run.info, run.val_src)
+    metrics.update(epoch=epoch + 1, step=run.step, train_loss=round(sum(losses) / max(1, len(losses)), 5))
+    # the run folder and its files appear with the first epoch's results (a run stopped
+    # earlier leaves nothing); a new run (--force) starts metrics.csv over right then
+    _write_csv_row(run.out_dir / "metrics.csv", metrics, run.info.classes,
+                   start_over=not run.resume and epoch == run.start_epoch)
+    rec = run.recipe.to_dict()
+    if metrics["miou"] > run.best["miou"]:
+        run.best = dict(metrics)
+        save_checkpoint(run.out_dir / "best.pt", run.model, run.info, recipe=rec, metrics=run.best)
+    state = {"optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "epoch": epoch + 1,
+             "step": run.step, "best": run.best}
+    save_checkpoint(run.out_dir / "last.pt", run.model, run.info, recipe=rec, metrics=metrics, train_state=state)
+    bar.console.log(f"epoch {epoch + 1}/{run.recipe.train.epochs} step {run.step} loss {metrics['train_loss']:.4f} "
+                    f"val mIoU {metrics['miou']:.4f} boundary IoU {metrics['boundary_iou']:.4f}")
+    return metrics
 
 
 def _loader(ds, t, epoch: int, steps: int, world: int, rank: int) -> DataLoader:
