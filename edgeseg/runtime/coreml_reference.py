@@ -377,6 +377,19 @@ def _compute_form(value):
     return value
 
 
+def _stored(value: np.ndarray, dtype) -> np.ndarray:
+    """``value`` as the program stores it (its declared ``dtype``), in compute form: an fp16 output is
+    rounded to fp16 (round to nearest even, as numpy's cast) and held as fp32.
+
+    fp32 -> fp16 -> fp32 goes through torch: the same values as numpy's casts, ~15x faster (vectorized
+    F16C), which is most of an fp16 program's run time here."""
+    if np.dtype(dtype) == np.float16 and value.dtype == np.float32:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(value)).half().float().numpy()
+    return _compute_form(value.astype(dtype, copy=False))
+
+
 def _static_shape(var) -> tuple[int, ...] | None:
     shape = tuple(var.shape)
     return shape if all(isinstance(s, (int, np.integer)) for s in shape) else None
@@ -396,12 +409,12 @@ class _Step:
         result = self.fn(args)
         results = result if len(self.outputs) > 1 else (result,)
         for value, (name, dtype, shape) in zip(results, self.outputs):
-            value = np.asarray(value).astype(dtype, copy=False)
+            value = _stored(np.asarray(value), dtype)
             if shape is not None and value.shape != shape:
                 raise ArtifactError(
                     f"{self.op_type} -> '{name}' produced shape {value.shape} but the program declares {shape}"
                 )
-            env[name] = _compute_form(value)
+            env[name] = value
 
 
 def _make_step(op) -> _Step:
