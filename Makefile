@@ -21,7 +21,7 @@ test: install
 
 demo: install
 	$(BIN)/edgeseg eval --count 100
-	$(BIN)/edgeseg export --out $(OUT) --stress gate
+	$(BIN)/edgeseg export --out $(OUT)
 
 bench: install
 	$(BIN)/python benchmarks/run_bench.py

@@ -90,7 +90,7 @@ class ExportCfg:
     # agreement on the stress set (phone-camera corruptions and real photographs)
     stress_thresholds: dict = field(default_factory=lambda: {"fp32": 0.999, "fp16": 0.99, "int8": 0.95, "pal6": 0.95})
     max_gt_drop: float = 1.0  # mIoU points
-    stress: str = "report"  # stress parity (corruptions + real photos): "gate" | "report" (measured, not gated) | "off"
+    stress: str = "gate"  # stress parity (corruptions + real photos): "gate" | "report" (measured, not gated) | "off"
 
 
 @dataclass(frozen=True)

@@ -199,10 +199,12 @@ def tiny_checkpoint(prefetch) -> Path:
 # One tiny export per session, shared read-only
 
 # Every format x precision of the tiny checkpoint. A 40-step model has small logit margins, so int8 flips
-# more pixels than a trained one would: the int8 agreement threshold is relaxed (the default model is held
-# to 0.98 by make demo). 4 calibration images, minmax (the default method), as a plain
-# ``--formats onnx --precisions int8 --calib-count 4`` export would calibrate.
-SHARED_EXPORT_ARGS = ("--parity-images", "4", "--calib-count", "4", "--threshold", "int8=0.9")
+# more pixels than a trained one would: the int8 agreement thresholds are relaxed (the default model is held
+# to 0.98 and 0.95 on stress by make demo; the tiny one's TFLite int8 measured 0.95 / 0.93). 4 calibration
+# images, minmax (the default method), as a plain ``--formats onnx --precisions int8 --calib-count 4`` export
+# would calibrate.
+SHARED_EXPORT_ARGS = ("--parity-images", "4", "--calib-count", "4", "--threshold", "int8=0.9",
+                      "--stress-threshold", "int8=0.85")
 
 
 @dataclass(frozen=True)

@@ -539,7 +539,7 @@ def test_manifest_lists_the_stored_reference(moved_export):
     assert (entry["bytes"], entry["sha256"]) == file_digest(moved_export / entry["path"])
     assert entry["path"] == "parity-reference.npz" and entry["images"] == 2 and entry["labels"] is True
     assert entry["logits"] == "float16" and entry["stress_images"] == 2 * 2 + 16  # 2 corruptions each + real photos
-    assert entry["thresholds"]["fp16"] == 0.995 and entry["stress_gated"] is False
+    assert entry["thresholds"]["fp16"] == 0.995 and entry["stress_gated"] is True  # the default
 
 
 def test_moved_export_is_checked_in_full_without_its_checkpoint(moved_export, moved_bench):

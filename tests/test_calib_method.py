@@ -102,9 +102,10 @@ def test_calib_method_per_format(spec, formats, precisions, expected):
     (("--formats", "onnx", "--precisions", "fp32,fp16", "--calib-method", "onnx=entropy"), "--precisions has no int8"),
     (("--formats", "onnx", "--calib-method", "tflite=minmax"), "tflite is not in --formats"),
 ])
-def test_unsupported_calib_method_is_refused_before_any_work(cli, tmp_path, args, match):
-    # The checkpoint does not exist: the refusal must come from the option check, before the model is touched.
-    assert_refused(cli, "export", tmp_path / "missing.pt", "--out", tmp_path / "out", *args, watch=[tmp_path], match=match)
+def test_unsupported_calib_method_is_refused_before_any_work(cli, tiny_checkpoint, tmp_path, args, match):
+    # Checked once the checkpoint's recipe (whose export: section fills the options not given) is read,
+    # before any conversion: nothing is written.
+    assert_refused(cli, "export", tiny_checkpoint, "--out", tmp_path / "out", *args, watch=[tmp_path], match=match)
 
 
 def test_recipe_knows_every_method_an_exporter_offers():
