@@ -24,8 +24,8 @@ from edgeseg.fsutil import write_text_atomic
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FORMATS = ("onnx", "tflite", "coreml")
-SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
+FORMATS = ("onnx", "tflite", "coreml", "executorch")
+SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage", "executorch": ".pte"}
 REFERENCE_NAME = "parity-reference.npz"  # the stored parity reference (``Manifest.parity_reference``)
 
 # A model's name becomes file names (``<name>-<precision><suffix>``): a plain file stem, so that no

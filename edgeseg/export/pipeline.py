@@ -35,7 +35,7 @@ from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
 
 TOOL_PACKAGES = ("torch", "torchvision", "timm", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-litert",
-                 "ai-edge-quantizer", "mediapipe", "coremltools")
+                 "ai-edge-quantizer", "mediapipe", "coremltools", "executorch", "torchao")
 
 
 @dataclass
@@ -101,7 +101,7 @@ def _check_list(option: str, values) -> None:
 
 def load_exporters(formats, precisions) -> dict:
     """Instantiate each format's exporter; reject empty or repeated lists, unknown formats and unsupported pairs up front."""
-    from edgeseg.export import coreml, onnx, tflite  # noqa: F401  (register exporters)
+    from edgeseg.export import coreml, executorch, onnx, tflite  # noqa: F401  (register exporters)
 
     _check_list("--formats", formats)
     _check_list("--precisions", precisions)
@@ -168,7 +168,7 @@ def calib_methods_for(spec: str, exporters: dict, precisions) -> dict[str, str]:
 
 
 _EXTRA_MODULES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "tflite": ("litert_torch", "ai_edge_litert", "ai_edge_quantizer", "mediapipe"),
-                  "coreml": ("coremltools",)}
+                  "coreml": ("coremltools",), "executorch": ("executorch", "torchao")}
 
 
 def _check_extra(exporter) -> None:

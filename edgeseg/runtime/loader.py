@@ -11,7 +11,7 @@ from pathlib import Path
 import importlib
 
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra
-from edgeseg.manifest import FORMATS, MANIFEST_NAME, Artifact, Manifest, find_artifact_for_file, read_manifest
+from edgeseg.manifest import FORMATS, MANIFEST_NAME, SUFFIXES, Artifact, Manifest, find_artifact_for_file, read_manifest
 from edgeseg.models.checkpoint import Checkpoint, resolve_checkpoint
 from edgeseg.runtime.base import Runner
 
@@ -51,6 +51,7 @@ RUNNERS = {
     "onnx": "edgeseg.runtime.onnx_runner:OnnxRunner",
     "tflite": "edgeseg.runtime.tflite_runner:TFLiteRunner",
     "coreml": "edgeseg.runtime.coreml_runner:CoreMLRunner",
+    "executorch": "edgeseg.runtime.executorch_runner:ExecuTorchRunner",
 }
 
 
@@ -116,7 +117,7 @@ def load_model(spec: str | None, *, threads: int | None = None, pick: str | None
     if pick is not None:
         raise EdgesegError(f"--artifact {pick} picks a file of an export directory, but {spec or 'default'} is not one; "
                            "drop --artifact or name the export directory")
-    if path is not None and path.suffix in (".onnx", ".tflite", ".mlpackage"):
+    if path is not None and path.suffix in SUFFIXES.values():
         manifest, art = find_artifact_for_file(path)
         return _open_first(manifest, [art], threads)
     if path is not None and not path.exists():

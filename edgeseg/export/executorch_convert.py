@@ -1,0 +1,132 @@
+"""Convert a segmenter to an ExecuTorch program (``.pte``) lowered to the XNNPACK backend.
+
+fp32: ``torch.export`` -> ``to_edge_transform_and_lower(partitioner=[XnnpackPartitioner()])`` ->
+``to_executorch``. int8: the PT2E flow first (``prepare_pt2e`` with XNNPACK's quantizer, static
+per-channel symmetric weights and per-tensor activations observed on the calibration images,
+``convert_pt2e``), then the same lowering: XNNPACK runs the quantized convolutions.
+
+The program's input ``image`` is float32 NCHW normalized ((pixel - mean) / std), like the ONNX file;
+its output ``logits`` float32 NCHW. The int8 input range is pinned to the range of every possible
+pixel (``normalized_range``), as for the other int8 files, so no photo's pixels clip.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edgeseg.errors import EdgesegError, require
+from edgeseg.runtime.base import normalize_nhwc, normalized_range
+
+EXECUTORCH_PRECISIONS = ("fp32", "int8")
+#: --calib-method name -> the PT2E observer its activations use
+EXECUTORCH_CALIB_METHODS = {"minmax": "MinMaxObserver"}
+BACKEND = "XnnpackBackend"
+
+
+@dataclass(frozen=True)
+class ExecuTorchResult:
+    """What convert_executorch produced: the program's bytes, its I/O contract and how much XNNPACK runs."""
+
+    data: bytes
+    input: dict
+    output: dict
+    quantized: str
+    delegation: dict  # {"backend", "delegated_ops", "other_ops", "not_delegated": {op: count}}
+
+
+def convert_executorch(model, *, height: int, width: int, precision: str, mean, std,
+                       calib_images: list[np.ndarray] | None = None, calib_method: str = "minmax") -> ExecuTorchResult:
+    """The ``.pte`` of ``model`` (eval mode, normalized [1,3,H,W] -> logits [1,C,H,W]) at ``precision``.
+
+    int8 needs ``calib_images`` (uint8 HWC at the model's size). EdgesegError for an unknown
+    precision or calibration method, or no calibration images for int8.
+    """
+    if precision not in EXECUTORCH_PRECISIONS:
+        raise EdgesegError(f"ExecuTorch precision {precision!r} is not supported; choose one of "
+                           f"{', '.join(EXECUTORCH_PRECISIONS)}")
+    if precision == "int8" and calib_method not in EXECUTORCH_CALIB_METHODS:
+        raise EdgesegError(f"ExecuTorch int8 calibration offers only {', '.join(EXECUTORCH_CALIB_METHODS)}, "
+                           f"not {calib_method}")
+    if precision == "int8" and not calib_images:
+        raise EdgesegError("ExecuTorch int8 export needs calibration images")
+    require("executorch", "executorch", "ExecuTorch export")
+    example = (torch.zeros(1, 3, height, width),)
+    with torch.no_grad():
+        classes = int(model(*example).shape[1])
+        graph = _quantized(model, example, calib_images, mean, std) if precision == "int8" else model
+        program, delegation = _lowered(torch.export.export(graph, example))
+    return ExecuTorchResult(
+        data=bytes(program.buffer),
+        input={"name": "image", "shape": [1, 3, height, width], "dtype": "float32", "layout": "NCHW",
+               "expects": "normalized"},
+        output={"name": "logits", "shape": [1, classes, height, width], "dtype": "float32", "layout": "NCHW"},
+        quantized=("int8 static: weights per-channel symmetric, activations per-tensor (XNNPACK quantizer, PT2E)"
+                   if precision == "int8" else "none"),
+        delegation=delegation,
+    )
+
+
+def _quantized(model, example, calib_images, mean, std):
+    """``model`` through PT2E: observed on the calibration images (input range pinned), then converted."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e import MinMaxObserver
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    act = dataclasses.replace(config.input_activation,
+                              observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+    config = dataclasses.replace(config, input_activation=act, output_activation=act)
+    prepared = prepare_pt2e(torch.export.export(model, example).module(), XNNPACKQuantizer().set_global(config))
+    for image in calib_images:
+        x = normalize_nhwc(image[None], mean, std).transpose(0, 3, 1, 2)
+        prepared(torch.from_numpy(np.ascontiguousarray(x)))
+    _pin_input_range(prepared, normalized_range(mean, std))
+    return convert_pt2e(prepared)
+
+
+def _pin_input_range(prepared, span: tuple[float, float]) -> None:
+    """Widen the input's observed range to ``span`` (every pixel value of every channel)."""
+    placeholder = next(n for n in prepared.graph.nodes if n.op == "placeholder")
+    for user in placeholder.users:
+        observer = getattr(prepared, str(user.target), None) if user.op == "call_module" else None
+        if observer is not None and hasattr(observer, "min_val"):
+            observer.min_val = torch.minimum(observer.min_val, torch.tensor(span[0]))
+            observer.max_val = torch.maximum(observer.max_val, torch.tensor(span[1]))
+
+
+def _lowered(exported):
+    """(ExecuTorch program, delegation summary) of an exported program lowered to XNNPACK."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    summary = delegation_summary(edge.exported_program().graph_module)  # before to_executorch rewrites the graph
+    return edge.to_executorch(), summary
+
+
+#: graph nodes that plan memory rather than run an operator
+_MEMORY_PLANNING = {"alloc", "getitem"}
+
+
+def delegation_summary(graph_module) -> dict:
+    """How much of a lowered graph XNNPACK runs: its delegate calls (``partitions``), the ops inside them,
+    and the operators left to ExecuTorch's portable kernels, with counts (memory planning not counted)."""
+    delegated = partitions = 0
+    others: Counter = Counter()
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if name == "executorch_call_delegate":
+            partitions += 1
+            sub = getattr(graph_module, str(node.args[0].target))
+            delegated += sum(1 for n in sub.original_module.graph.nodes if n.op == "call_function")
+        elif name not in _MEMORY_PLANNING:
+            others[name] += 1
+    return {"backend": BACKEND, "partitions": partitions, "delegated_ops": delegated, "other_ops": sum(others.values()),
+            "not_delegated": dict(sorted(others.items()))}

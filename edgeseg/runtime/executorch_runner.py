@@ -1,0 +1,78 @@
+"""ExecuTorch Runner: runs a ``.pte`` program with ``executorch.runtime`` (XNNPACK delegate) (layer 2).
+
+ExecuTorch's CPU thread pool belongs to the process, not to a program: its size can only be changed
+while no program method is loaded (resetting it under a loaded XNNPACK method crashes the process,
+measured here with executorch 1.5.1). ``threads`` therefore resizes the pool when this is the only
+open ExecuTorch runner, and asking two open runners for different sizes is an error.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeseg.errors import ArtifactError, EdgesegError, require
+from edgeseg.manifest import Artifact, Manifest
+from edgeseg.runtime.base import Runner, check_batch, float_input_nchw
+
+_OPEN: dict[int, int | None] = {}  # id(runner) -> the pool size it asked for, for every open runner
+
+
+class ExecuTorchRunner(Runner):
+    runtime = "executorch"
+    formats = ("executorch",)
+    requires = ("executorch.runtime", "executorch")
+
+    def __init__(self, path: str, *, input_size, mean, std, expects: str = "normalized", threads: int | None = None):
+        require(*self.requires, "running ExecuTorch programs")
+        _claim_pool(self, threads)
+        try:
+            import torch
+            from executorch.runtime import Runtime
+
+            try:
+                self.method = Runtime.get().load_program(str(path)).load_method("forward")
+            except Exception as exc:  # the runtime raises plain RuntimeError/ValueError for a bad program
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                raise ArtifactError(f"{path}: ExecuTorch cannot load it ({first})") from None
+        except BaseException:
+            _OPEN.pop(id(self), None)
+            raise
+        self._torch = torch
+        self.height, self.width = input_size
+        self.mean, self.std, self.expects, self.threads = mean, std, expects, threads
+
+    @classmethod
+    def from_artifact(cls, art: Artifact, manifest: Manifest, threads: int | None = None, *,
+                      spin: bool = True) -> "ExecuTorchRunner":
+        m = manifest.model
+        return cls(str(art.file), input_size=(m["input"]["height"], m["input"]["width"]), mean=m["mean"], std=m["std"],
+                   expects=art.input.get("expects", "normalized"), threads=threads)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        images = check_batch(images, self.height, self.width)
+        x = float_input_nchw(images, self.expects, self.mean, self.std)
+        outs = [self.method.execute([self._torch.from_numpy(x[i:i + 1].copy())])[0].numpy() for i in range(len(x))]
+        return np.ascontiguousarray(np.concatenate(outs), dtype=np.float32)
+
+    def close(self) -> None:
+        self.method = None
+        _OPEN.pop(id(self), None)
+
+
+def _claim_pool(runner: ExecuTorchRunner, threads: int | None) -> None:
+    """Size the process's ExecuTorch pool for ``runner`` (``threads`` None: leave it as it is)."""
+    others = {t for key, t in _OPEN.items() if key != id(runner)}
+    _OPEN[id(runner)] = threads
+    if threads is None:
+        return
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+    if _threadpool_get_thread_count() == threads:
+        return
+    if others:
+        _OPEN.pop(id(runner), None)
+        raise EdgesegError(f"ExecuTorch's thread pool is shared by the process and in use by another program; "
+                           f"close it before running one with {threads} threads")
+    import gc
+
+    gc.collect()  # methods of runners closed without a reference cycle broken yet hold the pool too
+    _unsafe_reset_threadpool(threads)

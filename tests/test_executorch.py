@@ -1,0 +1,104 @@
+"""ExecuTorch (.pte, XNNPACK) export and Runner on the tiny model: real executorch, real files."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("executorch", reason="the ExecuTorch tests need the [executorch] extra")
+
+from edgeseg.errors import EdgesegError  # noqa: E402
+from edgeseg.manifest import read_manifest  # noqa: E402
+from edgeseg.runtime.loader import load_model  # noqa: E402
+
+from conftest import SHARED_EXPORT_ARGS, one_line_error, prefetched, run_edgeseg  # noqa: E402
+
+
+@prefetched("executorch_export")
+def _export_executorch(prefetch, folder):
+    out = folder / "exp"
+    r = run_edgeseg("export", prefetch.get("tiny_checkpoint"), "--out", out, "--formats", "executorch",
+                    "--precisions", "fp32,int8", *SHARED_EXPORT_ARGS)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def executorch_export(prefetch, tiny_checkpoint):
+    """The tiny checkpoint exported to ExecuTorch fp32 and int8 (read-only)."""
+    return prefetch.get("executorch_export")
+
+
+def test_both_precisions_pass_parity_with_every_op_in_xnnpack(executorch_export):
+    manifest = read_manifest(executorch_export)
+    arts = {a.precision: a for a in manifest.artifacts}
+    assert set(arts) == {"fp32", "int8"} and all(a.format == "executorch" for a in arts.values())
+    for art in arts.values():
+        assert art.path.endswith(".pte") and art.parity["passed"] is True and art.parity["runtime"] == "executorch"
+        assert art.parity["stress"]["passed"] is True
+        assert art.input == {"name": "image", "shape": [1, 3, 64, 64], "dtype": "float32", "layout": "NCHW",
+                             "expects": "normalized"}
+        delegation = art.details["delegation"]
+        assert delegation["backend"] == "XnnpackBackend" and delegation["partitions"] == 1
+        assert delegation["delegated_ops"] > 0
+        # outside XNNPACK only casts of the activations' scalar constants (hard-swish's 3 and 6), once per run
+        assert set(delegation["not_delegated"]) <= {"dim_order_ops._to_dim_order_copy.default"}
+    assert arts["fp32"].parity["agreement_miou"] == 1.0
+    assert arts["int8"].quantized.startswith("int8 static") and arts["int8"].details["calibration"] == "minmax"
+    # the quantize / dequantize pairs and quantized convolutions run inside the XNNPACK partition too
+    assert arts["int8"].details["delegation"]["delegated_ops"] > arts["fp32"].details["delegation"]["delegated_ops"]
+    assert arts["int8"].bytes < arts["fp32"].bytes / 2
+    assert manifest.model["calibration"]["methods"] == {"executorch": "minmax"}
+
+
+def test_runner_matches_pytorch_through_load_and_predict(executorch_export, tiny_checkpoint):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    torch_model = load_model(str(tiny_checkpoint))
+    pte = load_model(str(executorch_export), pick="executorch:fp32", threads=1)
+    try:
+        assert pte.runner.runtime == "executorch" and pte.view.format == "executorch"
+        ours, theirs = pte.runner.run(images), torch_model.runner.run(images)
+        assert ours.shape == (2, 2, 64, 64) and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    finally:
+        pte.runner.close()
+        torch_model.runner.close()
+
+
+def test_the_process_wide_thread_pool_is_never_resized_under_an_open_program(executorch_export):
+    first = load_model(str(executorch_export), pick="executorch:fp32", threads=1)
+    try:
+        with pytest.raises(EdgesegError, match="ExecuTorch's thread pool is shared by the process"):
+            load_model(str(executorch_export), pick="executorch:int8", threads=2)
+        same = load_model(str(executorch_export), pick="executorch:int8", threads=1)  # same size: fine
+        same.runner.close()
+    finally:
+        first.runner.close()
+    second = load_model(str(executorch_export), pick="executorch:int8", threads=2)  # nothing open: resized
+    try:
+        assert second.runner.run(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 2, 64, 64)
+    finally:
+        second.runner.close()
+
+
+def test_unsupported_precision_is_refused_before_any_work(tiny_checkpoint, tmp_path, cli):
+    r = cli("export", tiny_checkpoint, "--out", tmp_path / "out", "--formats", "executorch", "--precisions", "fp16")
+    assert r.exit_code == 2 and "executorch export does not support precision 'fp16'; supported: fp32, int8" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_extra_names_the_extra(tiny_checkpoint, tmp_path):
+    blocker = tmp_path / "block" / "executorch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('executorch is not installed here')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "block")}
+    r = subprocess.run([sys.executable, "-m", "edgeseg.cli", "export", str(tiny_checkpoint), "--out", str(tmp_path / "e"),
+                        "--formats", "executorch", "--precisions", "fp32"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 2
+    assert "pip install 'edgeseg[executorch]'" in one_line_error(r.stderr)
+    assert not (tmp_path / "e").exists()
