@@ -74,9 +74,18 @@ def run_command(cmd: list, cwd=None, timeout=600, env=None) -> subprocess.Comple
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def run_edgeseg(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+def run_edgeseg(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
     """Run the real ``edgeseg`` console entry point in a subprocess."""
-    return run_command([sys.executable, "-m", "edgeseg.cli", *args], cwd=cwd, timeout=timeout)
+    return run_command([sys.executable, "-m", "edgeseg.cli", *args], cwd=cwd, timeout=timeout, env=env)
+
+
+def run_edgeseg_without(module: str, folder: Path, *args) -> subprocess.CompletedProcess:
+    """``run_edgeseg`` in a process where ``import module`` fails, exactly as for a user without its extra
+    (a package of that name that raises ImportError, first on PYTHONPATH; made under ``folder``)."""
+    blocker = folder / "block" / module
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(f"raise ImportError('{module} is not installed here')\n")
+    return run_edgeseg(*args, env={**os.environ, "PYTHONPATH": str(folder / "block")}, timeout=300)
 
 
 # ---------------------------------------------------------------------------------------------

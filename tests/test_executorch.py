@@ -1,10 +1,6 @@
 """ExecuTorch (.pte, XNNPACK) export and Runner on the tiny model: real executorch, real files."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -14,7 +10,7 @@ from edgeseg.errors import EdgesegError  # noqa: E402
 from edgeseg.manifest import read_manifest  # noqa: E402
 from edgeseg.runtime.loader import load_model  # noqa: E402
 
-from conftest import SHARED_EXPORT_ARGS, one_line_error, prefetched, run_edgeseg  # noqa: E402
+from conftest import SHARED_EXPORT_ARGS, one_line_error, prefetched, run_edgeseg, run_edgeseg_without  # noqa: E402
 
 
 @prefetched("executorch_export")
@@ -92,13 +88,8 @@ def test_unsupported_precision_is_refused_before_any_work(tiny_checkpoint, tmp_p
 
 
 def test_missing_extra_names_the_extra(tiny_checkpoint, tmp_path):
-    blocker = tmp_path / "block" / "executorch"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('executorch is not installed here')\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "block")}
-    r = subprocess.run([sys.executable, "-m", "edgeseg.cli", "export", str(tiny_checkpoint), "--out", str(tmp_path / "e"),
-                        "--formats", "executorch", "--precisions", "fp32"], capture_output=True, text=True, env=env,
-                       timeout=300)
+    r = run_edgeseg_without("executorch", tmp_path, "export", tiny_checkpoint, "--out", tmp_path / "e",
+                            "--formats", "executorch", "--precisions", "fp32")
     assert r.returncode == 2
     assert "pip install 'edgeseg[executorch]'" in one_line_error(r.stderr)
     assert not (tmp_path / "e").exists()

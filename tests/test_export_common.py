@@ -13,7 +13,7 @@ import pytest
 
 from edgeseg.manifest import file_digest, read_manifest
 
-from conftest import copy_export, one_line_error, run_edgeseg
+from conftest import copy_export, one_line_error, run_edgeseg, run_edgeseg_without
 
 MANIFEST_MODEL_KEYS = {"name", "architecture", "classes", "input", "mean", "std", "params", "macs", "checkpoint"}
 ARTIFACT_KEYS = {"format", "precision", "path", "bytes", "sha256", "input", "output", "parity", "quantized"}
@@ -192,13 +192,7 @@ def test_bad_checkpoints_exit_2(tmp_path, cli, tiny_checkpoint):
 
 
 def test_missing_extra_names_the_extra(tiny_checkpoint, tmp_path):
-    # A module that cannot be imported is exactly what a user without the [coreml] extra has.
-    blocker = tmp_path / "block" / "coremltools"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('coremltools is not installed here')\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "block")}
-    r = subprocess.run([sys.executable, "-m", "edgeseg.cli", "export", str(tiny_checkpoint), "--out", str(tmp_path / "e"),
-                        "--formats", "coreml"], capture_output=True, text=True, env=env, timeout=300)
+    r = run_edgeseg_without("coremltools", tmp_path, "export", tiny_checkpoint, "--out", tmp_path / "e", "--formats", "coreml")
     assert r.returncode == 2
     assert "pip install 'edgeseg[coreml]'" in one_line_error(r.stderr)
 
