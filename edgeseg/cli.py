@@ -171,6 +171,69 @@ def data_synth(out, task, count, size, seed):
     click.echo(f"wrote {count} {task} samples ({size}x{size}) to {path}")
 
 
+@data.group("convert", cls=Group)
+def data_convert():
+    """Convert COCO or LabelMe annotations into edgeseg's layout (images/, masks/, classes.txt).
+
+    Classes not named in --classes become background; where annotations overlap, the later one wins.
+    --out must be new or empty; it is written completely or not at all.
+    """
+
+
+def _run_conversion(plan) -> None:
+    """Report what a checked conversion skips, write it with a progress bar, print what it wrote."""
+    from edgeseg.data.convert import split_note
+    from edgeseg.ui import progress_bar
+
+    missing = plan.missing
+    if 0 < len(missing) <= 3:
+        for path in missing:
+            click.echo(f"warning: {path} is missing; skipped", err=True)
+    elif missing:
+        shown = ", ".join(p.name for p in missing[:3])
+        click.echo(f"warning: {len(missing)} images listed in {plan.source} are missing (e.g. {shown}); skipped", err=True)
+    for line in plan.skipped:
+        click.echo(f"warning: {line}", err=True)
+    with progress_bar(f"converting {plan.kind}", len(plan.items)) as advance:
+        stats = plan.write(advance)
+    per_class = ", ".join(f"{name} in {n}" for name, n in stats.per_class.items())
+    ignore = f"; ignore (255) in {stats.ignore_images}" if plan.kind == "coco" else ""
+    plural = "s" if stats.images != 1 else ""
+    click.echo(f"wrote {stats.images} image{plural} and mask{plural} to {plan.out} (classes: {', '.join(plan.classes)}; "
+               f"{per_class}{ignore})")
+    click.echo(split_note(stats.images))
+
+
+@data_convert.command("coco")
+@click.argument("annotations", type=click.Path(dir_okay=False))
+@click.option("--images", "images_dir", required=True, type=click.Path(file_okay=False), help="Folder the file_name entries are in.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="New or empty folder to write.")
+@click.option("--classes", required=True, metavar="NAME[,NAME...]", help="COCO category names to keep, in class order (1, 2, ...).")
+def data_convert_coco(annotations, images_dir, out_dir, classes):
+    """Convert a COCO instances file: polygons and RLE (pycocotools), crowd regions as ignore (255).
+
+    A crowd region stays ignore only where no non-crowd instance of a named class covers it. Images
+    listed but missing from --images are reported and skipped; images are copied, never moved.
+    """
+    from edgeseg.data.convert import plan_coco
+
+    _run_conversion(plan_coco(annotations, images_dir, classes.split(","), out_dir))
+
+
+@data_convert.command("labelme")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="New or empty folder to write.")
+@click.option("--classes", required=True, metavar="NAME[,NAME...]", help="LabelMe labels to keep, in class order (1, 2, ...).")
+def data_convert_labelme(folder, out_dir, classes):
+    """Convert the LabelMe .json files in FOLDER (polygon, rectangle and circle shapes; image at imagePath).
+
+    Shapes are drawn in order, a later one over an earlier one, outlines included (as LabelMe does).
+    """
+    from edgeseg.data.convert import plan_labelme
+
+    _run_conversion(plan_labelme(folder, classes.split(","), out_dir))
+
+
 @main.command()
 @click.option("--recipe", "recipe_path", required=True, type=click.Path(), help="recipes/<name>.yaml")
 @click.option("--data", "data_root", type=click.Path(), help="Dataset folder (overrides data.root).")
