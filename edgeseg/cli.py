@@ -239,7 +239,10 @@ def data_convert_labelme(folder, out_dir, classes):
 @click.option("--data", "data_root", type=click.Path(), help="Dataset folder (overrides data.root).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory [runs/<recipe name>].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.epochs=3.")
-@click.option("--weights", type=click.Path(), help="Start from a local weights file (torchvision/timm/edgeseg).")
+@click.option("--weights", type=click.Path(),
+              help="Start from a weights file (torchvision/timm/edgeseg), or by name: 'imagenet' (the encoder's "
+                   "ImageNet weights), timm:<model>[.<tag>] or torchvision:<Enum>.<member>, downloaded once into "
+                   "the library's cache (Hugging Face hub / torch hub).")
 @click.option("--resume", is_flag=True, help="Continue from <out>/last.pt.")
 @click.option("--force", is_flag=True, help="Start over in a run folder that holds a run (replaces its best.pt, last.pt, metrics.csv).")
 def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):

@@ -223,7 +223,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.width": (_optional(_above(0)), "a number > 0, or unset"),
     "model.decoder_channels": (_optional(_all(_at_least(1))), "a non-empty list of integers >= 1, or unset"),
     "model.inter_channels": (_optional(_at_least(1)), "an integer >= 1, or unset"),
-    "model.weights": (_optional(_text), "a weights file path, or unset"),
+    "model.weights": (_optional(_text), "a weights file path, imagenet, timm:NAME[.TAG] or torchvision:ENUM.MEMBER, or unset"),
     "data.root": (_optional(_text), "a dataset folder, or unset for the built-in synthetic set"),
     "data.task": (_text, "a synthetic task name, e.g. portrait"),
     "data.classes": (_optional(_all(_text, min_len=2, unique=True)), "at least two distinct class names, or unset"),

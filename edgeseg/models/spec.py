@@ -24,3 +24,6 @@ class ArchSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     # (file prefix, model prefix) pairs for loading backbone-only checkpoints
     weight_prefixes: tuple[tuple[str, str], ...] = ()
+    # options -> the name of the encoder's ImageNet weights that model.weights 'imagenet' stands for
+    # ('timm:<model>' or 'torchvision:<Enum>.<member>', see models/weights.py); None: the architecture has none
+    imagenet_weights: Callable[[dict], str] | None = None

@@ -41,6 +41,20 @@ _TIMM_PREFIX = (("", "encoder."),)  # timm classification checkpoint -> encoder
 _TV_PREFIX = (("features.", "backbone."),)  # torchvision ImageNet MobileNetV3 -> LR-ASPP backbone
 
 
+def timm_imagenet(family: str, options: dict) -> str:
+    """model.weights 'imagenet' for a U-Net: the encoder's timm model at its width, timm's default pretrained tag."""
+    return f"timm:{timm_encoder_name(family, options['width'])}"
+
+
+def torchvision_imagenet(variant: str, options: dict) -> str:
+    """model.weights 'imagenet' for LR-ASPP: torchvision's ImageNet MobileNetV3 (published at width 1.0 only)."""
+    if options["width"] != 1.0:
+        raise RecipeError(f"model.weights 'imagenet': torchvision publishes ImageNet MobileNetV3-{variant.title()} "
+                          f"weights for width 1.0 only, and model.width is {options['width']}; set model.width=1.0 "
+                          "or give a weights file")
+    return f"torchvision:MobileNet_V3_{variant.title()}_Weights.IMAGENET1K_V1"
+
+
 def builtin_specs() -> list[ArchSpec]:
     """Every built-in architecture's spec."""
     unet_options = {"width": 1.0, "decoder_channels": (64, 48, 32, 16)}
@@ -49,31 +63,35 @@ def builtin_specs() -> list[ArchSpec]:
         "unet_mobilenet_v3_small", partial(build_unet, "mobilenetv3_small"), (256, 256), 32,
         "U-Net skips over timm MobileNetV3-Small (crisp portrait edges)",
         options={**unet_options, "width": 0.75, "decoder_channels": (48, 32, 24, 16)}, weight_prefixes=_TIMM_PREFIX,
+        imagenet_weights=partial(timm_imagenet, "mobilenetv3_small"),
     ))
     specs.append(ArchSpec(
         "unet_mobilenetv4_conv_small", partial(build_unet, "mobilenetv4_conv_small"), (256, 256), 32,
         "U-Net skips over timm MobileNetV4-Conv-Small",
         options={**unet_options, "width": 0.5, "decoder_channels": (48, 32, 24, 16)}, weight_prefixes=_TIMM_PREFIX,
+        imagenet_weights=partial(timm_imagenet, "mobilenetv4_conv_small"),
     ))
     specs.append(ArchSpec(
         "unet_mobilenet_v3_small_minimal", partial(build_unet, "mobilenetv3_small_minimal"), (256, 256), 32,
         "U-Net skips over timm MobileNetV3-Small-Minimal (ReLU, no squeeze-excite: all-integer int8), head at stride 4",
         options={**unet_options, "decoder_channels": (48, 32, 24)}, weight_prefixes=_TIMM_PREFIX,
+        imagenet_weights=partial(timm_imagenet, "mobilenetv3_small_minimal"),
     ))
     specs.append(ArchSpec(
         "unet_mobilenet_v3_large", partial(build_unet, "mobilenetv3_large"), (256, 256), 32,
         "U-Net skips over timm MobileNetV3-Large",
         options=unet_options, weight_prefixes=_TIMM_PREFIX,
+        imagenet_weights=partial(timm_imagenet, "mobilenetv3_large"),
     ))
     lraspp_options = {"width": 1.0, "inter_channels": 128}
     specs.append(ArchSpec(
         "lraspp_mobilenet_v3_large", partial(build_lraspp, "large"), (512, 512), 16,
         "torchvision LR-ASPP MobileNetV3-Large (loads torchvision COCO-VOC / ImageNet weights)",
-        options=lraspp_options, weight_prefixes=_TV_PREFIX,
+        options=lraspp_options, weight_prefixes=_TV_PREFIX, imagenet_weights=partial(torchvision_imagenet, "large"),
     ))
     specs.append(ArchSpec(
         "lraspp_mobilenet_v3_small", partial(build_lraspp, "small"), (512, 512), 16,
         "torchvision LR-ASPP MobileNetV3-Small (loads torchvision ImageNet weights)",
-        options=lraspp_options, weight_prefixes=_TV_PREFIX,
+        options=lraspp_options, weight_prefixes=_TV_PREFIX, imagenet_weights=partial(torchvision_imagenet, "small"),
     ))
     return specs

@@ -1,13 +1,11 @@
 """Turn a Recipe into model, data and preprocessing (layer 3)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from edgeseg.data.datasets import FileSource, open_source
 from edgeseg.errors import RecipeError
 from edgeseg.models.checkpoint import ModelInfo
 from edgeseg.models.registry import check_input_size, get_spec
-from edgeseg.models.weights import load_weights
+from edgeseg.models.weights import load_arch_weights
 from edgeseg.recipe import Recipe
 
 
@@ -45,7 +43,8 @@ def model_info(recipe: Recipe, classes: tuple[str, ...]) -> ModelInfo:
 
 
 def build_for_training(info: ModelInfo, weights: str | None):
-    """The model for ``info``, with ``weights`` (a local file) loaded when given.
+    """The model for ``info``, with ``weights`` loaded when given: a local file, or a name the libraries
+    resolve and cache (``imagenet``, ``timm:<model>[.<tag>]``, ``torchvision:<Enum>.<member>``).
 
     An architecture's own option check (e.g. how many decoder_channels it needs) is a RecipeError.
     """
@@ -54,5 +53,5 @@ def build_for_training(info: ModelInfo, weights: str | None):
     except ValueError as exc:
         raise RecipeError(f"model options {info.options} do not fit {info.arch}: {exc}") from None
     if weights:
-        load_weights(model, Path(weights), get_spec(info.arch).weight_prefixes)
+        load_arch_weights(model, weights, get_spec(info.arch), info.options)
     return model
