@@ -1,10 +1,12 @@
 """``make bench``: export the packaged default model and gate its latency and parity.
 
 Reads ``benchmarks/config.yaml``, exports the default model into the configured export
-directory (re-using it when its manifest was made from the packaged checkpoint and lists
-every configured file), then runs ``edgeseg bench`` on it, writing the JSON and the report
-and gating against the machine type's baseline. Both steps run the real CLI in a subprocess,
-so this behaves exactly like typing the commands.
+directory and those of ``export.also`` (each re-used when its manifest was made from the
+packaged checkpoint and lists every configured file), then runs ``edgeseg bench`` on all of
+them in one run, writing the JSON and the report and gating against the machine type's
+baseline. Both steps run the real CLI in a subprocess, so this behaves exactly like typing the
+commands. ``export.also`` exists because one ``edgeseg export`` takes one precision list for
+all its formats: ExecuTorch (fp32, int8; no fp16) is exported beside the others, not with them.
 
     python benchmarks/run_bench.py                    # exit 0 ok, 1 gate failed, 2 bad input
     python benchmarks/run_bench.py --update-baseline  # record this machine's baseline instead
@@ -55,6 +57,33 @@ def export_is_current(export_dir: Path, formats, precisions) -> tuple[bool, str]
     return True, ""
 
 
+SHARED_EXPORT_KEYS = ("calib_count", "parity_images", "stress")
+
+
+def export_jobs(exp: dict) -> list[dict]:
+    """The exports of the config's ``export`` section: the main one, then each of ``export.also`` (which
+    takes ``calib_count``, ``parity_images`` and ``stress`` from the main one unless it sets its own)."""
+    main = {k: v for k, v in exp.items() if k != "also"}
+    jobs = [main] + [{**{k: main[k] for k in SHARED_EXPORT_KEYS if k in main}, **extra} for extra in exp.get("also") or []]
+    dirs = [j["dir"] for j in jobs]
+    if len(set(dirs)) != len(dirs):
+        print(f"error: config export dirs repeat ({', '.join(dirs)}); give each export its own dir", file=sys.stderr)
+        raise SystemExit(2)
+    return jobs
+
+
+def ensure_export(job: dict) -> int:
+    """Export the packaged model as ``job`` says, unless its dir already holds that export; the exit code."""
+    current, why = export_is_current(ROOT / job["dir"], job["formats"], job["precisions"])
+    if current:
+        print(f"re-using export {job['dir']} (packaged checkpoint, all files present)")
+        return 0
+    print(f"exporting to {job['dir']} ({why})")
+    return edgeseg("export", "--out", job["dir"], "--formats", ",".join(job["formats"]),
+                   "--precisions", ",".join(job["precisions"]), "--calib-count", str(job["calib_count"]),
+                   "--parity-images", str(job["parity_images"]), "--stress", job.get("stress", "gate"))
+
+
 def edgeseg(*args: str) -> int:
     """Run ``edgeseg ARGS...`` (this interpreter's CLI) from the repository root; its exit code."""
     print("+ edgeseg " + " ".join(args), flush=True)
@@ -80,7 +109,7 @@ def main() -> int:
     cfg = load_config(Path(args.config))
     config_arg = "" if Path(args.config).resolve() == DEFAULT_CONFIG else f" --config {args.config}"
     exp, bench = cfg["export"], cfg["bench"]
-    export_dir, baseline = ROOT / exp["dir"], ROOT / bench["baseline"]
+    jobs, baseline = export_jobs(exp), ROOT / bench["baseline"]
 
     if not args.update_baseline and not baseline.is_file():
         print(f"no baseline for this machine type yet: {bench['baseline']}\n"
@@ -88,18 +117,12 @@ def main() -> int:
               f"and commit it.", file=sys.stderr)
         return 2
 
-    current, why = export_is_current(export_dir, exp["formats"], exp["precisions"])
-    if current:
-        print(f"re-using export {exp['dir']} (packaged checkpoint, all files present)")
-    else:
-        print(f"exporting to {exp['dir']} ({why})")
-        rc = edgeseg("export", "--out", exp["dir"], "--formats", ",".join(exp["formats"]),
-                     "--precisions", ",".join(exp["precisions"]), "--calib-count", str(exp["calib_count"]),
-                     "--parity-images", str(exp["parity_images"]), "--stress", exp.get("stress", "gate"))
+    for job in jobs:
+        rc = ensure_export(job)
         if rc != 0:
             return rc
 
-    bench_args = ["bench", exp["dir"], "--threads", ",".join(map(str, bench["threads"])), "--runs", str(bench["runs"]), "--sessions", str(bench.get("sessions", 3)),
+    bench_args = ["bench", *(job["dir"] for job in jobs), "--threads", ",".join(map(str, bench["threads"])), "--runs", str(bench["runs"]), "--sessions", str(bench.get("sessions", 3)),
                   "--warmup", str(bench["warmup"]), "--parity-images", str(bench["parity_images"]),
                   "--json", bench["json"], "--report", bench["report_dir"], "--baseline", bench["baseline"],
                   "--max-slowdown", str(bench["max_slowdown"])]

@@ -253,6 +253,21 @@ def shared_export(prefetch, tiny_checkpoint) -> SharedExport:
     assert tree_state(export.dir) == before, f"a test changed the shared export {export.dir}: copy it with copy_export first"
 
 
+@prefetched("executorch_export")
+def _export_executorch(prefetch, folder: Path) -> Path:
+    out = folder / "exp"
+    r = run_edgeseg("export", prefetch.get("tiny_checkpoint"), "--out", out, "--formats", "executorch",
+                    "--precisions", "fp32,int8", *SHARED_EXPORT_ARGS)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def executorch_export(prefetch, tiny_checkpoint) -> Path:
+    """The tiny checkpoint exported to ExecuTorch fp32 and int8 (thresholds as the shared export; read-only)."""
+    return prefetch.get("executorch_export")
+
+
 @prefetched("tiny_parts_checkpoint")
 def _train_tiny_parts(prefetch, folder: Path) -> Path:
     recipe = write_recipe(folder / "tiny_parts.yaml", {"name": "tinyparts", "data": {"task": "parts"}})

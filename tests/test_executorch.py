@@ -10,22 +10,7 @@ from edgeseg.errors import EdgesegError  # noqa: E402
 from edgeseg.manifest import read_manifest  # noqa: E402
 from edgeseg.runtime.loader import load_model  # noqa: E402
 
-from conftest import SHARED_EXPORT_ARGS, one_line_error, prefetched, run_edgeseg, run_edgeseg_without  # noqa: E402
-
-
-@prefetched("executorch_export")
-def _export_executorch(prefetch, folder):
-    out = folder / "exp"
-    r = run_edgeseg("export", prefetch.get("tiny_checkpoint"), "--out", out, "--formats", "executorch",
-                    "--precisions", "fp32,int8", *SHARED_EXPORT_ARGS)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out
-
-
-@pytest.fixture(scope="module")
-def executorch_export(prefetch, tiny_checkpoint):
-    """The tiny checkpoint exported to ExecuTorch fp32 and int8 (read-only)."""
-    return prefetch.get("executorch_export")
+from conftest import one_line_error, run_edgeseg_without  # noqa: E402
 
 
 def test_both_precisions_pass_parity_with_every_op_in_xnnpack(executorch_export):
@@ -66,7 +51,11 @@ def test_runner_matches_pytorch_through_load_and_predict(executorch_export, tiny
 
 
 def test_the_process_wide_thread_pool_is_never_resized_under_an_open_program(executorch_export):
+    import torch
+
+    before = torch.get_num_threads()
     first = load_model(str(executorch_export), pick="executorch:fp32", threads=1)
+    assert torch.get_num_threads() == 1  # PyTorch's own pool stays out of the way while a program is open
     try:
         with pytest.raises(EdgesegError, match="ExecuTorch's thread pool is shared by the process"):
             load_model(str(executorch_export), pick="executorch:int8", threads=2)
@@ -79,6 +68,7 @@ def test_the_process_wide_thread_pool_is_never_resized_under_an_open_program(exe
         assert second.runner.run(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 2, 64, 64)
     finally:
         second.runner.close()
+    assert torch.get_num_threads() == before
 
 
 def test_unsupported_precision_is_refused_before_any_work(tiny_checkpoint, tmp_path, cli):

@@ -38,7 +38,7 @@ from edgeseg.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
 
-TOOLS = ("torch", "onnxruntime", "ai-edge-litert", "coremltools")
+TOOLS = ("torch", "onnxruntime", "ai-edge-litert", "coremltools", "executorch")
 DATA_PARITY_IMAGES = 8  # with --data and no --parity-images
 
 
@@ -320,6 +320,7 @@ def _bench_target(t: Target, threads: int, req: BenchRequest, calib: Calibration
         return {**row, "runtime": t.format, "skipped": t.skipped}
     try:
         reset_peak_rss()
+        calib.make_room(t.format, threads)  # ExecuTorch: no workload may hold its pool at another thread count
         t0 = time.perf_counter()
         runner = t.make_runner(threads)
         load_ms = (time.perf_counter() - t0) * 1000

@@ -6,11 +6,16 @@ model is normalized by the *same* small MobileNet-style segmenter run through th
 runtime, precision class and thread count as the model itself:
 
 - PyTorch results: ``calibration_net()`` in PyTorch eager (built from code, seeded);
-- ONNX / TFLite / Core ML results: that network exported once and committed under
+- ONNX / TFLite / Core ML / ExecuTorch results: that network exported once and committed under
   ``assets/calibration/`` in each *compute* precision a runtime has (int8 kernels in ONNX
   Runtime and XNNPACK, fp16 compute in Core ML; everything else runs fp32 kernels). The files
   are fixed on purpose: regenerating them with other converter versions would change the
-  workload and make every committed baseline stale (``benchmarks/make_calibration.py``).
+  workload and make every committed baseline stale (``benchmarks/make_calibration.py``; its
+  ``--add FORMAT`` adds a new format's files and leaves the others' bytes as they are).
+
+Some runtimes keep one CPU thread pool per process (``PROCESS_THREAD_POOLS``): ExecuTorch's can
+only be resized while none of its programs is loaded. ``CalibrationPool.make_room`` closes the
+cached workloads of such a runtime at other thread counts before a runner of it opens at a new one.
 """
 from __future__ import annotations
 
@@ -37,7 +42,11 @@ INFO = ModelInfo(name="edgeseg-calibration-v1", arch="calibration-conv-stack", o
 # runs (TFLite fp16 = fp16 weights, fp32 compute; Core ML int8/pal6 = compressed weights,
 # fp16 compute). Unlisted pairs use the fp32 file.
 CALIBRATION_PRECISIONS = {"onnx": {"int8": "int8"}, "tflite": {"int8": "int8"},
-                          "coreml": {"fp16": "fp16", "int8": "fp16", "pal6": "fp16"}}
+                          "coreml": {"fp16": "fp16", "int8": "fp16", "pal6": "fp16"},
+                          "executorch": {"int8": "int8"}}
+# formats whose runtime has one thread pool per process: while a program of it is loaded at one
+# thread count, none can be opened at another (edgeseg.runtime.executorch_runner)
+PROCESS_THREAD_POOLS = frozenset({"executorch"})
 
 
 class CalibrationNet(nn.Module):
@@ -124,15 +133,27 @@ class CalibrationPool:
 
     def __init__(self):
         self._open: dict[tuple[str, str, int], CalibrationWorkload] = {}
+        self._names: set[str] = set()  # of every workload opened, closed early by make_room or not
 
     def get(self, fmt: str, precision: str, threads: int) -> CalibrationWorkload:
         key = (fmt, calibration_precision(fmt, precision), threads)
         if key not in self._open:
+            self.make_room(fmt, threads)
             self._open[key] = open_workload(fmt, precision, threads)
+            self._names.add(self._open[key].name)
         return self._open[key]
 
+    def make_room(self, fmt: str, threads: int) -> None:
+        """Close the cached workloads that would stop a ``fmt`` runner from opening at ``threads``: those of
+        a runtime with one thread pool per process (``PROCESS_THREAD_POOLS``) at another thread count.
+        Call it before opening a model runner of ``fmt``; ``get`` calls it before opening a workload."""
+        if fmt not in PROCESS_THREAD_POOLS:
+            return
+        for key in [k for k in self._open if k[0] == fmt and k[2] != threads]:
+            self._open.pop(key).close()
+
     def names(self) -> list[str]:
-        return sorted({w.name for w in self._open.values()})
+        return sorted(self._names)
 
     def close(self) -> None:
         for w in self._open.values():
