@@ -15,6 +15,11 @@ _COREMLTOOLS_NATIVE = ("Failed to load _MLModelProxy", "Failed to load _MLModelA
                        "Failed to load _MLComputePlanProxy")
 
 
+# torch logs this (logger torch.utils._pytree) when torchao, imported by executorch, registers an Enum
+# as a pytree constant: a deprecation notice about torchao's code, on stderr of every ExecuTorch command.
+_PYTREE_ENUM_NOTICE = ("<enum 'KernelPreference'> is an Enum subclass and is now natively supported",)
+
+
 class _DropMessages(logging.Filter):
     def __init__(self, prefixes: tuple[str, ...]):
         super().__init__()
@@ -24,10 +29,15 @@ class _DropMessages(logging.Filter):
         return not str(record.getMessage()).startswith(self.prefixes)
 
 
+def _add_filter(logger_name: str, prefixes: tuple[str, ...]) -> None:
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _DropMessages) and f.prefixes == prefixes for f in logger.filters):
+        logger.addFilter(_DropMessages(prefixes))
+
+
 def install_log_filters() -> None:
-    """Drop coremltools' 'native library missing' messages off macOS (idempotent)."""
-    if platform.system() == "Darwin":
-        return
-    logger = logging.getLogger("coremltools")
-    if not any(isinstance(f, _DropMessages) for f in logger.filters):
-        logger.addFilter(_DropMessages(_COREMLTOOLS_NATIVE))
+    """Drop coremltools' 'native library missing' messages off macOS, and torch's notice about torchao's
+    Enum (idempotent)."""
+    _add_filter("torch.utils._pytree", _PYTREE_ENUM_NOTICE)
+    if platform.system() != "Darwin":
+        _add_filter("coremltools", _COREMLTOOLS_NATIVE)

@@ -9,7 +9,6 @@ modules (pinned by the ``executorch`` extra below 1.6).
 from __future__ import annotations
 
 import json
-import logging
 import re
 import struct
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.compat import install_log_filters
 from edgeseg.errors import ArtifactError, require
 
 # ExecuTorch (.pte): read with ExecuTorch's own deserializer; each XNNPACK payload with ExecuTorch's flatc
@@ -32,14 +32,6 @@ _XNNPACK = "XnnpackBackend"
 _XNN_SCHEMAS = {b"XN01": "schema.fbs", b"XN00": "runtime_schema.fbs"}
 
 
-class _DropPytreeEnumNotice(logging.Filter):
-    """torch logs a deprecation notice on stderr when torchao (imported by executorch.exir) registers an Enum;
-    it would break the one-line error contract."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "is an Enum subclass and is now natively supported" not in str(record.getMessage())
-
-
 def describe_pte(path: Path) -> dict:
     """The format-specific part of ``inspect_file`` for a .pte (I/O, ops, delegate coverage, params)."""
     require("executorch", "executorch", "inspecting ExecuTorch files")
@@ -48,13 +40,8 @@ def describe_pte(path: Path) -> dict:
     if len(data) < 8 or not re.fullmatch(rb"ET\d\d", data[4:8]):
         raise ArtifactError(f"{path}: not an ExecuTorch program (no ExecuTorch flatbuffer identifier at bytes 4-8; "
                             "empty, truncated or another kind of file?)")
-    pytree_log = logging.getLogger("torch.utils._pytree")
-    notice = _DropPytreeEnumNotice()
-    pytree_log.addFilter(notice)
-    try:
-        from executorch.exir._serialize import _program as serialize
-    finally:
-        pytree_log.removeFilter(notice)
+    install_log_filters()  # torch's notice about torchao's Enum, logged on this import, would break the one-line errors
+    from executorch.exir._serialize import _program as serialize
     deserialize = getattr(serialize, "deserialize_pte_binary", None) or serialize._deserialize_pte_binary
     try:
         pte = deserialize(data)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeseg.compat import install_log_filters
 from edgeseg.errors import ArtifactError, EdgesegError, require
 from edgeseg.manifest import Artifact, Manifest
 from edgeseg.runtime.base import Runner, check_batch, float_input_nchw
+from edgeseg.ui import folded_output
 
 _OPEN: dict[int, int | None] = {}  # id(runner) -> the pool size it asked for, for every open runner
 _TORCH_THREADS: list[int] = []  # PyTorch's intra-op thread count before the first open runner set it to 1
@@ -23,17 +25,15 @@ class ExecuTorchRunner(Runner):
     requires = ("executorch.runtime", "executorch")
 
     def __init__(self, path: str, *, input_size, mean, std, expects: str = "normalized", threads: int | None = None):
+        install_log_filters()  # before executorch imports torchao, whose Enum makes torch log a notice
         require(*self.requires, "running ExecuTorch programs")
-        _claim_pool(self, threads)
         try:
             import torch
-            from executorch.runtime import Runtime
 
-            try:
-                self.method = Runtime.get().load_program(str(path)).load_method("forward")
-            except Exception as exc:  # the runtime raises plain RuntimeError/ValueError for a bad program
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-                raise ArtifactError(f"{path}: ExecuTorch cannot load it ({first})") from None
+            # the runtime's C++ start-up log (cpuinfo probing, thread pool resets) goes to stderr: folded
+            with folded_output(keep=(Exception,)):
+                _claim_pool(self, threads)
+                self.method = _load_method(path)
         except BaseException:
             self.close()
             raise
@@ -58,6 +58,17 @@ class ExecuTorchRunner(Runner):
         self.method = None
         if _OPEN.pop(id(self), "closed") != "closed" and not _OPEN:
             _torch_threads(restore=True)
+
+
+def _load_method(path: str):
+    """The ``forward`` method of the program at ``path``; ArtifactError when ExecuTorch cannot load it."""
+    from executorch.runtime import Runtime
+
+    try:
+        return Runtime.get().load_program(str(path)).load_method("forward")
+    except Exception as exc:  # the runtime raises plain RuntimeError/ValueError for a bad program
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ArtifactError(f"{path}: ExecuTorch cannot load it ({first})") from None
 
 
 def _claim_pool(runner: ExecuTorchRunner, threads: int | None) -> None:
