@@ -284,11 +284,11 @@ def test_export_folds_the_converters_output_into_its_own_lines(shared_export):
     assert "  exported tiny-int8.tflite (" in out and "KB), parity ok" in out
 
 
-def test_export_verbose_shows_the_converters_output(tiny_checkpoint, tmp_path):
-    r = run_edgeseg("export", tiny_checkpoint, "--out", tmp_path / "out", "--formats", "coreml", "--precisions", "fp32",
-                    "--parity-images", "2", "--stress", "off", "--verbose")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "Running MIL" in r.stderr and "  exported tiny-fp32.mlpackage (" in r.stdout
+def test_export_verbose_shows_the_converters_output(tiny_checkpoint, tmp_path, cli):
+    r = cli("export", tiny_checkpoint, "--out", tmp_path / "out", "--formats", "coreml", "--precisions", "fp32",
+            "--parity-images", "2", "--stress", "off", "--verbose")
+    assert r.exit_code == 0, r.output[-2000:]
+    assert "Running MIL" in r.output and "  exported tiny-fp32.mlpackage (" in r.stdout
 
 
 def test_folded_output_replays_the_log_only_when_the_block_crashes(capfd):
