@@ -59,9 +59,14 @@ _RUNNING: set = set()  # subprocesses of run_command still running (the prefetch
 
 
 def run_command(cmd: list, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd, capture_output=True, text=True)``, killable from the session's end."""
+    """``subprocess.run(cmd, capture_output=True, text=True)``, killable from the session's end.
+
+    Without ``cwd`` the command runs in the repository root, never in this process's current folder:
+    a test may chdir into a folder it deletes later (``invoke_cli(cwd=...)``) while the prefetch thread
+    starts a command, and a process whose working folder is gone fails in odd ways (oneMKL refuses to
+    load libtorch_cpu.so: seen in CI)."""
     with subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=cwd, env=env) as proc:
+                          cwd=ROOT if cwd is None else cwd, env=env) as proc:
         _RUNNING.add(proc)
         try:
             out, err = proc.communicate(timeout=timeout)
