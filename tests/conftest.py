@@ -118,22 +118,43 @@ def prefetched(name: str):
 
 
 class Prefetch:
-    """The background thread running the registered steps that the selected tests need; ``get`` waits."""
+    """The background thread running the registered steps that the selected tests need; ``get`` waits.
+
+    ``add`` queues more steps later (those test modules register while they are collected, after a
+    whole-suite run started the conftest's own steps; see ``pytest_sessionstart``)."""
 
     def __init__(self, tmp_path_factory, wanted: set):
         self._factory = tmp_path_factory
-        self._queue = [name for name in _STEPS if name in wanted]
-        self._folders = {name: tmp_path_factory.mktemp(name) for name in self._queue}  # made here, not in the thread
-        self._done = {name: threading.Event() for name in self._queue}
+        self._queue: list[str] = []
+        self._folders: dict = {}
+        self._done: dict = {}
         self._results: dict = {}
         self._inline_locks: dict = {}
         self._lock = threading.Lock()
         self._closing = False
-        self._thread = threading.Thread(target=self._work, name="edgeseg-tests-prefetch", daemon=True)
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self.add(wanted)
+
+    def add(self, wanted: set) -> "Prefetch":
+        """Queue the registered steps in ``wanted`` not queued yet (in registration order); restart the
+        thread if it has already finished the earlier ones."""
+        new = [name for name in _STEPS if name in wanted and name not in self._done]
+        for name in new:  # folders and events are made here, not in the thread
+            self._folders[name] = self._factory.mktemp(name)
+            self._done[name] = threading.Event()
+        with self._lock:
+            self._queue.extend(new)
+            restart = bool(new) and self._thread is not None and not self._running
+        return self.start() if restart else self
 
     def start(self) -> "Prefetch":
-        if self._queue:
-            self._thread.start()
+        with self._lock:
+            if not self._queue or self._running:
+                return self
+            self._running = True
+            self._thread = threading.Thread(target=self._work, name="edgeseg-tests-prefetch", daemon=True)
+        self._thread.start()
         return self
 
     def _run(self, name: str, folder: Path) -> None:
@@ -143,7 +164,12 @@ class Prefetch:
             self._results[name] = (False, traceback.format_exc())
 
     def _work(self) -> None:
-        for name in self._queue:
+        while True:
+            with self._lock:
+                name = next((n for n in self._queue if not self._done[n].is_set()), None)
+                if name is None:
+                    self._running = False  # under the lock: add() sees it and restarts the thread
+                    return
             if not self._closing:
                 self._run(name, self._folders[name])
             self._done[name].set()
@@ -169,7 +195,7 @@ class Prefetch:
         self._closing = True
         for proc in list(_RUNNING):
             proc.kill()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=60)
 
 
@@ -187,11 +213,29 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: need[item.nodeid.split("::")[0]])  # stable: each module's own order is kept
 
 
+_EARLY: dict = {}  # "prefetch" -> the Prefetch a whole-suite run started before collection
+
+
+def pytest_sessionstart(session):
+    """A whole-suite run (``make test``: no paths, no -k, -m or --lf) starts the conftest's own slow steps
+    (the tiny checkpoint, the shared exports) now: collecting the suite imports torch, coremltools,
+    executorch and the rest for about 40 s, and the steps run beside that on the other core."""
+    config = session.config
+    paths = {Path(a).resolve() for a in config.args}
+    whole = paths <= {ROOT, ROOT / "tests"} and not (config.option.keyword or config.option.markexpr
+                                                      or getattr(config.option, "lf", False)
+                                                      or config.option.collectonly)
+    factory = getattr(config, "_tmp_path_factory", None)
+    if whole and factory is not None:
+        _EARLY["prefetch"] = Prefetch(factory, set(_STEPS)).start()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefetch(request, tmp_path_factory):
     """Starts the registered slow steps that the selected tests need (see ``prefetched``)."""
     wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
-    runner = Prefetch(tmp_path_factory, wanted).start()
+    runner = _EARLY.pop("prefetch", None)
+    runner = Prefetch(tmp_path_factory, wanted).start() if runner is None else runner.add(wanted)
     yield runner
     runner.close()
 
