@@ -39,6 +39,20 @@ class Exporter(Protocol):
     def export(self, job: ExportJob) -> Artifact: ...
 
 
+class PerModelCache:
+    """What an exporter converted for one model, reused across that model's precisions (a converted
+    graph, a traced program); a job with another model starts an empty one."""
+
+    def __init__(self):
+        self._model_id: int | None = None
+        self._data: dict = {}
+
+    def of(self, model) -> dict:
+        if id(model) != self._model_id:
+            self._model_id, self._data = id(model), {}
+        return self._data
+
+
 EXPORTERS: dict[str, Callable[[], Exporter]] = {}
 
 

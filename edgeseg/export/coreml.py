@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from edgeseg.errors import require
-from edgeseg.export.base import ExportJob, artifact_for, check_precision, register_exporter
+from edgeseg.export.base import ExportJob, PerModelCache, artifact_for, check_precision, register_exporter
 from edgeseg.manifest import Artifact
 
 
@@ -14,12 +14,7 @@ class CoreMLExporter:
     calib_methods = ()  # int8 and pal6 compress weights only: nothing is calibrated on images
 
     def __init__(self):
-        self._converted: tuple[int, dict] | None = None  # (id(model), conversion cache), reused across precisions
-
-    def _cache(self, model) -> dict:
-        if self._converted is None or self._converted[0] != id(model):
-            self._converted = (id(model), {})
-        return self._converted[1]
+        self._converted = PerModelCache()  # the traced program and converted ML Programs, reused across precisions
 
     def export(self, job: ExportJob) -> Artifact:
         check_precision(self, job.precision)
@@ -31,6 +26,6 @@ class CoreMLExporter:
         result = convert_coreml(job.model, height=h, width=w, mean=list(job.info.mean), std=list(job.info.std),
                                 labels=list(job.info.classes), precision=job.precision, dest=dest,
                                 description=f"edgeseg {job.info.arch} segmenter ({job.precision})", metadata=job.metadata,
-                                cache=self._cache(job.model))
+                                cache=self._converted.of(job.model))
         return artifact_for(job, "coreml", input=dict(result.input), output=dict(result.output), quantized=result.quantized,
                             details={"minimum_deployment_target": "iOS16"})

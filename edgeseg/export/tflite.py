@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from edgeseg.errors import require
-from edgeseg.export.base import ExportJob, artifact_for, check_precision, register_exporter
+from edgeseg.export.base import ExportJob, PerModelCache, artifact_for, check_precision, register_exporter
 from edgeseg.export.tflite_convert import TFLITE_CALIB_METHODS
 from edgeseg.fsutil import write_bytes_atomic
 from edgeseg.manifest import Artifact
@@ -16,12 +16,7 @@ class TFLiteExporter:
     calib_methods = tuple(TFLITE_CALIB_METHODS)
 
     def __init__(self):
-        self._float: tuple[int, dict] | None = None  # (id(model), converted float graphs), reused across precisions
-
-    def _float_cache(self, model) -> dict:
-        if self._float is None or self._float[0] != id(model):
-            self._float = (id(model), {})
-        return self._float[1]
+        self._float = PerModelCache()  # the converted float graphs, reused across precisions
 
     def export(self, job: ExportJob) -> Artifact:
         check_precision(self, job.precision)
@@ -33,7 +28,7 @@ class TFLiteExporter:
         h, w = job.info.input_size
         result = convert_tflite(job.model, height=h, width=w, mean=list(job.info.mean), std=list(job.info.std),
                                 labels=list(job.info.classes), precision=job.precision, calib_images=job.calib,
-                                calib_method=job.calib_method, name=job.info.name, float_cache=self._float_cache(job.model),
+                                calib_method=job.calib_method, name=job.info.name, float_cache=self._float.of(job.model),
                                 description=f"edgeseg {job.info.arch} segmenter ({job.precision})")
         write_bytes_atomic(job.out_dir / f"{job.stem}.tflite", result.data)
         details = {"xnnpack_partitions": result.xnnpack_partitions, "ops_not_delegated": list(result.ops_not_delegated),
