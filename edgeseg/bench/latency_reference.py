@@ -13,7 +13,7 @@ runtime, precision class and thread count as the model itself:
   workload and make every committed baseline stale (``benchmarks/make_calibration.py``; its
   ``--add FORMAT`` adds a new format's files and leaves the others' bytes as they are).
 
-Some runtimes keep one CPU thread pool per process (``PROCESS_THREAD_POOLS``): ExecuTorch's can
+Some runtimes keep one CPU thread pool per process (``Runner.process_thread_pool``): ExecuTorch's can
 only be resized while none of its programs is loaded. ``CalibrationPool.make_room`` closes the
 cached workloads of such a runtime at other thread counts before a runner of it opens at a new one.
 """
@@ -31,7 +31,7 @@ from edgeseg.errors import ArtifactError
 from edgeseg.manifest import read_manifest
 from edgeseg.models.checkpoint import ModelInfo
 from edgeseg.runtime.base import Runner
-from edgeseg.runtime.loader import runner_for_artifact
+from edgeseg.runtime.loader import RUNNERS, runner_class, runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
 
 ASSETS = Path(__file__).parent / "assets" / "calibration"
@@ -44,9 +44,6 @@ INFO = ModelInfo(name="edgeseg-calibration-v1", arch="calibration-conv-stack", o
 CALIBRATION_PRECISIONS = {"onnx": {"int8": "int8"}, "tflite": {"int8": "int8"},
                           "coreml": {"fp16": "fp16", "int8": "fp16", "pal6": "fp16"},
                           "executorch": {"int8": "int8"}}
-# formats whose runtime has one thread pool per process: while a program of it is loaded at one
-# thread count, none can be opened at another (edgeseg.runtime.executorch_runner)
-PROCESS_THREAD_POOLS = frozenset({"executorch"})
 
 
 class CalibrationNet(nn.Module):
@@ -145,9 +142,9 @@ class CalibrationPool:
 
     def make_room(self, fmt: str, threads: int) -> None:
         """Close the cached workloads that would stop a ``fmt`` runner from opening at ``threads``: those of
-        a runtime with one thread pool per process (``PROCESS_THREAD_POOLS``) at another thread count.
+        a runtime with one thread pool per process (``Runner.process_thread_pool``) at another thread count.
         Call it before opening a model runner of ``fmt``; ``get`` calls it before opening a workload."""
-        if fmt not in PROCESS_THREAD_POOLS:
+        if fmt not in RUNNERS or not runner_class(fmt).process_thread_pool:
             return
         for key in [k for k in self._open if k[0] == fmt and k[2] != threads]:
             self._open.pop(key).close()

@@ -23,6 +23,7 @@ class Runner(ABC):
     threads: int | None = None
     requires: tuple[str, str] | None = None  # (python module, pip extra that provides it)
     latency_note: str | None = None  # set when this runtime's speed says nothing about deployment (not timed)
+    process_thread_pool: bool = False  # one CPU thread pool per process: open runners must agree on its size
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -23,6 +23,7 @@ class ExecuTorchRunner(Runner):
     runtime = "executorch"
     formats = ("executorch",)
     requires = ("executorch.runtime", "executorch")
+    process_thread_pool = True
 
     def __init__(self, path: str, *, input_size, mean, std, expects: str = "normalized", threads: int | None = None):
         install_log_filters()  # before executorch imports torchao, whose Enum makes torch log a notice
@@ -51,7 +52,7 @@ class ExecuTorchRunner(Runner):
     def run(self, images: np.ndarray) -> np.ndarray:
         images = check_batch(images, self.height, self.width)
         x = float_input_nchw(images, self.expects, self.mean, self.std)
-        outs = [self.method.execute([self._torch.from_numpy(x[i:i + 1].copy())])[0].numpy() for i in range(len(x))]
+        outs = [self.method.execute([self._torch.from_numpy(x[i:i + 1])])[0].numpy() for i in range(len(x))]
         return np.ascontiguousarray(np.concatenate(outs), dtype=np.float32)
 
     def close(self) -> None:
