@@ -190,15 +190,19 @@ def write_dataset(out: str | Path, task: str, count: int, size, seed: int) -> Pa
     return out
 
 
-def _check_synth_target(out: Path) -> None:
+def _check_synth_target(out: Path, files_written: Callable[[Path], set[str]] | None = None) -> None:
     """Refuse a non-empty folder unless an earlier ``write_dataset`` made it and it holds exactly what that
-    run wrote (its marker says how many samples; any other file, e.g. a photo added to images/, is the user's)."""
+    run wrote (its marker says how many samples; any other file, e.g. a photo added to images/, is the user's).
+
+    ``files_written(out)`` (default ``_files_written``) lists what the earlier run recorded in ``out`` wrote,
+    so other synthetic writers (``clips.write_clips``) share this check.
+    """
     if not out.is_dir():
         return
     entries = sorted(p.name for p in out.iterdir() if not is_staging(p))
     if not entries:
         return
-    expected = _files_written(out)
+    expected = (files_written or _files_written)(out)
     present = {str(p.relative_to(out)) for p in out.rglob("*") if not is_staging(p.relative_to(out).parts[0])}
     foreign = sorted(present - expected) if expected else entries
     if foreign:
@@ -529,14 +533,19 @@ def _sample_figure(rng: np.random.Generator, w: int, h: int, hair_type: str) -> 
     )
 
 
-def _draw_person(rng: np.random.Generator, draw: ImageDraw.ImageDraw, fig: _Figure) -> None:
-    """Draw the figure's labels, back to front."""
+def _draw_person(rng: np.random.Generator, draw: ImageDraw.ImageDraw, fig: _Figure, *,
+                 swing: tuple[float, float] = (0.0, 0.0)) -> None:
+    """Draw the figure's labels, back to front.
+
+    ``swing`` turns the (left, right) arm about its shoulder by that many degrees (positive: away
+    from the body); it changes no random draw, so a clip can redraw one figure with moving arms.
+    """
     back, front = _HAIR_STYLES[fig.style]
     back(rng, draw, fig)
     _draw_neck(draw, fig)
     _draw_torso(rng, draw, fig)
-    for side in (-1, 1):
-        _draw_arm(rng, draw, fig, side)
+    for side, angle in zip((-1, 1), swing):
+        _draw_arm(rng, draw, fig, side, swing=angle)
     _draw_head(draw, fig)
     front(rng, draw, fig)
     if fig.hair_type == "strands":
@@ -603,11 +612,15 @@ def _draw_torso(rng: np.random.Generator, draw: ImageDraw.ImageDraw, fig: _Figur
         _limb(draw, [(x, fig.hip_y - 0.5 * rx), (x + spread, fig.hip_y + 8 * rx)], sw * 0.8, PANTS)
 
 
-def _draw_arm(rng: np.random.Generator, draw: ImageDraw.ImageDraw, fig: _Figure, side: int):
-    """One arm (body) with a sleeve (clothes) and a hand; ``side`` is -1 (left) or 1."""
+def _draw_arm(rng: np.random.Generator, draw: ImageDraw.ImageDraw, fig: _Figure, side: int, *,
+              swing: float = 0.0):
+    """One arm (body) with a sleeve (clothes) and a hand; ``side`` is -1 (left) or 1.
+
+    ``swing`` (degrees) turns the whole arm about the shoulder, away from the body when positive.
+    """
     rx = fig.rx
     shoulder = (fig.bx + side * (fig.sw - 0.4 * rx), fig.sy + 0.45 * rx)
-    a1 = math.radians(rng.uniform(4, 35))
+    a1 = math.radians(rng.uniform(4, 35)) + math.radians(swing)
     a2 = a1 + math.radians(rng.uniform(-80, 30))
     l1, l2 = rx * rng.uniform(2.4, 2.9), rx * rng.uniform(2.1, 2.5)
     elbow = (shoulder[0] + side * l1 * math.sin(a1), shoulder[1] + l1 * math.cos(a1))
@@ -758,15 +771,7 @@ def _draw_occluder(rng: np.random.Generator, draw: ImageDraw.ImageDraw, canvas_w
 def _paint_labels(rng, image: Image.Image, labels: Image.Image, look: _Look, fig) -> None:
     """Paste a texture over each label's pixels of ``image`` (in place)."""
     scale = fig.rx if fig is not None else min(image.size) * 0.1
-    painters = {
-        SKIN: lambda w, h: _shaded(rng, w, h, look.skin, (scale, scale), 12),
-        BODY: lambda w, h: _shaded(rng, w, h, look.body, (scale, scale), 14),
-        HAIR: lambda w, h: _hair_texture(rng, w, h, look.hair, scale),
-        CLOTHES: lambda w, h: _fabric(rng, w, h, look.clothes, scale),
-        PANTS: lambda w, h: _shaded(rng, w, h, look.pants, (scale, scale), 20),
-        OCCLUDER: lambda w, h: _fabric(rng, w, h, (_random_colour(rng), _random_colour(rng)),
-                                       scale),
-    }
+    painters = _label_painters(rng, look, scale)
     region = labels.getbbox()
     if region is None:
         return
@@ -781,6 +786,19 @@ def _paint_labels(rng, image: Image.Image, labels: Image.Image, look: _Look, fig
         image.paste(painters[label](x1 - x0, y1 - y0), box, mask.crop((x0, y0, x1, y1)))
         if label == SKIN:
             _draw_face_features(ImageDraw.Draw(image), fig, look)
+
+
+def _label_painters(rng, look: _Look, scale: float) -> dict[int, Callable[[int, int], Image.Image]]:
+    """Canvas label -> ``painter(w, h)`` giving that label's texture (draws from ``rng`` when called)."""
+    return {
+        SKIN: lambda w, h: _shaded(rng, w, h, look.skin, (scale, scale), 12),
+        BODY: lambda w, h: _shaded(rng, w, h, look.body, (scale, scale), 14),
+        HAIR: lambda w, h: _hair_texture(rng, w, h, look.hair, scale),
+        CLOTHES: lambda w, h: _fabric(rng, w, h, look.clothes, scale),
+        PANTS: lambda w, h: _shaded(rng, w, h, look.pants, (scale, scale), 20),
+        OCCLUDER: lambda w, h: _fabric(rng, w, h, (_random_colour(rng), _random_colour(rng)),
+                                       scale),
+    }
 
 
 def _hair_texture(rng, w: int, h: int, colour: Colour, scale: float) -> Image.Image:
@@ -824,24 +842,49 @@ def _curve(gains: Sequence[float], gamma: float, offset: float) -> list[int]:
     return np.clip(np.rint(table), 0, 255).astype(np.uint8).ravel().tolist()
 
 
+@dataclass(frozen=True)
+class _Lighting:
+    """One scene's lighting: point() curves and the sensor noise level."""
+
+    curves: tuple[list[int], ...]  # one curve, or (dark, lit) for a backlit scene (person, rest)
+    noise_shift: int  # noise of +-(128 >> noise_shift) levels
+
+
 def _apply_lighting(rng, image: Image.Image, labels: Image.Image, kind: str) -> np.ndarray:
     """Global lighting (per-channel curves), backlight and mild sensor noise -> uint8 array."""
+    lighting = _sample_lighting(rng, kind)
+    return _add_noise(rng, _light(image, labels, lighting.curves), lighting.noise_shift)
+
+
+def _sample_lighting(rng, kind: str) -> _Lighting:
+    """The curves and noise level of a ``kind`` of lighting (LIGHTINGS)."""
     gain = rng.uniform(0.9, 1.1)
     if kind == "dim":
-        image = image.point(_curve([rng.uniform(0.45, 0.7)] * 3, rng.uniform(1.1, 1.5), 0))
+        curves = (_curve([rng.uniform(0.45, 0.7)] * 3, rng.uniform(1.1, 1.5), 0),)
     elif kind == "bright":
-        image = image.point(_curve([rng.uniform(1.1, 1.35)] * 3, rng.uniform(0.7, 0.9), 15))
+        curves = (_curve([rng.uniform(1.1, 1.35)] * 3, rng.uniform(0.7, 0.9), 15),)
     elif kind == "colored":
         cast = rng.uniform(0.7, 1.25, 3)
-        image = image.point(_curve(list(cast / cast.mean() * gain), 1.0, 0))
+        curves = (_curve(list(cast / cast.mean() * gain), 1.0, 0),)
     elif kind == "backlit":
-        person = labels.point(_NOT_BG).reduce(2)
-        lit = image.point(_curve([rng.uniform(1.2, 1.5)] * 3, 0.8, rng.uniform(20, 50)))
-        dark = image.point(_curve([rng.uniform(0.35, 0.6)] * 3, 1.1, 0))
-        image = Image.composite(dark, lit, person)
+        lit = _curve([rng.uniform(1.2, 1.5)] * 3, 0.8, rng.uniform(20, 50))
+        curves = (_curve([rng.uniform(0.35, 0.6)] * 3, 1.1, 0), lit)
     else:
-        image = image.point(_curve([gain] * 3, 1.0, 0))
-    shift = int(rng.integers(4, 7))  # noise of +-8, +-4 or +-2 levels
+        curves = (_curve([gain] * 3, 1.0, 0),)
+    return _Lighting(curves=curves, noise_shift=int(rng.integers(4, 7)))  # noise +-8, +-4 or +-2
+
+
+def _light(image: Image.Image, labels: Image.Image, curves: tuple[list[int], ...]) -> Image.Image:
+    """``image`` through the lighting curves; with two (dark, lit), the person (and occluders:
+    non-background pixels of the 2x ``labels``) get the dark one."""
+    if len(curves) == 1:
+        return image.point(curves[0])
+    dark, lit = curves
+    return Image.composite(image.point(dark), image.point(lit), labels.point(_NOT_BG).reduce(2))
+
+
+def _add_noise(rng, image: Image.Image, shift: int) -> np.ndarray:
+    """Uniform sensor noise of +-(128 >> shift) levels -> uint8 array."""
     noise = np.frombuffer(rng.bytes(image.height * image.width * 3), dtype=np.uint8) >> shift
     noisy = np.asarray(image, dtype=np.int16) + noise.reshape(image.height, image.width, 3)
     noisy -= 128 >> shift
