@@ -52,9 +52,9 @@ def load(spec: str | Path = "default", *, format: str | None = None, precision: 
          threads: int | None = None) -> "Segmenter":
     """Open a model to segment images with.
 
-    ``spec``: ``"default"`` (the packaged portrait model), an edgeseg checkpoint (``.pt``), an
-    exported file (``.onnx``, ``.tflite``, ``.mlpackage``, with the ``manifest.json`` of its export
-    beside it) or an export directory. For a directory, ``format`` and ``precision`` choose among its
+    ``spec``: ``"default"`` (the packaged portrait model), ``"parts"`` (the packaged try-on parts
+    model), an edgeseg checkpoint (``.pt``), an exported file (``.onnx``, ``.tflite``, ``.mlpackage``,
+    with the ``manifest.json`` of its export beside it) or an export directory. For a directory, ``format`` and ``precision`` choose among its
     files; whatever they leave open is decided by preferring files whose parity passed, then higher
     precision (fp32, fp16, int8), then ONNX, TFLite, Core ML, skipping files whose runtime is not
     installed. ``threads``: the runtime's threads (default: its own choice).
@@ -153,16 +153,18 @@ class Segmenter:
         return predict_proba_image(self._model.runner.run, as_rgb_array(image), self.input_size)
 
     def evaluate(self, data: str | Path | None = None, count: int | None = None, *, split: str | None = None,
-                 slices: str | Path | None = None) -> dict:
+                 slices: str | Path | None = None, smooth: bool = False) -> dict:
         """Metrics as ``edgeseg eval --json`` writes them: ``miou``, ``per_class_iou``, ``pixel_accuracy``,
         ``boundary_iou``, ``images``, the model and data it ran on, and ``slices`` where known.
 
-        ``data``: a dataset folder (``split`` of it, default 'val'); None: the built-in synthetic set
-        of ``count`` images (default 200). ``slices``: a CSV ``id,slice...`` for per-slice IoU.
+        ``data``: a dataset folder (``split`` of it, default 'val'), or a clip dataset (one folder of
+        ordered frames and masks per clip: the result adds ``temporal`` with the flicker; ``smooth``
+        runs the frames through the video stabilizer); None: the built-in synthetic set of ``count``
+        images (default 200). ``slices``: a CSV ``id,slice...`` for per-slice IoU.
         """
         extra = {} if count is None else {"count": count}
         return evaluate_runner(self._model.runner, self._model.view, data_root=_text(data), split=split,
-                               slices_file=_text(slices), **extra)
+                               slices_file=_text(slices), smooth=smooth, **extra)
 
     def export(self, out: str | Path, formats: str | Iterable[str] | None = None,
                precisions: str | Iterable[str] | None = None, *, check: bool = True,

@@ -163,12 +163,32 @@ def data():
 @click.option("--count", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--size", type=click.IntRange(16), default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def data_synth(out, task, count, size, seed):
-    """Write a deterministic synthetic dataset (images/, masks/, classes.txt, slices.csv)."""
-    from edgeseg.data.synth import write_dataset
+@click.option("--clips", type=click.IntRange(1), help="Write this many video clips instead of still images.")
+@click.option("--frames", type=click.IntRange(2), show_default="24 with --clips", help="Frames per clip.")
+@click.pass_context
+def data_synth(ctx, out, task, count, size, seed, clips, frames):
+    """Write a deterministic synthetic dataset (images/, masks/, classes.txt, slices.csv).
 
-    path = write_dataset(out, task, count, size, seed)
-    click.echo(f"wrote {count} {task} samples ({size}x{size}) to {path}")
+    With --clips N: N short portrait video clips with per-frame masks instead, one folder per clip
+    (clip_000/images/frame_0000.png + clip_000/masks/frame_0000.png, ...) beside classes.txt.
+    """
+    from click.core import ParameterSource
+
+    if clips is None:
+        if frames is not None:
+            raise click.UsageError("--frames applies only with --clips")
+        from edgeseg.data.synth import write_dataset
+
+        path = write_dataset(out, task, count, size, seed)
+        click.echo(f"wrote {count} {task} samples ({size}x{size}) to {path}")
+        return
+    if ctx.get_parameter_source("count") not in (None, ParameterSource.DEFAULT):
+        raise click.UsageError("--count does not apply with --clips (use --clips and --frames)")
+    from edgeseg.data.clips import write_clips
+
+    frames = 24 if frames is None else frames
+    path = write_clips(out, task, clips, frames, size, seed)
+    click.echo(f"wrote {clips} {task} clips x {frames} frames ({size}x{size}) to {path}")
 
 
 @data.group("convert", cls=Group)
@@ -268,8 +288,14 @@ def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):
 @click.option("--count", type=click.IntRange(1), default=200, show_default=True, help="Synthetic images when no --data.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False))
 @click.option("--slices", "slices_file", type=click.Path(dir_okay=False), help="CSV id,slice... for per-slice IoU.")
-def eval_cmd(model, data_root, split, count, json_out, slices_file):
-    """Evaluate a checkpoint or exported model (default: the packaged portrait model)."""
+@click.option("--smooth", is_flag=True, help="Clip datasets: run the frames through the video stabilizer.")
+def eval_cmd(model, data_root, split, count, json_out, slices_file, smooth):
+    """Evaluate a checkpoint or exported model (default: the packaged portrait model; 'parts': the packaged parts model).
+
+    On a clip dataset (--data with one folder of ordered frames and masks per clip, e.g. from
+    'edgeseg data synth DIR --clips N') it also reports flicker: between consecutive frames, the
+    fraction of pixels whose predicted class changes while the ground truth does not.
+    """
     from edgeseg.api import load
     from edgeseg.evaluation.run import print_eval
     from edgeseg.fsutil import check_json_output
@@ -277,7 +303,7 @@ def eval_cmd(model, data_root, split, count, json_out, slices_file):
     if json_out:
         check_json_output(json_out)
     with load(model or "default") as segmenter:
-        result = segmenter.evaluate(data_root, count, split=split, slices=slices_file)
+        result = segmenter.evaluate(data_root, count, split=split, slices=slices_file, smooth=smooth)
     print_eval(result)
     write_json(json_out, result)
 
@@ -295,7 +321,7 @@ def recipe_default(value) -> str:
 
 @main.command()
 @click.argument("checkpoint", required=False)
-@click.option("--out", "out_dir", default="out/default", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), show_default="out/default, or out/parts for 'parts'")
 @click.option("--formats", callback=csv_list, show_default=recipe_default(ExportCfg.formats))
 @click.option("--precisions", callback=csv_list, show_default=recipe_default(ExportCfg.precisions),
               help="fp32,fp16,int8 (Core ML also pal6)")
@@ -320,7 +346,7 @@ def recipe_default(value) -> str:
 @click.option("--verbose", is_flag=True, help="Show the converters' own output (progress bars, warnings, logs).")
 def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, calib_method, parity_images,
            thresholds, stress_thresholds, stress, force, verbose):
-    """Export a checkpoint (default: the packaged portrait model) to ONNX, TFLite and Core ML.
+    """Export a checkpoint (default: the packaged portrait model; 'parts': the packaged parts model) to ONNX, TFLite and Core ML.
 
     Into an existing --out folder, only an earlier export's files (those its manifest lists) are
     replaced; anything else there is kept. The converters' own output is folded away (shown if
@@ -329,8 +355,11 @@ def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_
     from edgeseg.api import export_checkpoint
     from edgeseg.errors import ParityFailed
     from edgeseg.export.report import artifact_line, export_table
+    from edgeseg.models.checkpoint import is_packaged
     from edgeseg.ui import folded_output
 
+    if out_dir is None:
+        out_dir = f"out/{checkpoint if is_packaged(checkpoint) and checkpoint else 'default'}"
     try:
         with folded_output(verbose, keep=(EdgesegError, GateFailed, KeyboardInterrupt)) as progress:
             manifest = export_checkpoint(checkpoint, out_dir, formats, precisions, calib=calib_dir, data=data_dir,
@@ -354,26 +383,34 @@ def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_
 @click.option("--threads", type=click.IntRange(1), help="Runtime threads.")
 @click.option("--artifact", "pick", metavar="FORMAT[:PRECISION]", help="Which file of an export directory to run.")
 @click.option("--force", is_flag=True, help="Replace existing files in --out that edgeseg predict did not write (never an input).")
-def predict(model, inputs, out_dir, output, background, refine, threads, pick, force):
-    """Segment images with a checkpoint, an exported file or an export directory ('default' = packaged model).
+@click.option("--smooth", is_flag=True,
+              help="Stabilize over time: a video's frames (or a folder of frames, in name order) through the stabilizer.")
+def predict(model, inputs, out_dir, output, background, refine, threads, pick, force, smooth):
+    """Segment images or videos with a checkpoint, an exported file or an export directory ('default', 'parts' = packaged models).
 
-    Each image is written as --out/<name>.png; a folder's sub-folders are mirrored
-    (photos/sub/a.jpg -> OUT/sub/a.png) and files already in --out are not read as inputs. Refused before anything runs (exit 2): two inputs with
+    Each image is written as --out/<name>.png, each video (.mp4, .mov, .mkv, ...) as --out/<name>.mp4
+    with the same frame count, size and frame rate (alpha and cutout as a greyscale matte video); a
+    folder's sub-folders are mirrored (photos/sub/a.jpg -> OUT/sub/a.png) and files already in --out
+    are not read as inputs. Refused before anything runs (exit 2): two inputs with
     one output name (a.jpg and a.png in one folder: rename one or use two --out folders), an
-    output on an input, --out being an input folder, and existing files in --out that edgeseg
-    predict did not write (a ledger, .edgeseg-predict.json, records what it wrote, so re-runs
-    replace their own outputs; --force replaces the others too). Unreadable or oversized images
-    are skipped and reported (exit 2 after the rest are written).
+    output on an input, --out being an input folder, a video FFmpeg cannot open, and existing files
+    in --out that edgeseg predict did not write (a ledger, .edgeseg-predict.json, records what it
+    wrote, so re-runs replace their own outputs; --force replaces the others too). Unreadable,
+    oversized or truncated inputs are skipped and reported (exit 2 after the rest are written).
     """
     from edgeseg.apply.predict import plan_predict, run_predict
     from edgeseg.ui import progress_bar
 
     plan = plan_predict(inputs, out_dir, output=output, background=background, force=force)
-    with progress_bar("predict", len(plan.jobs)) as advance:
-        report = run_predict(model, plan, refine=refine, threads=threads, pick=pick, on_progress=lambda p: advance())
+    with progress_bar("predict", plan.units, "frames" if plan.has_video else None) as advance:
+        report = run_predict(model, plan, refine=refine, threads=threads, pick=pick, on_progress=lambda p: advance(),
+                             smooth=smooth)
     for path, reason in report.failed:
         click.echo(f"skipped {path}: {reason}", err=True)
-    click.echo(f"wrote {len(report.written)} {output} images to {out_dir}")
+    videos = sum(path.suffix == ".mp4" for path in report.written)
+    counts = [(len(report.written) - videos, "image"), (videos, "video")]
+    shown = " and ".join(f"{n} {output} {kind}{'s' if n != 1 else ''}" for n, kind in counts if n) or "nothing"
+    click.echo(f"wrote {shown} to {out_dir}")
     if report.failed:
         raise EdgesegError(f"{len(report.failed)} of {len(report.failed) + len(report.written)} inputs could not be read")
 
@@ -408,6 +445,8 @@ def int_list(ctx, param, value):
 @click.option("--benchmark-binary", type=click.Path(), help="TFLite benchmark_model built for the phone (android).")
 @click.option("--use-gpu", is_flag=True, help="Android: use the GPU delegate instead of XNNPACK.")
 @click.option("--slices", "slices_file", type=click.Path(dir_okay=False), help="CSV id,slice... for per-slice IoU.")
+@click.option("--clips", "clips_dir", type=click.Path(file_okay=False),
+              help="Clip dataset: also measure each file's flicker on it, raw and with the stabilizer (--smooth).")
 def bench(**options):
     """Time every exported file through its runtime, check parity, and gate against a baseline.
 

@@ -123,3 +123,68 @@ def agreement_miou(pred: np.ndarray, reference: np.ndarray, num_classes: int) ->
     m = SegMetrics(num_classes)
     m.update(pred, reference, boundary=False)
     return m.miou()
+
+
+@dataclass
+class FlickerMetrics:
+    """Temporal flicker over clips: between consecutive frames, the fraction of pixels whose predicted
+    class changes while the ground truth does not (pixels ignored in either frame never count).
+
+    ``flicker`` averages that fraction over frame pairs (each pair weighs the same, whatever the clip);
+    ``boundary_flicker`` is the same fraction inside the ground truth's boundary band (the band of
+    Boundary IoU, every class's contour, in either frame), where a per-frame model shimmers. A static
+    clip predicted perfectly scores 0. Call ``start_clip()`` before each clip's first frame.
+    """
+
+    boundary_ratio: float = 0.02
+    pairs: int = field(default=0, init=False)
+    frames: int = field(default=0, init=False)
+    clips: int = field(default=0, init=False)
+    _total: float = field(default=0.0, init=False)
+    _band_total: float = field(default=0.0, init=False)
+    _band_pairs: int = field(default=0, init=False)
+    _prev: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
+
+    def start_clip(self) -> None:
+        self._prev = None
+        self.clips += 1
+
+    def update(self, pred: np.ndarray, target: np.ndarray) -> None:
+        """Add the next frame of the current clip (class-index maps of one shape)."""
+        pred, target = np.asarray(pred), np.asarray(target)
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {pred.shape} != target shape {target.shape}")
+        if self._prev is None and self.clips == 0:
+            self.clips = 1
+        self.frames += 1
+        prev, self._prev = self._prev, (pred, target)
+        if prev is None:
+            return
+        p0, t0 = prev
+        stable = (t0 == target) & (t0 != IGNORE_INDEX) & (target != IGNORE_INDEX)
+        changed = (p0 != pred) & stable
+        self.pairs += 1
+        self._total += np.count_nonzero(changed) / max(np.count_nonzero(stable), 1)
+        band = self._band(t0) | self._band(target)
+        if np.count_nonzero(band & stable):
+            self._band_pairs += 1
+            self._band_total += np.count_nonzero(changed & band) / np.count_nonzero(band & stable)
+
+    def _band(self, target: np.ndarray) -> np.ndarray:
+        w = band_width(*target.shape, self.boundary_ratio)
+        classes = [c for c in np.unique(target) if c != IGNORE_INDEX]
+        band = np.zeros(target.shape, bool)
+        for c in classes:
+            band |= boundary_band(target == c, w)
+        return band
+
+    def flicker(self) -> float:
+        return self._total / self.pairs if self.pairs else float("nan")
+
+    def boundary_flicker(self) -> float:
+        return self._band_total / self._band_pairs if self._band_pairs else float("nan")
+
+    def summary(self) -> dict:
+        """JSON-ready: flicker, boundary_flicker, clips, frames, frame_pairs."""
+        return {"flicker": _num(self.flicker()), "boundary_flicker": _num(self.boundary_flicker()),
+                "clips": self.clips, "frames": self.frames, "frame_pairs": self.pairs}

@@ -27,11 +27,13 @@ def print_table(title: str, header: list[str], rows: list[list], console_: Conso
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, total: int):
-    """A progress bar (hidden when not on a terminal); yields ``advance()``."""
-    from rich.progress import Progress
+def progress_bar(label: str, total: int, rate_unit: str | None = None):
+    """A progress bar (hidden when not on a terminal); yields ``advance()``. ``rate_unit`` (e.g. "frames")
+    adds a column with the rate per second."""
+    from rich.progress import Progress, TextColumn
 
-    with Progress(console=console, disable=not console.is_terminal or total < 2) as bar:
+    columns = (*Progress.get_default_columns(), TextColumn(f"{{task.speed:.1f}} {rate_unit}/s" if rate_unit else ""))
+    with Progress(*columns, console=console, disable=not console.is_terminal or total < 2) as bar:
         task = bar.add_task(label, total=total)
         yield lambda: bar.advance(task)
 

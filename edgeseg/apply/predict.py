@@ -25,11 +25,13 @@ import numpy as np
 
 from edgeseg.apply import compose
 from edgeseg.apply.refine import refine_alpha
+from edgeseg.apply.video import OUTPUT_SUFFIX, VIDEO_SUFFIXES, VideoInfo, is_video, probe_video, read_frames, video_writer
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import resize_pixels
 from edgeseg.errors import DataError, EdgesegError
 from edgeseg.fsutil import atomic_path, check_output, write_text_atomic
 from edgeseg.runtime.loader import open_model
+from edgeseg.runtime.stabilizer import SmoothCfg, frame_run
 
 OUTPUTS = ("mask", "alpha", "cutout", "blur", "replace", "overlay")
 #: The ledger of what ``edgeseg predict`` wrote into an output folder.
@@ -47,10 +49,16 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Job:
-    """One input image and the name of its output inside the output folder (posix, relative)."""
+    """One input image or video and the name of its output inside the output folder (posix, relative)."""
 
     source: Path
     name: str
+    video: VideoInfo | None = None  # set by plan_predict for a video input
+
+    @property
+    def units(self) -> int:
+        """Progress steps: 1 per image, 1 per frame of a video."""
+        return max(self.video.frames, 1) if self.video else 1
 
 
 @dataclass
@@ -62,6 +70,15 @@ class PredictPlan:
     output: str = "mask"
     background: np.ndarray | None = None  # uint8 HxWx3 for --output replace
     ledger: dict[str, str] = field(default_factory=dict)  # output name -> sha256 edgeseg wrote
+
+    @property
+    def units(self) -> int:
+        """Progress steps of the whole plan (images + video frames)."""
+        return sum(job.units for job in self.jobs)
+
+    @property
+    def has_video(self) -> bool:
+        return any(job.video for job in self.jobs)
 
 
 @dataclass
@@ -86,20 +103,25 @@ def _folder_jobs(folder: Path, out: Path) -> list[Job]:
     earlier outputs are not inputs.
     """
     inner = _inside(out, folder.resolve())
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
                    and not (inner and _inside(p.resolve(), out)))
-    return [Job(p, p.relative_to(folder).with_name(f"{p.stem}.png").as_posix()) for p in files]
+    return [Job(p, p.relative_to(folder).with_name(_output_name(p)).as_posix()) for p in files]
+
+
+def _output_name(path: Path) -> str:
+    """``<stem>.png`` for an image, ``<stem>.mp4`` for a video."""
+    return f"{path.stem}{OUTPUT_SUFFIX if is_video(path) else '.png'}"
 
 
 def input_jobs(inputs, out_dir: str | Path) -> list[Job]:
-    """Files as given (output ``<stem>.png``), folders expanded with their sub-folders mirrored
-    (``photos/sub/a.jpg`` -> ``sub/a.png``). Files already under ``out_dir`` are not taken from a
-    folder that contains it; missing paths are kept, to be reported when read.
+    """Files as given (output ``<stem>.png``, a video ``<stem>.mp4``), folders expanded with their
+    sub-folders mirrored (``photos/sub/a.jpg`` -> ``sub/a.png``). Files already under ``out_dir`` are
+    not taken from a folder that contains it; missing paths are kept, to be reported when read.
     """
     out = Path(out_dir).resolve()
     jobs: list[Job] = []
     for item in map(Path, inputs):
-        jobs += _folder_jobs(item, out) if item.is_dir() else [Job(item, f"{item.stem}.png")]
+        jobs += _folder_jobs(item, out) if item.is_dir() else [Job(item, _output_name(item))]
     return jobs
 
 
@@ -203,9 +225,10 @@ def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", backgroun
     Promise: raises EdgesegError (one line, naming the files) and writes nothing when: the output
     mode or ``background`` is bad; ``out_dir`` cannot be a writable folder; there are no
     inputs or an input path that does not exist; ``out_dir`` is an input folder; two inputs map to one output name; an output would
-    land on an input file; an output's place is a folder or lies under a file; or an existing
-    output file was not written by edgeseg predict (per the ledger and its sha256) - that last
-    one only without ``force``. ``force`` never allows writing over an input.
+    land on an input file; an output's place is a folder or lies under a file; an existing
+    output file was not written by edgeseg predict (per the ledger and its sha256) - that one
+    only without ``force``; or a video input has no decodable video stream. ``force`` never
+    allows writing over an input.
     """
     if output not in OUTPUTS:
         raise EdgesegError(f"unknown output {output!r}; choose from {', '.join(OUTPUTS)}")
@@ -226,6 +249,7 @@ def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", backgroun
     if not force:
         _refuse_foreign_files(jobs, out_dir, ledger)
     bg = load_image(background) if output == "replace" else None
+    jobs = [Job(j.source, j.name, probe_video(j.source)) if is_video(j.source) else j for j in jobs]
     return PredictPlan(out_dir, jobs, output, bg, ledger)
 
 
@@ -342,35 +366,70 @@ def _write_ledger(plan: PredictPlan) -> None:
 
 
 def run_predict(model: str | None, plan: PredictPlan, *, refine: bool = False, threads: int | None = None,
-                pick: str | None = None, on_progress: Callable[[Path], None] | None = None) -> PredictReport:
-    """Segment every job of ``plan`` and write ``out_dir/<name>`` per image.
+                pick: str | None = None, on_progress: Callable[[Path], None] | None = None,
+                smooth: SmoothCfg | bool = False) -> PredictReport:
+    """Segment every job of ``plan`` and write ``out_dir/<name>`` per image or video.
 
-    An image that cannot be read is reported in ``failed`` and skipped. After each file, the
-    ledger records it (atomically), so a later run may replace it and nothing else.
+    ``on_progress(source)`` is called once per image and once per video frame. ``smooth``: run
+    video frames (and images, taken in order as the frames of one clip per folder) through the
+    temporal stabilizer. An image or video that cannot be read is reported in ``failed`` and
+    skipped. After each file, the ledger records it (atomically), so a later run may replace it and
+    nothing else.
     """
     report = PredictReport()
     runner, view = open_model(model, threads=threads, pick=pick)
     with runner:
+        clip, step = None, runner.run
         for job in plan.jobs:
+            key = job.source if job.video else job.source.parent  # a video, or a folder of frames, is one clip
+            if key != clip:
+                clip, step = key, frame_run(runner.run, smooth)
+            write = _predict_video if job.video else _predict_file
             try:
-                image = load_image(job.source)
+                sha = write(job, plan, step, view.input_size, refine, on_progress)
             except DataError as exc:
                 report.failed.append((str(job.source), str(exc)))
             else:
-                pred = predict_image(runner.run, image, view.input_size, refine=refine)
-                dest = plan.out_dir / job.name
-                plan.ledger[job.name] = _write_png(render(plan.output, image, pred, plan.background), dest)
-                del image, pred
+                plan.ledger[job.name] = sha
                 _write_ledger(plan)
-                report.written.append(dest)
+                report.written.append(plan.out_dir / job.name)
+    return report
+
+
+def _predict_file(job: Job, plan: PredictPlan, run, input_size, refine: bool, on_progress) -> str:
+    """One image: read it, segment it, write its output; the sha256 written."""
+    try:
+        image = load_image(job.source)
+        pred = predict_image(run, image, input_size, refine=refine)
+        return _write_png(render(plan.output, image, pred, plan.background), plan.out_dir / job.name)
+    finally:
+        if on_progress:
+            on_progress(job.source)
+
+
+def video_frame(mode: str, image: np.ndarray, pred: Prediction, background: np.ndarray | None) -> np.ndarray:
+    """One output frame: RGB, or the greyscale matte for ``alpha`` and ``cutout`` (video has no transparency)."""
+    if mode in ("alpha", "cutout"):
+        return np.asarray(compose.alpha_matte(pred.alpha))
+    return np.asarray(render(mode, image, pred, background).convert("RGB"))
+
+
+def _predict_video(job: Job, plan: PredictPlan, run, input_size, refine: bool, on_progress) -> str:
+    """One video, frame by frame (memory independent of its length): the sha256 of the MP4 written."""
+    info = job.video
+    dest = plan.out_dir / job.name
+    with video_writer(dest, info.width, info.height, info.rate) as writer:
+        for image in read_frames(job.source, expected=info.frames):
+            pred = predict_image(run, image, input_size, refine=refine)
+            writer.write(video_frame(plan.output, image, pred, plan.background))
             if on_progress:
                 on_progress(job.source)
-    return report
+    return sha256_file(dest)
 
 
 def predict_files(model: str | None, inputs, out_dir: str | Path, *, output: str = "mask", background: str | None = None,
                   refine: bool = False, threads: int | None = None, pick: str | None = None, force: bool = False,
-                  on_progress: Callable[[Path], None] | None = None) -> PredictReport:
-    """``plan_predict`` then ``run_predict``: segment every input image into ``out_dir``."""
+                  on_progress: Callable[[Path], None] | None = None, smooth: SmoothCfg | bool = False) -> PredictReport:
+    """``plan_predict`` then ``run_predict``: segment every input image or video into ``out_dir``."""
     plan = plan_predict(inputs, out_dir, output=output, background=background, force=force)
-    return run_predict(model, plan, refine=refine, threads=threads, pick=pick, on_progress=on_progress)
+    return run_predict(model, plan, refine=refine, threads=threads, pick=pick, on_progress=on_progress, smooth=smooth)

@@ -16,6 +16,7 @@ from typing import Callable
 from edgeseg.bench import harness
 from edgeseg.bench.gate import check_options, compare, load_baseline, over_limit, parity_failures
 from edgeseg.bench.report import COLUMNS, int8_summary, table_rows, write_report
+from edgeseg.bench.temporal import COLUMNS as FLICKER_COLUMNS, check_clips, clip_flicker, flicker_rows
 from edgeseg.errors import EdgesegError, GateFailed
 from edgeseg.fsutil import check_json_output, check_output
 from edgeseg.ui import print_table
@@ -46,6 +47,7 @@ class BenchOptions:
     benchmark_binary: str | None
     use_gpu: bool
     slices_file: str | None
+    clips_dir: str | None = None
 
 
 @dataclass
@@ -56,6 +58,7 @@ class BenchSetup:
     plan: harness.BenchPlan
     gated: frozenset[int] | None
     old: dict | None
+    clips: list | None = None  # --clips, opened and checked against the model's classes
 
 
 def run_bench_command(opts: BenchOptions, *, echo: Echo, write_json: WriteJson) -> None:
@@ -74,6 +77,8 @@ def _check_modes(opts: BenchOptions) -> None:
         raise EdgesegError(f"--device must be host or android[:SERIAL], got {opts.device!r}")
     if opts.device != "host" and not opts.benchmark_binary:
         raise EdgesegError("--device android needs --benchmark-binary PATH (TFLite's benchmark_model for the phone)")
+    if opts.device != "host" and opts.clips_dir:
+        raise EdgesegError("--clips measures flicker by running the files on this host; drop --device, or --clips")
 
 
 def _check_outputs(opts: BenchOptions) -> None:
@@ -96,7 +101,8 @@ def prepare_bench(opts: BenchOptions) -> BenchSetup:
     old = None
     if opts.baseline and not opts.update_baseline:
         old = load_baseline(opts.baseline, model=plan.model, threads=opts.threads, latency_threads=gated)
-    return BenchSetup(plan, gated, old)
+    clips = check_clips(opts.clips_dir, plan.pairs[0][0].model) if opts.clips_dir else None
+    return BenchSetup(plan, gated, old, clips)
 
 
 def _echo_result(r: dict, echo: Echo) -> None:
@@ -125,7 +131,17 @@ def measure(opts: BenchOptions, setup: BenchSetup, echo: Echo) -> tuple[dict, ha
     if setup.old is not None and opts.confirm:
         recheck = _retimer(setup.old, opts.max_slowdown, setup.gated, echo)
     outcome = harness.run_bench(setup.plan, on_result=lambda r: _echo_result(r, echo), recheck=recheck)
+    if setup.clips is not None:
+        outcome.doc["temporal"] = _flicker(opts, setup)
     return outcome.doc, outcome
+
+
+def _flicker(opts: BenchOptions, setup: BenchSetup) -> dict:
+    """``--clips``: every file's (and the PyTorch model's, when here) flicker, raw and smoothed."""
+    plan, model = setup.plan, setup.plan.pairs[0][0].model
+    targets = harness.bench_targets(plan.pairs, plan.checkpoint)
+    size = (model["input"]["height"], model["input"]["width"])
+    return clip_flicker(targets, setup.clips, opts.clips_dir, size, model["classes"], opts.threads[0])
 
 
 def publish(opts: BenchOptions, doc: dict, outcome: harness.BenchOutcome | None, echo: Echo,
@@ -135,6 +151,10 @@ def publish(opts: BenchOptions, doc: dict, outcome: harness.BenchOutcome | None,
     summary = int8_summary(doc)
     if summary:
         echo(summary)
+    if "temporal" in doc:
+        t = doc["temporal"]
+        print_table(f"flicker on {t['data']} ({t['clips']} clips, {t['frames']} frames; --smooth: the stabilizer)",
+                    FLICKER_COLUMNS, flicker_rows(t))
     write_json(opts.json_out, doc)
     if opts.report_dir:
         write_report(doc, opts.report_dir, None if outcome is None or outcome.sample_images is None

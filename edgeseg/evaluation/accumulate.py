@@ -15,7 +15,7 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a class-index mask to (h, w)."""
     if mask.shape == tuple(size):
         return mask
-    t = torch.from_numpy(mask)[None, None].float()
+    t = torch.from_numpy(np.array(mask))[None, None].float()  # a copy: masks read from files are read-only
     return F.interpolate(t, size=size, mode="nearest")[0, 0].to(torch.uint8).numpy()
 
 

@@ -1,0 +1,119 @@
+"""Video in and out for ``edgeseg predict`` through PyAV (FFmpeg's libraries; the ``video`` extra)
+(layer 3).
+
+Decoding streams one frame at a time, so memory does not grow with the clip's length. The output
+keeps the input's frame count, size and frame rate: H.264 (libx264, yuv420p; yuv444p when a side
+is odd, which 4:2:0 cannot hold) in an MP4 file, written beside its destination and renamed into
+place when complete. A file with no video stream, a codec FFmpeg cannot decode, or data that ends
+early (truncated) is a ``DataError``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edgeseg.errors import DataError, require
+from edgeseg.fsutil import atomic_path
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
+OUTPUT_SUFFIX = ".mp4"
+CODEC = "libx264"
+CRF = "18"  # visually lossless: a mask or matte stays crisp
+
+
+def _av():
+    return require("av", "video", "reading and writing video")
+
+
+def is_video(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about its first video stream (``frames`` 0 when it does not say)."""
+
+    frames: int
+    width: int
+    height: int
+    rate: Fraction
+
+
+def _unreadable(path: Path, exc: BaseException) -> DataError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return DataError(f"{path}: cannot read this video ({reason}); check that it is a complete video file "
+                     "FFmpeg can decode (e.g. re-encode it to H.264 MP4)")
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Open ``path`` and check it has a decodable video stream; DataError (one line) if not."""
+    av, path = _av(), Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"{path}: has no video stream; pass a video file (or images)")
+            stream = container.streams.video[0]
+            if stream.codec_context is None or not stream.codec_context.width:
+                raise DataError(f"{path}: its video codec cannot be decoded here; re-encode it to H.264 MP4")
+            rate = stream.average_rate or stream.guessed_rate or Fraction(30)
+            return VideoInfo(int(stream.frames or 0), stream.codec_context.width, stream.codec_context.height,
+                             Fraction(rate))
+    except av.FFmpegError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def read_frames(path: str | Path, expected: int = 0) -> Iterator[np.ndarray]:
+    """Yield the video's frames in order as uint8 RGB [H, W, 3], one at a time.
+
+    DataError when decoding fails part-way or when fewer than ``expected`` frames (the container's
+    count) could be decoded: the file is truncated.
+    """
+    av, path = _av(), Path(path)
+    count = 0
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                count += 1
+                yield frame.to_ndarray(format="rgb24")
+    except av.FFmpegError as exc:
+        raise _unreadable(path, exc) from None
+    if expected and count < expected:
+        raise DataError(f"{path}: truncated: only {count} of its {expected} frames could be decoded; "
+                        "use a complete copy of the file")
+
+
+class VideoWriter:
+    """Encodes RGB (or greyscale) uint8 frames of one size into an H.264 MP4 at a fixed frame rate."""
+
+    def __init__(self, container, width: int, height: int, rate: Fraction):
+        self._av = _av()
+        self._container = container
+        stream = container.add_stream(CODEC, rate=rate)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        stream.options = {"crf": CRF}
+        self._stream = stream
+
+    def write(self, frame: np.ndarray) -> None:
+        fmt = "gray" if frame.ndim == 2 else "rgb24"
+        packets = self._stream.encode(self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=fmt))
+        self._container.mux(packets)
+
+    def finish(self) -> None:
+        self._container.mux(self._stream.encode(None))
+
+
+@contextmanager
+def video_writer(dest: str | Path, width: int, height: int, rate: Fraction) -> Iterator[VideoWriter]:
+    """A ``VideoWriter`` whose file appears at ``dest`` only when the block completes (temp + rename)."""
+    av = _av()
+    with atomic_path(dest) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            writer = VideoWriter(container, width, height, rate)
+            yield writer
+            writer.finish()

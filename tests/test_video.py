@@ -1,0 +1,248 @@
+"""Video: the flicker metric, the temporal stabilizer, and ``edgeseg predict`` on video files (PyAV)."""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import assert_refused
+
+from edgeseg.apply.video import video_writer
+from edgeseg.data.synth import render
+from edgeseg.metrics import FlickerMetrics
+from edgeseg.runtime.stabilizer import SmoothCfg, Stabilized, Stabilizer
+
+# ------------------------------------------------------------------------------------------ metric
+
+
+def test_flicker_of_a_static_clip_predicted_perfectly_is_zero():
+    gt = np.zeros((8, 8), np.uint8)
+    gt[2:6, 2:6] = 1
+    m = FlickerMetrics()
+    m.start_clip()
+    for _ in range(4):
+        m.update(gt, gt)
+    assert m.summary()["flicker"] == 0.0 and m.summary()["boundary_flicker"] == 0.0
+    assert (m.clips, m.frames, m.pairs) == (1, 4, 3)
+
+
+def test_flicker_on_a_hand_made_three_frame_clip():
+    # 4x4 frames. Ground truth: frame 1 -> 2 one pixel becomes person; frame 2 -> 3 unchanged.
+    gt1 = np.zeros((4, 4), np.uint8)
+    gt2 = gt1.copy()
+    gt2[0, 0] = 1
+    gt3 = gt2.copy()
+    p1 = np.zeros((4, 4), np.uint8)
+    p2 = p1.copy()
+    p2[0, 0] = 1  # follows the ground truth: not flicker
+    p2[3, 3] = 1  # changes where the ground truth does not: flicker
+    p3 = p2.copy()
+    p3[3, 3] = 0  # and back: flicker again
+    p3[1, 1] = 1  # and one more
+    m = FlickerMetrics()
+    m.start_clip()
+    for p, t in ((p1, gt1), (p2, gt2), (p3, gt3)):
+        m.update(p, t)
+    # pair 1: 15 stable pixels, 1 flickers; pair 2: 16 stable pixels, 2 flicker
+    assert m.flicker() == pytest.approx((1 / 15 + 2 / 16) / 2)
+
+
+def test_flicker_does_not_compare_frames_across_clips_and_skips_ignore_pixels():
+    a = np.zeros((4, 4), np.uint8)
+    b = np.ones((4, 4), np.uint8)
+    m = FlickerMetrics()
+    m.start_clip()
+    m.update(a, a)
+    m.start_clip()
+    m.update(b, b)  # a new clip: no pair with the last frame of the previous one
+    assert m.pairs == 0 and m.clips == 2
+    ignored = np.full((4, 4), 255, np.uint8)
+    m.update(b, ignored)
+    m.update(a, ignored)  # every pixel ignored: the pair counts as 0 flicker over no pixels
+    assert m.flicker() == 0.0
+
+
+# ------------------------------------------------------------------------------------------ stabilizer
+
+
+def _proba(fg: np.ndarray) -> np.ndarray:
+    """[1, 2, H, W] probabilities from a foreground probability map."""
+    return np.stack([1 - fg, fg])[None].astype(np.float32)
+
+
+def test_stabilizer_follows_confident_pixels_at_once_and_damps_unsure_ones():
+    s = Stabilizer(SmoothCfg(min_weight=0.3, hold=0.0))
+    s.step(_proba(np.array([[0.0, 0.45]])))
+    out = s.step(_proba(np.array([[1.0, 0.55]])))[0, 1, 0]
+    assert out[0] == pytest.approx(1.0)  # certain now: taken as it is
+    assert 0.45 < out[1] < 0.5  # unsure: mostly its history (the class does not flip)
+    s.reset()
+    assert s.step(_proba(np.array([[0.2, 0.7]])))[0, 1, 0] == pytest.approx([0.2, 0.7])
+
+
+def test_stabilizer_holds_the_last_class_until_another_leads_by_more_than_hold():
+    s = Stabilizer(SmoothCfg(min_weight=1.0, hold=0.3))  # no blending: the hold alone
+    assert s.step(_proba(np.array([[0.4]])))[0, 1, 0, 0] == pytest.approx(0.4)  # shown: background
+    held = s.step(_proba(np.array([[0.6]])))[0, 1, 0, 0]  # person leads by 0.2 < 0.3: still background
+    assert held == pytest.approx(0.6 / 1.3) and held < 0.5
+    assert s.step(_proba(np.array([[0.7]])))[0, 1, 0, 0] > 0.5  # leads by 0.4: switches
+    out = s.step(_proba(np.array([[0.45]])))  # and now person is held in turn
+    assert out[0, 1, 0, 0] > 0.5 and out.sum(1) == pytest.approx(1.0)
+
+
+def test_stabilized_run_keeps_the_runner_contract_and_reduces_flicker_of_a_shimmering_edge():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((16, 16), np.uint8)
+    truth[:, 8:] = 1
+
+    def shimmering(images):  # confident far from the edge; on the two columns beside it, right on average but noisy
+        fg = np.where(truth == 1, 0.95, 0.05)
+        fg[:, 7:9] += np.where(truth[:, 7:9] == 1, -0.33, 0.33) + rng.uniform(-0.2, 0.2, (16, 2))
+        return np.log(_proba(fg))
+
+    frames = np.zeros((1, 16, 16, 3), np.uint8)
+    flicker = {}
+    for smooth in (False, True):
+        run = Stabilized(shimmering) if smooth else shimmering
+        m = FlickerMetrics()
+        for _ in range(20):
+            logits = run(frames)
+            assert logits.shape == (1, 2, 16, 16) and logits.dtype == np.float32
+            m.update(logits[0].argmax(0), truth)
+        flicker[smooth] = m.flicker()
+    assert flicker[True] < 0.5 * flicker[False]
+
+
+def test_stabilizer_parameters_are_checked():
+    from edgeseg.errors import EdgesegError
+
+    with pytest.raises(EdgesegError, match="min_weight"):
+        SmoothCfg(min_weight=0)
+    with pytest.raises(EdgesegError, match="gamma"):
+        SmoothCfg(gamma=-1)
+
+
+# ------------------------------------------------------------------------------------------ video files
+
+
+def _write_clip(path: Path, frames: int = 8, size=(72, 96), rate=Fraction(25)) -> Path:
+    """A small H.264 MP4 of a synthetic portrait panning sideways."""
+    h, w = size
+    base = render("portrait", (h, w + 2 * frames), 3).image
+    with video_writer(path, w, h, rate) as writer:
+        for i in range(frames):
+            writer.write(np.ascontiguousarray(base[:, 2 * i:2 * i + w]))
+    return path
+
+
+def _video_facts(path: Path) -> tuple[int, int, int, Fraction, list[np.ndarray]]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        return len(frames), s.codec_context.width, s.codec_context.height, s.average_rate, frames
+
+
+@pytest.mark.parametrize("output", ["overlay", "alpha"])
+def test_predict_on_a_video_keeps_frame_count_size_and_fps(cli, tmp_path, output):
+    clip = _write_clip(tmp_path / "clip.mp4", frames=7, size=(72, 98), rate=Fraction(24))
+    r = cli("predict", "default", clip, "--out", tmp_path / "out", "--output", output, "--smooth")
+    assert r.exit_code == 0, r.output
+    assert f"wrote 1 {output} video to" in r.output
+    n, w, h, rate, frames = _video_facts(tmp_path / "out" / "clip.mp4")
+    assert (n, w, h, rate) == (7, 98, 72, 24)
+    if output == "alpha":  # a greyscale matte: the three channels agree (up to chroma rounding)
+        f = frames[3].astype(int)
+        assert np.abs(f[..., 0] - f[..., 1]).max() <= 3
+    ledger = json.loads((tmp_path / "out" / ".edgeseg-predict.json").read_text())
+    assert list(ledger["files"]) == ["clip.mp4"]
+
+
+def test_an_odd_sized_video_keeps_its_size(cli, tmp_path):
+    clip = _write_clip(tmp_path / "odd.mp4", frames=3, size=(45, 61))
+    r = cli("predict", "default", clip, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert _video_facts(tmp_path / "out" / "odd.mp4")[:3] == (3, 61, 45)
+
+
+def test_a_truncated_or_non_video_file_is_one_line_exit_2_and_writes_nothing(cli, tmp_path):
+    clip = _write_clip(tmp_path / "clip.mp4", frames=6)
+    data = clip.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    for name in ("cut.mp4", "notes.mp4"):
+        line = assert_refused(cli, "predict", "default", tmp_path / name, "--out", tmp_path / "out", watch=(tmp_path,),
+                              match="cannot read this video")
+        assert name in line
+
+
+# ------------------------------------------------------------------------------------------ eval and bench on clips
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Three synthetic portrait clips of 8 frames at 128x128."""
+    from conftest import invoke_cli
+
+    out = tmp_path_factory.mktemp("clips") / "clips"
+    r = invoke_cli("data", "synth", out, "--clips", "3", "--frames", "8", "--size", "128", "--seed", "3")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_eval_on_clips_reports_flicker_and_smooth_reduces_it(cli, clips, tmp_path):
+    results = {}
+    for smooth in ((), ("--smooth",)):
+        r = cli("eval", "--data", clips, *smooth, "--json", tmp_path / f"eval{len(smooth)}.json")
+        assert r.exit_code == 0, r.output
+        assert "flicker" in r.output
+        results[bool(smooth)] = json.loads((tmp_path / f"eval{len(smooth)}.json").read_text())
+    raw, smoothed = results[False], results[True]
+    assert raw["images"] == 24 and raw["temporal"]["clips"] == 3 and raw["temporal"]["frame_pairs"] == 21
+    assert raw["temporal"]["smooth"] is None and smoothed["temporal"]["smooth"]["hold"] == SmoothCfg().hold
+    assert 0 < smoothed["temporal"]["flicker"] < raw["temporal"]["flicker"]
+    assert smoothed["miou"] > raw["miou"] - 0.01
+
+
+def test_smooth_needs_clips_and_a_split_dataset_is_not_taken_for_clips(cli, clips, tmp_path):
+    assert_refused(cli, "eval", "--smooth", match="not a clip dataset")
+    split = tmp_path / "split"
+    for name in ("train", "val"):
+        (split / name).mkdir(parents=True)
+        (split / name / "images").symlink_to(clips / "clip_000" / "images")
+        (split / name / "masks").symlink_to(clips / "clip_000" / "masks")
+    (split / "classes.txt").write_text((clips / "classes.txt").read_text())
+    assert_refused(cli, "eval", "--data", split, "--smooth", match="not a clip dataset")
+    r = cli("eval", "--data", split, "--json", tmp_path / "e.json")
+    assert r.exit_code == 0, r.output
+    assert "temporal" not in json.loads((tmp_path / "e.json").read_text())
+
+
+def test_bench_clips_reports_each_files_flicker_raw_and_smoothed(cli, shared_export, tmp_path):
+    from conftest import copy_export, invoke_cli
+
+    exp = copy_export(shared_export.dir, tmp_path / "exp", keep=[("onnx", "fp32"), ("tflite", "int8")])
+    small = tmp_path / "clips"
+    assert invoke_cli("data", "synth", small, "--clips", "2", "--frames", "4", "--size", "64").exit_code == 0
+    r = cli("bench", exp, "--threads", "1", "--runs", "3", "--warmup", "0", "--sessions", "1", "--parity-images", "2",
+            "--clips", small, "--json", tmp_path / "bench.json")
+    assert r.exit_code == 0, r.output
+    assert "flicker on" in r.output and "flicker --smooth" in r.output
+    block = json.loads((tmp_path / "bench.json").read_text())["temporal"]
+    assert (block["clips"], block["frames"]) == (2, 8)
+    rows = {row["artifact"]: row for row in block["results"]}
+    assert set(rows) == {"pytorch-fp32", *(p.name for p in exp.glob("*-*.onnx")), *(p.name for p in exp.glob("*.tflite"))}
+    for row in rows.values():
+        for key in ("raw", "smooth"):
+            assert 0 <= row[key]["flicker"] <= 1 and 0 <= row[key]["miou"] <= 1
+
+
+def test_bench_clips_of_other_classes_is_refused_before_timing(cli, shared_export, tmp_path):
+    from conftest import copy_export, invoke_cli
+
+    exp = copy_export(shared_export.dir, tmp_path / "exp", keep=[("onnx", "fp32")])
+    parts = tmp_path / "clips"
+    assert invoke_cli("data", "synth", parts, "--task", "parts", "--clips", "1", "--frames", "2", "--size", "32").exit_code == 0
+    assert_refused(cli, "bench", exp, "--threads", "1", "--clips", parts, watch=[tmp_path], match="classes")
