@@ -34,7 +34,7 @@ from edgeseg.bench.stored_reference import load_reference
 from edgeseg.data.datasets import builtin_source, open_source
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra
 from edgeseg.manifest import MANIFEST_NAME, Artifact, Manifest, find_artifact_for_file, read_manifest
-from edgeseg.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from edgeseg.models.checkpoint import PACKAGED, load_checkpoint
 from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
 
@@ -213,9 +213,9 @@ def stored_parity_set(manifest: Manifest, req: BenchRequest) -> ReferenceSet | s
 
 def reference_checkpoint(manifest: Manifest):
     """The checkpoint an export was made from, found by the sha256 its manifest records: at its
-    recorded path, or the packaged default; None when neither has those bytes."""
+    recorded path, or a packaged model; None when none has those bytes."""
     rec = manifest.model.get("checkpoint") or {}
-    for path in (Path(rec.get("path") or ""), DEFAULT_CHECKPOINT):
+    for path in (Path(rec.get("path") or ""), *PACKAGED.values()):
         if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == rec.get("sha256"):
             return load_checkpoint(path)
     return None

@@ -28,6 +28,15 @@ FORMAT = "edgeseg.checkpoint"
 FORMAT_VERSION = 1
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "portrait_default.pt"
+#: The models edgeseg ships, by the name that opens them anywhere a checkpoint path is accepted
+#: (the name wins over a file or folder of that name in the working directory: write ./parts for that).
+PACKAGED = {"default": DEFAULT_CHECKPOINT, "parts": ASSETS / "parts.pt"}
+PACKAGED_ABOUT = {"default": "portrait (background, person)", "parts": "try-on parts (background, hair, skin, body, clothes)"}
+
+
+def is_packaged(spec) -> bool:
+    """Whether ``spec`` (None included) names a packaged model rather than a path."""
+    return spec is None or (isinstance(spec, str) and spec in PACKAGED)
 
 
 @dataclass(frozen=True)
@@ -324,9 +333,11 @@ def load_state_dict_file(path: str | Path) -> dict:
 
 
 def resolve_checkpoint(spec: str | Path | None) -> Checkpoint:
-    """``None`` or 'default' -> the packaged default portrait model; else a checkpoint path."""
-    if spec is None or str(spec) == "default":
-        if not DEFAULT_CHECKPOINT.is_file():
-            raise CheckpointError(f"the packaged default model is missing ({DEFAULT_CHECKPOINT}); reinstall edgeseg")
-        return load_checkpoint(DEFAULT_CHECKPOINT)
+    """``None`` or 'default' -> the packaged default portrait model, 'parts' -> the packaged parts model
+    (``PACKAGED``); else a checkpoint path."""
+    if is_packaged(spec):
+        path = PACKAGED[spec or "default"]
+        if not path.is_file():
+            raise CheckpointError(f"the packaged {spec or 'default'} model is missing ({path}); reinstall edgeseg")
+        return load_checkpoint(path)
     return load_checkpoint(spec)

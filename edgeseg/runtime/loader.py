@@ -12,7 +12,7 @@ import importlib
 
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra
 from edgeseg.manifest import FORMATS, MANIFEST_NAME, SUFFIXES, Artifact, Manifest, find_artifact_for_file, read_manifest
-from edgeseg.models.checkpoint import Checkpoint, resolve_checkpoint
+from edgeseg.models.checkpoint import Checkpoint, is_packaged, resolve_checkpoint
 from edgeseg.runtime.base import Runner
 
 #: An export directory's files from the most faithful to the PyTorch model down (see ``ranked``).
@@ -104,13 +104,13 @@ def open_model(spec: str | None, *, threads: int | None = None, pick: str | None
 
 
 def load_model(spec: str | None, *, threads: int | None = None, pick: str | None = None) -> LoadedModel:
-    """Open a checkpoint path, 'default' (the packaged model), an exported file or an export dir.
+    """Open a checkpoint path, 'default' or 'parts' (the packaged models), an exported file or an export dir.
 
     For an export directory ``pick`` selects 'FORMAT[:PRECISION]' (either part may be empty:
     ':int8' is the best int8 file); among the files it allows, the first in ``ranked`` order whose
     runtime is installed is opened. For anything else ``pick`` is refused rather than ignored.
     """
-    path = None if spec in (None, "default") else Path(spec)
+    path = None if is_packaged(spec) else Path(spec)
     if path is not None and path.is_dir() and (path / MANIFEST_NAME).is_file():
         manifest = read_manifest(path)
         return _open_first(manifest, _candidates(manifest, pick), threads)
