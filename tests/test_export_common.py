@@ -15,7 +15,7 @@ from edgeseg.manifest import file_digest, read_manifest
 
 from conftest import copy_export, one_line_error, run_edgeseg, run_edgeseg_without
 
-MANIFEST_MODEL_KEYS = {"name", "architecture", "classes", "input", "mean", "std", "params", "macs", "checkpoint"}
+MANIFEST_MODEL_KEYS = {"name", "architecture", "classes", "input", "mean", "std", "params", "macs", "checkpoint", "stabilizer"}
 ARTIFACT_KEYS = {"format", "precision", "path", "bytes", "sha256", "input", "output", "parity", "quantized"}
 PARITY_KEYS = {"reference", "images", "agreement_miou", "gt_miou", "reference_gt_miou", "max_abs_logit_diff", "runtime",
                "threshold", "passed"}

@@ -21,6 +21,7 @@ from edgeseg.models.checkpoint import INFO_RULES, Checkpoint, ModelInfo
 from edgeseg.models.profile import count_macs, count_params
 from edgeseg.recipe import AugmentCfg, ExportCfg, augment_from_dict, export_from_dict
 from edgeseg.runtime.loader import synth_task_for
+from edgeseg.runtime.stabilizer import SmoothCfg
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,14 @@ class ExportSource:
     export: ExportCfg = ExportCfg()  # export defaults: the recipe's ``export:`` section, else edgeseg's
 
     def model_section(self) -> dict:
-        """The manifest's ``model`` section: identity, classes, preprocessing, size and origin."""
+        """The manifest's ``model`` section: identity, classes, preprocessing, size, origin, and the video
+        stabilizer's parameters (what ``--smooth`` runs after this model: to port beside the files)."""
         info = self.info
         h, w = info.input_size
         return {"name": info.name, "architecture": info.arch, "options": info.to_dict()["options"],
                 "classes": list(info.classes), "task": self.task, "input": {"height": h, "width": w},
                 "mean": list(info.mean), "std": list(info.std), "params": count_params(self.model),
-                "macs": count_macs(self.model, h, w), **self.origin}
+                "macs": count_macs(self.model, h, w), "stabilizer": SmoothCfg().to_dict(), **self.origin}
 
 
 def training_augment(ckpt: Checkpoint) -> AugmentCfg | None:
