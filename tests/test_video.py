@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 from conftest import assert_refused
+from PIL import Image
 
 from edgeseg.apply.video import video_writer
 from edgeseg.data.synth import render
@@ -246,3 +247,19 @@ def test_bench_clips_of_other_classes_is_refused_before_timing(cli, shared_expor
     parts = tmp_path / "clips"
     assert invoke_cli("data", "synth", parts, "--task", "parts", "--clips", "1", "--frames", "2", "--size", "32").exit_code == 0
     assert_refused(cli, "bench", exp, "--threads", "1", "--clips", parts, watch=[tmp_path], match="classes")
+
+
+def test_predict_smooth_on_a_folder_of_frames_stabilizes_them_in_name_order(cli, clips, tmp_path):
+    frames = clips / "clip_001" / "images"
+    flicker = {}
+    for smooth in ((), ("--smooth",)):
+        out = tmp_path / f"out{len(smooth)}"
+        assert cli("predict", "default", frames, "--out", out, *smooth).exit_code == 0
+        preds = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
+        truth = [np.asarray(Image.open(p)) for p in sorted((clips / "clip_001" / "masks").glob("*.png"))]
+        m = FlickerMetrics()
+        for p, t in zip(preds, truth):
+            m.update(p, t)
+        assert m.frames == 8
+        flicker[bool(smooth)] = m.flicker()
+    assert flicker[True] < flicker[False]
