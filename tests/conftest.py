@@ -317,18 +317,6 @@ def executorch_export(prefetch, tiny_checkpoint) -> Path:
     return prefetch.get("executorch_export")
 
 
-@prefetched("tiny_parts_checkpoint")
-def _train_tiny_parts(prefetch, folder: Path) -> Path:
-    recipe = write_recipe(folder / "tiny_parts.yaml", {"name": "tinyparts", "data": {"task": "parts"}})
-    r = run_edgeseg("train", "--recipe", recipe, "--out", folder)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return folder / "best.pt"
-
-
-@pytest.fixture(scope="session")
-def tiny_parts_checkpoint(prefetch) -> Path:
-    """A tiny 5-class parts model trained for 40 steps (64x64)."""
-    return prefetch.get("tiny_parts_checkpoint")
 
 
 def copy_export(src: Path, dest: Path, keep=None) -> Path:
