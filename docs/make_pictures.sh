@@ -21,6 +21,9 @@ for mode in cutout blur replace; do
 done
 $BIN/edgeseg predict default "$tmp/sel" --out "$tmp/alpha" --output alpha >/dev/null
 $BIN/edgeseg predict default "$tmp/sel" --out "$tmp/alpha_refined" --output alpha --refine >/dev/null
+# the packaged parts model on three synthetic portraits it never saw (the parts eval set's generator, another seed)
+$BIN/edgeseg data synth "$tmp/parts_in" --task parts --count 3 --size 256 --seed 21 >/dev/null
+$BIN/edgeseg predict parts "$tmp/parts_in/images" --out "$tmp/parts" --output overlay >/dev/null
 $BIN/python - "$tmp" docs/images <<'PY'
 import sys
 from pathlib import Path
@@ -45,5 +48,9 @@ save("cutout.png", row("sel"), row("cutout", checker=True))
 save("blur.png", row("sel"), row("blur"))
 save("replace.png", row("replace"))
 save("refine.png", row("alpha"), row("alpha_refined"))
+pnames = sorted(p.name for p in (tmp / "parts_in" / "images").iterdir())
+def parts_row(folder):
+    return np.concatenate([np.asarray(Image.open(tmp / folder / n).convert("RGB")) for n in pnames], axis=1)
+save("parts.png", parts_row("parts_in/images"), parts_row("parts"))
 PY
 ls -la docs/images

@@ -54,8 +54,8 @@ def load(spec: str | Path = "default", *, format: str | None = None, precision: 
 
     ``spec``: ``"default"`` (the packaged portrait model), ``"parts"`` (the packaged try-on parts
     model), an edgeseg checkpoint (``.pt``), an exported file (``.onnx``, ``.tflite``, ``.mlpackage``,
-    with the ``manifest.json`` of its export beside it) or an export directory. For a directory, ``format`` and ``precision`` choose among its
-    files; whatever they leave open is decided by preferring files whose parity passed, then higher
+    with the ``manifest.json`` of its export beside it) or an export directory. For a directory, ``format``
+    and ``precision`` choose among its files; whatever they leave open is decided by preferring files whose parity passed, then higher
     precision (fp32, fp16, int8), then ONNX, TFLite, Core ML, skipping files whose runtime is not
     installed. ``threads``: the runtime's threads (default: its own choice).
 

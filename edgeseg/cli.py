@@ -290,7 +290,8 @@ def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):
 @click.option("--slices", "slices_file", type=click.Path(dir_okay=False), help="CSV id,slice... for per-slice IoU.")
 @click.option("--smooth", is_flag=True, help="Clip datasets: run the frames through the video stabilizer.")
 def eval_cmd(model, data_root, split, count, json_out, slices_file, smooth):
-    """Evaluate a checkpoint or exported model (default: the packaged portrait model; 'parts': the packaged parts model).
+    """Evaluate a checkpoint or exported model (default: the packaged portrait model; 'parts': the packaged
+    parts model).
 
     On a clip dataset (--data with one folder of ordered frames and masks per clip, e.g. from
     'edgeseg data synth DIR --clips N') it also reports flicker: between consecutive frames, the
@@ -346,7 +347,8 @@ def recipe_default(value) -> str:
 @click.option("--verbose", is_flag=True, help="Show the converters' own output (progress bars, warnings, logs).")
 def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_count, calib_method, parity_images,
            thresholds, stress_thresholds, stress, force, verbose):
-    """Export a checkpoint (default: the packaged portrait model; 'parts': the packaged parts model) to ONNX, TFLite and Core ML.
+    """Export a checkpoint ('default': the packaged portrait model; 'parts': the packaged parts model) to ONNX,
+    TFLite and Core ML.
 
     Into an existing --out folder, only an earlier export's files (those its manifest lists) are
     replaced; anything else there is kept. The converters' own output is folded away (shown if
@@ -386,7 +388,8 @@ def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_
 @click.option("--smooth", is_flag=True,
               help="Stabilize over time: a video's frames (or a folder of frames, in name order) through the stabilizer.")
 def predict(model, inputs, out_dir, output, background, refine, threads, pick, force, smooth):
-    """Segment images or videos with a checkpoint, an exported file or an export directory ('default', 'parts' = packaged models).
+    """Segment images or videos with a checkpoint, an exported file or an export directory ('default', 'parts':
+    the packaged models).
 
     Each image is written as --out/<name>.png, each video (.mp4, .mov, .mkv, ...) as --out/<name>.mp4
     with the same frame count, size and frame rate (alpha and cutout as a greyscale matte video); a

@@ -1,39 +1,52 @@
-"""Package a trained checkpoint as the shipped default model (fp16 weights, a few hundred KB).
+"""Package a trained checkpoint as one of the shipped models (fp16 weights, a few hundred KB).
 
-    python scripts/package_default.py runs/portrait_default/best.pt
+    python scripts/package_default.py runs/portrait_default_ft4/best.pt            # the default portrait model
+    python scripts/package_default.py --as parts runs/parts_ft/best.pt             # the try-on parts model
 
-Re-evaluates the fp16-stored weights on the built-in synthetic eval set and records those
-metrics and the reproduction command in the packaged checkpoint.
+Re-evaluates the fp16-stored weights on the built-in synthetic eval set of the model's classes and
+records those metrics and the reproduction command in the packaged checkpoint.
 """
 from __future__ import annotations
 
-import sys
+import argparse
 
 from edgeseg.data.datasets import builtin_source
-from edgeseg.models.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
 from edgeseg.evaluation.accumulate import evaluate
+from edgeseg.models.checkpoint import PACKAGED, load_checkpoint, save_checkpoint
+from edgeseg.runtime.loader import synth_task_for
 from edgeseg.runtime.torch_runner import TorchRunner
 
-TRAIN_COMMAND = "make train-default  # five training stages of recipes/portrait_unet_mnv3min_s4_256.yaml, see Makefile"
+TRAIN_COMMANDS = {
+    "default": "make train-default  # five training stages of recipes/portrait_unet_mnv3min_s4_256.yaml, see Makefile",
+    "parts": "make train-parts  # training stages of recipes/parts_unet_256.yaml, see Makefile",
+}
 EVAL_IMAGES = 200
 
 
-def package(src: str) -> dict:
-    """Write DEFAULT_CHECKPOINT from ``src``; returns the recorded metrics."""
+def package(src: str, name: str = "default") -> dict:
+    """Write ``PACKAGED[name]`` from ``src``; returns the recorded metrics."""
+    dest = PACKAGED[name]
     ckpt = load_checkpoint(src)
-    save_checkpoint(DEFAULT_CHECKPOINT, ckpt.model(), ckpt.info, recipe=ckpt.recipe, half=True, metrics={})
-    shipped = load_checkpoint(DEFAULT_CHECKPOINT)  # evaluate exactly what ships (fp16-rounded weights)
+    task = synth_task_for(ckpt.info.classes)
+    if task is None:
+        raise SystemExit(f"{src}: its classes {ckpt.info.classes} match no built-in synthetic set to evaluate on")
+    save_checkpoint(dest, ckpt.model(), ckpt.info, recipe=ckpt.recipe, half=True, metrics={})
+    shipped = load_checkpoint(dest)  # evaluate exactly what ships (fp16-rounded weights)
     info = shipped.info
     runner = TorchRunner(shipped.model(), input_size=info.input_size, mean=info.mean, std=info.std)
-    source = builtin_source("eval", "portrait", EVAL_IMAGES, info.input_size)
+    source = builtin_source("eval", task, EVAL_IMAGES, info.input_size)
     metrics = evaluate(runner.run, source, info.input_size, info.classes).summary()
-    metrics.update(eval_set=f"built-in synthetic portrait eval set ({EVAL_IMAGES} images, seed 12345)",
-                   train_command=TRAIN_COMMAND, train_val=ckpt.metrics)
-    save_checkpoint(DEFAULT_CHECKPOINT, shipped.model(), info, recipe=ckpt.recipe, half=True, metrics=metrics)
+    metrics.update(eval_set=f"built-in synthetic {task} eval set ({EVAL_IMAGES} images, seed 12345)",
+                   train_command=TRAIN_COMMANDS[name], train_val=ckpt.metrics)
+    save_checkpoint(dest, shipped.model(), info, recipe=ckpt.recipe, half=True, metrics=metrics)
     return metrics
 
 
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(package(sys.argv[1]), indent=2))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--as", dest="name", choices=sorted(PACKAGED), default="default")
+    args = parser.parse_args()
+    print(json.dumps(package(args.checkpoint, args.name), indent=2))

@@ -25,7 +25,8 @@ import numpy as np
 
 from edgeseg.apply import compose
 from edgeseg.apply.refine import refine_alpha
-from edgeseg.apply.video import OUTPUT_SUFFIX, VIDEO_SUFFIXES, VideoInfo, is_video, probe_video, read_frames, video_writer
+from edgeseg.apply.video import (OUTPUT_SUFFIX, VIDEO_SUFFIXES, VideoInfo, is_video, probe_video, read_frames,
+                                 video_writer)
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import resize_pixels
 from edgeseg.errors import DataError, EdgesegError

@@ -11,7 +11,8 @@ COLUMNS = ["artifact", "mIoU", "flicker", "flicker --smooth", "boundary flicker"
 
 
 def check_clips(clips_dir: str, model: dict) -> list:
-    """The clips of ``clips_dir`` (``data.clips.Clip``), checked against the benchmarked model's classes before any timing."""
+    """The clips of ``clips_dir`` (``data.clips.Clip``), checked against the benchmarked model's classes before
+    any timing."""
     return open_clips(clips_dir, classes=tuple(model["classes"]))[1]
 
 
