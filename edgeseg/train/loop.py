@@ -6,6 +6,8 @@ run replays the interrupted epoch and ends on the same step count.
 """
 from __future__ import annotations
 
+import ctypes
+
 import csv
 import io
 import math
@@ -167,6 +169,22 @@ def _setup(recipe: Recipe, out_dir: Path, data_root: str | None, resume: bool) -
                 torch.amp.GradScaler("cuda", enabled=use_amp), SegLoss(t.dice_weight))
 
 
+TRIM_EVERY = 20  # steps between returns of freed heap memory to the system (``release_free_heap``)
+
+
+def release_free_heap() -> None:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Rendering synthetic samples (Pillow, numpy) between training steps fragments glibc's heap: freed
+    blocks stay mapped, and a 4000-sample parts run grew by ~15 MB per step (24 GB after 1450 steps,
+    then swapped) though nothing was leaked. Trimming every ``TRIM_EVERY`` steps keeps it flat.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _train_epoch(run: _Run, epoch: int, bar, task) -> list[float]:
     """One epoch (``steps_per_epoch`` optimizer steps), shown on ``bar``; the loss of each step."""
     loader = _loader(run.train_ds, run.recipe.train, epoch, run.steps_per_epoch, run.world, run.rank)
@@ -176,6 +194,8 @@ def _train_epoch(run: _Run, epoch: int, bar, task) -> list[float]:
         if batch_index >= run.steps_per_epoch:  # DistributedSampler yields a full pass
             break
         losses.append(_train_step(run, images, masks))
+        if run.step % TRIM_EVERY == 0:
+            release_free_heap()
         seen += images.shape[0] * run.world
         bar.update(task, advance=1, loss=losses[-1], ips=seen / (time.perf_counter() - t0))
         if run.rank == 0 and not bar.console.is_terminal and run.step % 50 == 0:  # logs/CI: no live bar
