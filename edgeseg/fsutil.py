@@ -51,6 +51,24 @@ def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> Path:
     return Path(dest)
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``folder`` (``flock`` on its descriptor; nothing is written in it)
+    for a read-modify-write of a file there that concurrent edgeseg processes share. A no-op where
+    ``fcntl`` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def write_text_atomic(dest: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (utf-8) to ``dest`` atomically and return the path."""
     return write_bytes_atomic(dest, text.encode("utf-8"))

@@ -283,3 +283,22 @@ def test_a_mistyped_input_path_is_refused_before_anything_is_written(tiny_checkp
     Image.new("RGB", (32, 24), (200, 10, 10)).save(img)
     assert_refused(cli, "predict", tiny_checkpoint, tmp_path / "in" / "nope.jpg", img, "--out", tmp_path / "out",
                    watch=[tmp_path], match="input not found:")
+
+
+def test_two_predicts_into_one_folder_at_once_keep_each_others_ledger_entries(tmp_path):
+    """Both plans read the (empty) ledger before either writes, as two processes started together would; the
+    one that writes last must not erase the other's entry, or a re-run of the first would be refused."""
+    from edgeseg.apply.predict import plan_predict, run_predict
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(synth.render("portrait", 48, ord(name)).image).save(tmp_path / name / f"{name}.png")
+    out = tmp_path / "out"
+    plan_a = plan_predict([tmp_path / "a" / "a.png"], out)
+    plan_b = plan_predict([tmp_path / "b" / "b.png"], out)
+    run_predict("default", plan_b)
+    run_predict("default", plan_a)
+    ledger = json.loads((out / LEDGER_NAME).read_text())["files"]
+    assert sorted(ledger) == ["a.png", "b.png"]
+    again = plan_predict([tmp_path / "b" / "b.png"], out)  # not refused: the ledger still lists b.png as ours
+    assert [j.name for j in again.jobs] == ["b.png"]

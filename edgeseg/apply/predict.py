@@ -30,7 +30,7 @@ from edgeseg.apply.video import (OUTPUT_SUFFIX, VIDEO_SUFFIXES, VideoInfo, is_vi
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import resize_pixels
 from edgeseg.errors import DataError, EdgesegError
-from edgeseg.fsutil import atomic_path, check_output, write_text_atomic
+from edgeseg.fsutil import atomic_path, check_output, folder_lock, write_text_atomic
 from edgeseg.runtime.loader import open_model
 from edgeseg.runtime.stabilizer import SmoothCfg, frame_run
 
@@ -361,9 +361,16 @@ def _write_png(picture, dest: Path) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _write_ledger(plan: PredictPlan) -> None:
-    payload = {"schema_version": LEDGER_SCHEMA, "tool": "edgeseg predict", "files": dict(sorted(plan.ledger.items()))}
-    write_text_atomic(plan.out_dir / LEDGER_NAME, json.dumps(payload, indent=1) + "\n")
+def _record(plan: PredictPlan, name: str, sha: str) -> None:
+    """Add one written file to the output folder's ledger. The ledger is re-read under a lock on the folder
+    and merged, so the entries of another edgeseg predict writing into the same folder at the same time
+    survive (the last writer does not erase them)."""
+    plan.ledger[name] = sha
+    with folder_lock(plan.out_dir):
+        files = read_ledger(plan.out_dir, force=True)  # a ledger that is not ours was refused or --force'd at plan time
+        files[name] = sha
+        payload = {"schema_version": LEDGER_SCHEMA, "tool": "edgeseg predict", "files": dict(sorted(files.items()))}
+        write_text_atomic(plan.out_dir / LEDGER_NAME, json.dumps(payload, indent=1) + "\n")
 
 
 def run_predict(model: str | None, plan: PredictPlan, *, refine: bool = False, threads: int | None = None,
@@ -391,8 +398,7 @@ def run_predict(model: str | None, plan: PredictPlan, *, refine: bool = False, t
             except DataError as exc:
                 report.failed.append((str(job.source), str(exc)))
             else:
-                plan.ledger[job.name] = sha
-                _write_ledger(plan)
+                _record(plan, job.name, sha)
                 report.written.append(plan.out_dir / job.name)
     return report
 
