@@ -51,7 +51,10 @@ def test_resume_after_kill_reaches_same_step_count(tmp_path):
     proc.wait()
     killed_at = load_checkpoint(out / "last.pt").train_state["step"]
     assert killed_at < 9
-    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    # the weights come from last.pt: starting weights named now are neither read nor downloaded (offline here)
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(cmd + ["--resume", "--weights", "timm:mobilenetv3_small_050.lamb_in1k"], capture_output=True,
+                       text=True, timeout=600, env=offline)
     assert r.returncode == 0, r.stderr
     state = load_checkpoint(out / "last.pt").train_state
     assert state["step"] == 9 and state["epoch"] == 3

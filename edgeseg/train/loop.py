@@ -153,7 +153,8 @@ def _setup(recipe: Recipe, out_dir: Path, data_root: str | None, resume: bool) -
     train_src, val_src = open_splits(recipe, data_root)
     info = model_info(recipe, train_src.classes)
     torch.manual_seed(t.seed)
-    model = build_for_training(info, recipe.model.weights).to(device)
+    # a resumed run's weights come from last.pt: the recipe's starting weights are not read (nor downloaded)
+    model = build_for_training(info, None if resume else recipe.model.weights).to(device)
     train_ds = _train_dataset(recipe, info, train_src)
     steps_per_epoch = t.steps_per_epoch or max(1, len(train_ds) // (t.batch_size * world))
     total = steps_per_epoch * t.epochs
