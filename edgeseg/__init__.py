@@ -9,6 +9,7 @@ The Python API (``edgeseg.api``)::
     proba = seg.predict_proba("photo.jpg")    # [C, H, W] float32 probabilities
     metrics = seg.evaluate(count=50)          # the keys of `edgeseg eval --json`
     manifest = seg.export("out/default")      # ONNX, TFLite, Core ML files, parity-gated
+    seg.predict_video("clip.mp4", "out/video", output="blur", smooth=True)   # the `video` extra
     edgeseg.export_module(net, "out/net", classes=["background", "person"], input_size=(256, 256),
                           mean=(127.5,) * 3, std=(127.5,) * 3)
 
@@ -21,19 +22,20 @@ import importlib
 __version__ = "0.1.0"
 
 # name -> module that defines it, imported on first access (PEP 562)
-_LAZY = {**dict.fromkeys(("load", "Segmenter", "export_checkpoint", "export_module", "EXPORT_OPTIONS"), "edgeseg.api"),
+_LAZY = {**dict.fromkeys(("load", "Segmenter", "FrameStream", "export_checkpoint", "export_module", "EXPORT_OPTIONS"),
+                         "edgeseg.api"),
          **dict.fromkeys(("Manifest", "Artifact", "read_manifest"), "edgeseg.manifest"),
          **dict.fromkeys(("EdgesegError", "DataError", "CheckpointError", "ArtifactError", "MissingExtra", "GateFailed",
                           "ParityFailed"), "edgeseg.errors")}
 
-__all__ = ["load", "Segmenter", "export_checkpoint", "export_module", "EXPORT_OPTIONS",
+__all__ = ["load", "Segmenter", "FrameStream", "export_checkpoint", "export_module", "EXPORT_OPTIONS",
            "Manifest", "Artifact", "read_manifest",
            "EdgesegError", "DataError", "CheckpointError", "ArtifactError", "MissingExtra", "GateFailed",
            "ParityFailed", "__version__"]
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (4 ms); type checkers read it as True
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__
-    from edgeseg.api import EXPORT_OPTIONS, Segmenter, export_checkpoint, export_module, load
+    from edgeseg.api import EXPORT_OPTIONS, FrameStream, Segmenter, export_checkpoint, export_module, load
     from edgeseg.errors import (ArtifactError, CheckpointError, DataError, EdgesegError, GateFailed, MissingExtra,
                                 ParityFailed)
     from edgeseg.manifest import Artifact, Manifest, read_manifest

@@ -31,14 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.apply.predict import predict_image, predict_proba_image
+from edgeseg.apply.predict import plan_predict, predict_image, predict_plan, predict_proba_image
 from edgeseg.evaluation.run import evaluate_runner
 from edgeseg.data.images import as_rgb_array
-from edgeseg.errors import EdgesegError, ParityFailed
+from edgeseg.errors import DataError, EdgesegError, ParityFailed
 from edgeseg.manifest import FORMATS, Artifact, Manifest
 from edgeseg.runtime.loader import PRECISION_ORDER, LoadedModel, load_model
+from edgeseg.runtime.stabilizer import frame_run
 
-__all__ = ["load", "Segmenter", "export_checkpoint", "export_module", "EXPORT_OPTIONS"]
+__all__ = ["load", "Segmenter", "FrameStream", "export_checkpoint", "export_module", "EXPORT_OPTIONS"]
 
 #: Keyword options of ``Segmenter.export``, ``export_checkpoint`` and ``export_module``, named after
 #: ``edgeseg export``'s flags: calib (--calib folder), calib_method, calib_count, data (--data folder),
@@ -152,6 +153,31 @@ class Segmenter:
         own size: the softmax of the same upsampled logits ``predict`` takes the arg-max of."""
         return predict_proba_image(self._model.runner.run, as_rgb_array(image), self.input_size)
 
+    def stream(self, *, smooth: bool = True) -> "FrameStream":
+        """A ``FrameStream`` for the frames of one video or camera feed, given in order: with ``smooth``
+        (the default) each frame goes through the temporal stabilizer (``edgeseg predict --smooth``)."""
+        return FrameStream(self, smooth)
+
+    def predict_video(self, video: str | Path, out: str | Path, *, output: str = "mask", smooth: bool = False,
+                      background: str | Path | None = None, refine: bool = False, force: bool = False) -> Path:
+        """Segment a video file into ``out/<name>.mp4`` (as ``edgeseg predict VIDEO --out OUT``): same frame
+        count, size and frame rate; ``output`` one of mask, alpha, cutout (alpha and cutout: a greyscale
+        matte), blur, replace (with ``background``), overlay. Returns the written path.
+
+        Needs the ``video`` extra (PyAV). The same checks as the CLI run first (nothing written on bad
+        input); a video that cannot be decoded to its end raises DataError and leaves nothing behind.
+        """
+        from edgeseg.apply.video import is_video
+
+        if not is_video(video):
+            raise EdgesegError(f"{video}: not a video file name (.mp4, .mov, .mkv, .avi, .webm, .m4v); "
+                               "use predict() for images")
+        plan = plan_predict([video], out, output=output, background=_text(background), force=force)
+        report = predict_plan(self._model.runner.run, self.input_size, plan, refine=refine, smooth=smooth)
+        if report.failed:
+            raise DataError(report.failed[0][1])
+        return report.written[0]
+
     def evaluate(self, data: str | Path | None = None, count: int | None = None, *, split: str | None = None,
                  slices: str | Path | None = None, smooth: bool = False) -> dict:
         """Metrics as ``edgeseg eval --json`` writes them: ``miou``, ``per_class_iou``, ``pixel_accuracy``,
@@ -200,6 +226,28 @@ class Segmenter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+
+class FrameStream:
+    """Segments the frames of one clip in order (``Segmenter.stream``); keeps the stabilizer's state between
+    calls. Call ``reset()`` before the frames of another clip."""
+
+    def __init__(self, segmenter: Segmenter, smooth: bool = True):
+        self._segmenter, self._smooth = segmenter, smooth
+        self._run = frame_run(segmenter._model.runner.run, smooth)
+
+    def predict(self, frame, *, refine: bool = False) -> np.ndarray:
+        """Class ids, uint8 [H, W] at the frame's own size, as ``Segmenter.predict`` (stabilized)."""
+        return predict_image(self._run, as_rgb_array(frame), self._segmenter.input_size, refine=refine).classes
+
+    def predict_proba(self, frame) -> np.ndarray:
+        """Class probabilities, float32 [C, H, W] at the frame's own size (stabilized)."""
+        return predict_proba_image(self._run, as_rgb_array(frame), self._segmenter.input_size)
+
+    def reset(self) -> None:
+        """Start a new clip: forget the previous frames."""
+        self._run = frame_run(self._segmenter._model.runner.run, self._smooth)
 
 
 def export_checkpoint(checkpoint: str | Path | None, out: str | Path, formats: str | Iterable[str] | None = None,

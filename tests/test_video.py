@@ -263,3 +263,24 @@ def test_predict_smooth_on_a_folder_of_frames_stabilizes_them_in_name_order(cli,
         assert m.frames == 8
         flicker[bool(smooth)] = m.flicker()
     assert flicker[True] < flicker[False]
+
+
+def test_python_api_predicts_a_video_and_streams_frames_through_the_stabilizer(tmp_path):
+    import edgeseg
+    from edgeseg.errors import DataError
+
+    clip = _write_clip(tmp_path / "clip.mp4", frames=5)
+    frames = _video_facts(clip)[4]
+    with edgeseg.load("default") as seg:
+        written = seg.predict_video(clip, tmp_path / "out", output="alpha", smooth=True)
+        assert written == tmp_path / "out" / "clip.mp4" and _video_facts(written)[:4] == (5, 96, 72, 25)
+        (tmp_path / "cut.mp4").write_bytes(clip.read_bytes()[:2000])
+        with pytest.raises(DataError, match="cannot read this video"):
+            seg.predict_video(tmp_path / "cut.mp4", tmp_path / "out2")
+        assert not (tmp_path / "out2").exists()
+        stream = seg.stream()
+        smoothed = [stream.predict(f) for f in frames]
+        stream.reset()
+        assert np.array_equal(stream.predict(frames[0]), seg.predict(frames[0]))  # a new clip starts afresh
+        raw = [seg.predict(f) for f in frames]
+    assert smoothed[0].shape == (72, 96) and np.array_equal(smoothed[0], raw[0])  # the first frame is not blended

@@ -376,7 +376,15 @@ def _record(plan: PredictPlan, name: str, sha: str) -> None:
 def run_predict(model: str | None, plan: PredictPlan, *, refine: bool = False, threads: int | None = None,
                 pick: str | None = None, on_progress: Callable[[Path], None] | None = None,
                 smooth: SmoothCfg | bool = False) -> PredictReport:
-    """Segment every job of ``plan`` and write ``out_dir/<name>`` per image or video.
+    """Open ``model`` and segment every job of ``plan`` into ``out_dir`` (``predict_plan``)."""
+    runner, view = open_model(model, threads=threads, pick=pick)
+    with runner:
+        return predict_plan(runner.run, view.input_size, plan, refine=refine, on_progress=on_progress, smooth=smooth)
+
+
+def predict_plan(run: Callable[[np.ndarray], np.ndarray], input_size, plan: PredictPlan, *, refine: bool = False,
+                 on_progress: Callable[[Path], None] | None = None, smooth: SmoothCfg | bool = False) -> PredictReport:
+    """Segment every job of ``plan`` with an open model's ``run`` and write ``out_dir/<name>`` per image or video.
 
     ``on_progress(source)`` is called once per image and once per video frame. ``smooth``: run
     video frames (and images, taken in order as the frames of one clip per folder) through the
@@ -385,21 +393,19 @@ def run_predict(model: str | None, plan: PredictPlan, *, refine: bool = False, t
     nothing else.
     """
     report = PredictReport()
-    runner, view = open_model(model, threads=threads, pick=pick)
-    with runner:
-        clip, step = None, runner.run
-        for job in plan.jobs:
-            key = job.source if job.video else job.source.parent  # a video, or a folder of frames, is one clip
-            if key != clip:
-                clip, step = key, frame_run(runner.run, smooth)
-            write = _predict_video if job.video else _predict_file
-            try:
-                sha = write(job, plan, step, view.input_size, refine, on_progress)
-            except DataError as exc:
-                report.failed.append((str(job.source), str(exc)))
-            else:
-                _record(plan, job.name, sha)
-                report.written.append(plan.out_dir / job.name)
+    clip, step = None, run
+    for job in plan.jobs:
+        key = job.source if job.video else job.source.parent  # a video, or a folder of frames, is one clip
+        if key != clip:
+            clip, step = key, frame_run(run, smooth)
+        write = _predict_video if job.video else _predict_file
+        try:
+            sha = write(job, plan, step, input_size, refine, on_progress)
+        except DataError as exc:
+            report.failed.append((str(job.source), str(exc)))
+        else:
+            _record(plan, job.name, sha)
+            report.written.append(plan.out_dir / job.name)
     return report
 
 
