@@ -228,9 +228,11 @@ def test_bench_clips_reports_each_files_flicker_raw_and_smoothed(cli, shared_exp
     small = tmp_path / "clips"
     assert invoke_cli("data", "synth", small, "--clips", "2", "--frames", "4", "--size", "64").exit_code == 0
     r = cli("bench", exp, "--threads", "1", "--runs", "3", "--warmup", "0", "--sessions", "1", "--parity-images", "2",
-            "--clips", small, "--json", tmp_path / "bench.json")
+            "--clips", small, "--json", tmp_path / "bench.json", "--report", tmp_path / "report")
     assert r.exit_code == 0, r.output
-    assert "flicker on" in r.output and "flicker --smooth" in r.output
+    assert "Flicker on" in r.output and "flicker --smooth" in r.output
+    for page in ("report.md", "report.html"):
+        assert "Flicker on" in (tmp_path / "report" / page).read_text() and "flicker --smooth" in (tmp_path / "report" / page).read_text()
     block = json.loads((tmp_path / "bench.json").read_text())["temporal"]
     assert (block["clips"], block["frames"]) == (2, 8)
     rows = {row["artifact"]: row for row in block["results"]}

@@ -15,8 +15,8 @@ from typing import Callable
 
 from edgeseg.bench import harness
 from edgeseg.bench.gate import check_options, compare, load_baseline, over_limit, parity_failures
-from edgeseg.bench.report import COLUMNS, int8_summary, table_rows, write_report
-from edgeseg.bench.temporal import COLUMNS as FLICKER_COLUMNS, check_clips, clip_flicker, flicker_rows
+from edgeseg.bench.report import COLUMNS, flicker_table, int8_summary, table_rows, write_report
+from edgeseg.bench.temporal import check_clips, clip_flicker
 from edgeseg.errors import EdgesegError, GateFailed
 from edgeseg.fsutil import check_json_output, check_output
 from edgeseg.ui import print_table
@@ -151,10 +151,9 @@ def publish(opts: BenchOptions, doc: dict, outcome: harness.BenchOutcome | None,
     summary = int8_summary(doc)
     if summary:
         echo(summary)
-    if "temporal" in doc:
-        t = doc["temporal"]
-        print_table(f"flicker on {t['data']} ({t['clips']} clips, {t['frames']} frames; --smooth: the stabilizer)",
-                    FLICKER_COLUMNS, flicker_rows(t))
+    flicker = flicker_table(doc)
+    if flicker:
+        print_table(*flicker)
     write_json(opts.json_out, doc)
     if opts.report_dir:
         write_report(doc, opts.report_dir, None if outcome is None or outcome.sample_images is None

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.fsutil import atomic_path, write_text_atomic
+from edgeseg.bench.temporal import COLUMNS as FLICKER_COLUMNS, flicker_rows
 
 COLUMNS = ["artifact", "runtime", "threads", "p50 ms", "p90 ms", "normalized p50", "speed-up vs PyTorch", "load ms",
            "peak RSS MB", "int8/fp32 p50", "size KB", "agreement mIoU", "stress agreement", "GT mIoU"]
@@ -340,6 +341,11 @@ def write_report(doc: dict, out_dir: str | Path, samples: tuple[np.ndarray, dict
     md = ["# edgeseg bench report", "", head, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     md += ["| " + " | ".join(r + [""] * (len(COLUMNS) - len(r))) + " |" for r in rows]
     md += [line for name in charts for line in ("", f"![{CHART_ALT[name]}]({name})")]
+    flicker = flicker_table(doc)
+    if flicker:
+        title, header, frows = flicker
+        md += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(r) + " |" for r in frows]
     if has_strip:
         md += ["", "Mask strip, rows top to bottom:", ""]
         md += [f"{i}. `{n}`" + (f" — {d}" if d else "") for i, (n, d) in enumerate(strip_rows, 1)]
@@ -369,6 +375,13 @@ def _html_page(doc: dict, facts: list[str], rows: list[list[str]], charts: list[
         body += [f'<figure><img src="{n}" alt="{esc(CHART_ALT[n])}"><figcaption>{esc(CHART_ALT[n])}</figcaption></figure>'
                  for n in charts]
         body += ["</div>"]
+    flicker = flicker_table(doc)
+    if flicker:
+        title, header, frows = flicker
+        body += [f"<h2>{esc(title)}</h2>", '<div class="scroll"><table>',
+                 "<thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in header) + "</tr></thead><tbody>",
+                 *("<tr>" + name_cell(r[0]) + "".join(cell(c) for c in r[1:]) + "</tr>" for r in frows),
+                 "</tbody></table></div>"]
     if strip_rows:
         body += ["<h2>Masks</h2>", "<p>Sample images with each file's mask overlaid; rows top to bottom:</p>",
                  '<ol class="rows">' + "".join(f"<li><code>{esc(n)}</code>{' &mdash; ' + esc(d) if d else ''}</li>"
@@ -378,6 +391,15 @@ def _html_page(doc: dict, facts: list[str], rows: list[list[str]], charts: list[
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)}</title><style>\n{STYLE}\n</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def flicker_table(doc: dict) -> tuple[str, list[str], list[list[str]]] | None:
+    """(title, header, rows) of the ``--clips`` flicker table, or None when the run has none."""
+    t = doc.get("temporal")
+    if not t:
+        return None
+    title = f"Flicker on {t['data']} ({t['clips']} clips, {t['frames']} frames; --smooth: the stabilizer)"
+    return title, FLICKER_COLUMNS, flicker_rows(t)
 
 
 def _join(name: str, desc: str) -> str:
