@@ -184,10 +184,10 @@ def _build_scene(rng: np.random.Generator, width: int, height: int) -> _Scene:
     """Draw the parts of a clip that stay: colours, background, figure, textures, occluder, lighting."""
     w2, h2 = 2 * width, 2 * height
     tone = synth.SKIN_TONES[rng.integers(len(synth.SKIN_TONES))]
-    hair_type = synth.HAIR_TYPES[rng.choice(len(synth.HAIR_TYPES), p=(0.22, 0.22, 0.16, 0.1, 0.3))]
+    hair_type = synth.HAIR_TYPES[rng.choice(len(synth.HAIR_TYPES), p=synth.HAIR_TYPE_WEIGHTS)]
     look = synth._sample_look(rng, tone)
     bg_kind = synth.BACKGROUNDS[rng.integers(len(synth.BACKGROUNDS))]
-    lighting = synth.LIGHTINGS[rng.choice(len(synth.LIGHTINGS), p=(0.4, 0.15, 0.15, 0.15, 0.15))]
+    lighting = synth.LIGHTINGS[rng.choice(len(synth.LIGHTINGS), p=synth.LIGHTING_WEIGHTS)]
     margin = _camera_margin(min(w2, h2))
     background = synth._BACKGROUNDS[bg_kind](rng, w2 + 2 * margin, h2 + 2 * margin, synth._palette(rng, 6, look))
     fig = synth._sample_figure(rng, w2, h2, hair_type)

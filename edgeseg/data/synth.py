@@ -39,6 +39,8 @@ SKIN_TONES = ("tone1", "tone2", "tone3", "tone4", "tone5", "tone6")  # light to 
 LIGHTINGS = ("normal", "dim", "bright", "backlit", "colored")
 HAIR_TYPES = ("short", "long", "curly", "bald", "strands")
 BACKGROUNDS = ("noise", "stripes", "gradient", "blobs", "indoor")
+HAIR_TYPE_WEIGHTS = (0.22, 0.22, 0.16, 0.1, 0.3)  # how often each of HAIR_TYPES is drawn
+LIGHTING_WEIGHTS = (0.4, 0.15, 0.15, 0.15, 0.15)  # likewise for LIGHTINGS
 NO_PERSON = "none"  # skin_tone and hair_type of a sample without a person
 SLICE_VALUES = {
     "skin_tone": SKIN_TONES + (NO_PERSON,),
@@ -268,10 +270,10 @@ def _render_scene(rng: np.random.Generator, width: int, height: int):
     w2, h2 = 2 * width, 2 * height
     has_person = rng.random() >= NO_PERSON_RATE
     tone = SKIN_TONES[rng.integers(len(SKIN_TONES))]
-    hair_type = HAIR_TYPES[rng.choice(len(HAIR_TYPES), p=(0.22, 0.22, 0.16, 0.1, 0.3))]
+    hair_type = HAIR_TYPES[rng.choice(len(HAIR_TYPES), p=HAIR_TYPE_WEIGHTS)]
     look = _sample_look(rng, tone)
     bg_kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    lighting = LIGHTINGS[rng.choice(len(LIGHTINGS), p=(0.4, 0.15, 0.15, 0.15, 0.15))]
+    lighting = LIGHTINGS[rng.choice(len(LIGHTINGS), p=LIGHTING_WEIGHTS)]
 
     image = _BACKGROUNDS[bg_kind](rng, w2, h2, _palette(rng, 6, look))
     labels = Image.new("L", (w2, h2), BG)
