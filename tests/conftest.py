@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,7 @@ def run_edgeseg_without(module: str, folder: Path, *args) -> subprocess.Complete
 # run, and a test that needs one waits for it (or runs it, when no selected test asked for it ahead).
 
 _STEPS: dict[str, Callable] = {}
+_T0 = time.monotonic()
 
 
 def prefetched(name: str):
@@ -158,10 +160,15 @@ class Prefetch:
         return self
 
     def _run(self, name: str, folder: Path) -> None:
+        started = time.monotonic()
         try:
             self._results[name] = (True, _STEPS[name](self, folder))
         except BaseException:  # the tests that need the step fail with its reason
             self._results[name] = (False, traceback.format_exc())
+        log = os.environ.get("EDGESEG_PREFETCH_LOG")  # where the steps' timings go, to see what the suite waits on
+        if log:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(f"{name} started {started - _T0:.1f}s after the session began, took {time.monotonic() - started:.1f}s\n")
 
     def _work(self) -> None:
         while True:

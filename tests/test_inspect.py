@@ -484,7 +484,7 @@ def test_quant_error_tflite_ranks_the_damaged_conv_first(cli, exported, export_c
     int8 = export_copy / "tiny-int8.tflite"
     damaged = damage_tflite_conv(int8)
     relist(export_copy, int8)
-    rebuilt = quant_error_json(cli, int8)
+    rebuilt = quant_error_json(cli, int8, "--count", "2")
     assert rebuilt["reference"].startswith(f"float graph rebuilt from {exported.model['checkpoint']['path']}")
     assert rebuilt["tool"].startswith("ai_edge_quantizer Quantizer.validate")
     top = rebuilt["layers"][0]
@@ -497,7 +497,7 @@ def test_quant_error_tflite_ranks_the_damaged_conv_first(cli, exported, export_c
     twin.write_bytes(qe._rebuild_float_tflite(m["checkpoint"]["path"], m["checkpoint"]["sha256"], tuple(m["mean"]),
                                               tuple(m["std"]), 64, 64))  # cached: converted once per process
     relist(export_copy, twin, input={**exported.find("tflite", "fp32").input, "expects": "pixels"})
-    beside = quant_error_json(cli, int8)
+    beside = quant_error_json(cli, int8, "--count", "2")
     assert beside["reference"] == "tiny-fp32.tflite"
     assert beside["layers"] == rebuilt["layers"]
 
