@@ -104,19 +104,31 @@ def run_edgeseg_without(module: str, folder: Path, *args) -> subprocess.Complete
 # run, and a test that needs one waits for it (or runs it, when no selected test asked for it ahead).
 
 _STEPS: dict[str, Callable] = {}
+_SECONDS: dict[str, float] = {}  # each step's rough duration: the steps test modules register run shortest first
 _T0 = time.monotonic()
 
 
-def prefetched(name: str):
+def prefetched(name: str, seconds: float = 60.0):
     """Register ``step(prefetch, folder) -> result`` as the slow step behind the fixture ``name``
     (``prefetch.get(name)`` returns the result). ``folder`` is the step's own new folder. The step runs
     its work in subprocesses (``run_edgeseg``, ``run_command``), never in this process: the tests run
-    here meanwhile, and click's runner swaps sys.stdout for the whole process."""
+    here meanwhile, and click's runner swaps sys.stdout for the whole process.
+
+    The conftest's own steps run first, in the order registered (a later one may ``get`` an earlier one);
+    the steps test modules register then run shortest first (``seconds``, a rough measure), so the modules
+    waiting on quick steps start early and the suite does not end on one core waiting for a long step."""
     def register(step):
         assert name not in _STEPS, f"prefetched step {name!r} registered twice"
         _STEPS[name] = step
+        _SECONDS[name] = seconds
         return step
     return register
+
+
+def step_order() -> list[str]:
+    """The registered steps in the order they run (see ``prefetched``): the conftest's own, then the others."""
+    own = [n for n in _STEPS if _STEPS[n].__module__ == __name__]
+    return own + sorted((n for n in _STEPS if n not in own), key=lambda n: _SECONDS[n])
 
 
 class Prefetch:
@@ -141,7 +153,7 @@ class Prefetch:
     def add(self, wanted: set) -> "Prefetch":
         """Queue the registered steps in ``wanted`` not queued yet (in registration order); restart the
         thread if it has already finished the earlier ones."""
-        new = [name for name in _STEPS if name in wanted and name not in self._done]
+        new = [name for name in step_order() if name in wanted and name not in self._done]
         for name in new:  # folders and events are made here, not in the thread
             self._folders[name] = self._factory.mktemp(name)
             self._done[name] = threading.Event()
@@ -210,7 +222,7 @@ def pytest_collection_modifyitems(session, config, items):
     """Run whole test modules in the order their prefetched steps finish: first the modules that need
     none, then those that need only the first step (the tiny checkpoint), and so on; each module keeps its
     place among equals and its own order. The first modules run while the background thread works."""
-    order = {name: i for i, name in enumerate(_STEPS)}
+    order = {name: i for i, name in enumerate(step_order())}
     need: dict = {}  # module -> (latest step it needs, first position)
     for i, item in enumerate(items):
         module = item.nodeid.split("::")[0]

@@ -160,7 +160,7 @@ def test_every_registered_architecture_has_an_int8_audit_entry():
     assert doc["generated"] and {"torch", "litert-torch", "ai-edge-quantizer", "onnxruntime"} <= set(doc["tools"])
 
 
-@prefetched("fresh_int8_audit")
+@prefetched("fresh_int8_audit", seconds=30)
 def _measure_int8_audit(prefetch, folder):
     """``audit_architecture(AUDIT_ARCH)`` measured now, in a fresh process (run ahead: two real exports, ~30 s)."""
     code = ("import json, sys; from edgeseg.export.int8_audit import audit_architecture; "

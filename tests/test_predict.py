@@ -239,7 +239,7 @@ def test_image_over_the_pixel_limit_is_skipped_before_decoding(cli, tiny_checkpo
 MAX_BYTES_PER_PIXEL = 80  # measured 40-44 B/px here (25-27 at 8000x6000): benchmarks/predict_memory.py
 
 
-@prefetched("predict_memory")
+@prefetched("predict_memory", seconds=13)
 def _measure_predict_memory(prefetch, folder):
     """--output blur --refine (the heaviest mode) and replace, 1500x1000, each in a fresh process (run ahead,
     see conftest.prefetched: peak memory is each process's own, whatever else runs)."""

@@ -65,7 +65,7 @@ def test_resume_without_checkpoint_exits_2(tmp_path, cli):
     assert r.exit_code == 2 and "no " in r.stderr and "Traceback" not in r.output
 
 
-@prefetched("ddp_run")
+@prefetched("ddp_run", seconds=9)
 def _train_with_ddp(prefetch, folder):
     """Two gloo processes train the tiny recipe for 2 steps (run ahead, see conftest.prefetched)."""
     recipe = write_recipe(folder / "r.yaml", {"train": {"steps_per_epoch": 2}})
