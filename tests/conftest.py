@@ -80,6 +80,15 @@ def run_command(cmd: list, cwd=None, timeout=600, env=None) -> subprocess.Comple
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def sigint_default() -> None:
+    """``preexec_fn`` for a subprocess a test interrupts with SIGINT: Python turns SIGINT into
+    KeyboardInterrupt only when it is not ignored at start, and a run started in the background by a
+    non-interactive shell (``cmd &``, nohup) hands SIG_IGN down to every child."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_edgeseg(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
     """Run the real ``edgeseg`` console entry point in a subprocess."""
     return run_command([sys.executable, "-m", "edgeseg.cli", *args], cwd=cwd, timeout=timeout, env=env)

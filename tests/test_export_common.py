@@ -13,7 +13,7 @@ import pytest
 
 from edgeseg.manifest import file_digest, read_manifest
 
-from conftest import copy_export, one_line_error, run_edgeseg, run_edgeseg_without
+from conftest import copy_export, one_line_error, run_edgeseg, run_edgeseg_without, sigint_default
 
 MANIFEST_MODEL_KEYS = {"name", "architecture", "classes", "input", "mean", "std", "params", "macs", "checkpoint", "stabilizer"}
 ARTIFACT_KEYS = {"format", "precision", "path", "bytes", "sha256", "input", "output", "parity", "quantized"}
@@ -201,7 +201,7 @@ def test_ctrl_c_exits_130_with_one_line_and_no_export(tiny_checkpoint, tmp_path)
     out = tmp_path / "e"
     proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "export", str(tiny_checkpoint), "--out", str(out),
                              "--formats", "onnx", "--precisions", "fp32,fp16,int8", "--parity-images", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     assert "exported" in proc.stdout.readline()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
