@@ -32,7 +32,7 @@ from edgeseg.data.transforms import resize_pixels
 from edgeseg.errors import DataError, EdgesegError
 from edgeseg.fsutil import atomic_path, check_output, folder_lock, write_text_atomic
 from edgeseg.runtime.loader import open_model
-from edgeseg.runtime.stabilizer import SmoothCfg, frame_run
+from edgeseg.runtime.stabilizer import SmoothCfg, frame_run, softmax
 
 OUTPUTS = ("mask", "alpha", "cutout", "blur", "replace", "overlay")
 #: The ledger of what ``edgeseg predict`` wrote into an output folder.
@@ -295,12 +295,6 @@ def _image_logit_bands(run: Callable[[np.ndarray], np.ndarray], image: np.ndarra
     return logits.shape[0], ((y0, y1, rows(y0, y1)) for y0, y1, _, _ in compose.row_bands(h, w))
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    """Softmax over the first axis (classes)."""
-    z = np.exp(z - z.max(0))
-    return z / z.sum(0)
-
-
 def predict_proba_image(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, input_size) -> np.ndarray:
     """Class probabilities of one uint8 RGB image of any size: float32 [C, H, W] at the image's own
     size, the softmax of the logits upsampled bilinearly (the same logits ``predict_image`` uses, so
@@ -308,7 +302,7 @@ def predict_proba_image(run: Callable[[np.ndarray], np.ndarray], image: np.ndarr
     num_classes, bands = _image_logit_bands(run, image, input_size)
     proba = np.empty((num_classes, *image.shape[:2]), np.float32)
     for y0, y1, z in bands:
-        proba[:, y0:y1] = _softmax(z)
+        proba[:, y0:y1] = softmax(z, axis=0)
     return proba
 
 
@@ -326,7 +320,7 @@ def predict_image(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, in
     classes = np.empty((h, w), np.uint8)
     for y0, y1, z in bands:
         classes[y0:y1] = z.argmax(0)
-        alpha[y0:y1] = 1.0 - _softmax(z)[0]
+        alpha[y0:y1] = 1.0 - softmax(z, axis=0)[0]
     if refine:
         alpha = refine_alpha(image, alpha)
         if num_classes == 2:
