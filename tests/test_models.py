@@ -64,6 +64,76 @@ def test_minimal_mobilenet_v3_unet_has_only_integer_friendly_ops_and_a_stride_4_
     assert len(model.decoder.blocks) == 3
 
 
+def _concat_era(state: dict) -> dict:
+    """A U-Net state dict in the up-block layout before the split: ``fuse`` = depthwise 3x3 + BN + ReLU +
+    1x1 + BN over concat(upsampled, skip). (The split skip BN is dropped: it is BN(a + b) - BN(a).)"""
+    blocks = sorted({k.split(".dw_up.")[0] + "." for k in state if ".dw_up." in k})
+    old = {k: v for k, v in state.items() if not any(k.startswith(b) for b in blocks)}
+    for b in blocks:
+        old[b + "fuse.0.weight"] = torch.cat([state[b + "dw_up.0.weight"], state[b + "dw_skip.0.weight"]])
+        old[b + "fuse.3.weight"] = torch.cat([state[b + "pw_up.0.weight"], state[b + "pw_skip.0.weight"]], 1)
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            old[b + f"fuse.1.{key}"] = torch.cat([state[b + f"dw_up.1.{key}"], state[b + f"dw_skip.1.{key}"]])
+            old[b + f"fuse.4.{key}"] = state[b + f"pw_up.1.{key}"]
+        old[b + "fuse.1.num_batches_tracked"] = state[b + "dw_up.1.num_batches_tracked"]
+        old[b + "fuse.4.num_batches_tracked"] = state[b + "pw_up.1.num_batches_tracked"]
+    return old
+
+
+def test_up_block_adds_instead_of_concatenating_and_loads_concat_era_weights_exactly():
+    """The int8 graph has no concat to requantize in front of; weights saved when the block concatenated
+    (the packaged models', older runs') load through both loaders and give the same outputs."""
+    import torch.nn.functional as F
+
+    from edgeseg.models.checkpoint import load_fitting
+    from edgeseg.models.unet import UpBlock
+
+    torch.manual_seed(0)
+    cin, cskip, cout = 6, 4, 5
+    c = cin + cskip
+    fused = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False), torch.nn.BatchNorm2d(c),
+                                torch.nn.ReLU(), torch.nn.Conv2d(c, cout, 1, bias=False), torch.nn.BatchNorm2d(cout),
+                                torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        for bn in (fused[1], fused[4]):
+            bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2), bn.weight.normal_(), bn.bias.normal_()
+    x, skip = torch.randn(2, cin, 4, 6), torch.randn(2, cskip, 8, 12)
+    with torch.no_grad():
+        expected = fused(torch.cat([F.interpolate(x, size=(8, 12), mode="bilinear", align_corners=False), skip], 1))
+    old = {f"fuse.{k}": v for k, v in fused.state_dict().items()}
+
+    direct, checked = UpBlock(cin, cskip, cout), UpBlock(cin, cskip, cout)
+    direct.load_state_dict(old)  # strict: every key of the old layout used, every new key filled
+    load_fitting(checked, old, "up-block", "re-save it")
+    for block in (direct, checked):
+        with torch.no_grad():
+            assert torch.allclose(block.eval()(x, skip), expected, atol=1e-5)
+    traced = torch.fx.symbolic_trace(direct)
+    assert not [n for n in traced.graph.nodes if n.target in (torch.cat, torch.concat)]
+
+
+def test_a_concat_era_last_pt_is_not_resumed_but_names_the_way_on(tmp_path, cli):
+    from conftest import TINY, write_recipe
+    from edgeseg.models.checkpoint import ModelInfo, save_checkpoint
+
+    recipe = write_recipe(tmp_path / "r.yaml")
+    options = {k: v for k, v in TINY["model"].items() if k != "arch"}
+    model = build_model(TINY["model"]["arch"], num_classes=2, **options)
+
+    class ConcatEra(torch.nn.Module):
+        def state_dict(self, *args, **kwargs):
+            return _concat_era(model.state_dict())
+
+    run = tmp_path / "run"
+    info = ModelInfo("tiny", TINY["model"]["arch"], options, ("background", "person"), (64, 64), (127.5,) * 3, (127.5,) * 3)
+    save_checkpoint(run / "last.pt", ConcatEra(), info, recipe={},
+                    train_state={"epoch": 1, "step": 2, "best": {}, "optimizer": {}, "scheduler": {}})
+    before = (run / "last.pt").read_bytes()
+    r = cli("train", "--recipe", recipe, "--out", run, "--resume")
+    assert r.exit_code == 2 and "written by an earlier edgeseg" in r.output and f"--weights {run / 'last.pt'}" in r.output
+    assert (run / "last.pt").read_bytes() == before
+
+
 def test_input_size_not_fitting_stride_names_a_valid_size():
     with pytest.raises(EdgesegError, match=r"250x250.*256x256"):
         check_input_size(get_spec("unet_mobilenet_v3_small"), 250, 250)

@@ -191,8 +191,21 @@ def state_mismatch(state: dict, target: dict, needed: set | None = None, *, extr
     return "; ".join(parts)
 
 
+def upgrade_state(model: nn.Module, state: dict) -> dict:
+    """``state`` with the keys of earlier layouts rewritten by the modules of ``model`` that changed
+    theirs (a module's ``upgrade_state_keys(state, prefix)``, e.g. the U-Net up-block); a new dict."""
+    state = dict(state)
+    for name, module in model.named_modules():
+        upgrade = getattr(module, "upgrade_state_keys", None)
+        if callable(upgrade):
+            upgrade(state, f"{name}." if name else "")
+    return state
+
+
 def load_fitting(model: nn.Module, state: dict, what: str, fix: str) -> nn.Module:
-    """Load ``state`` into ``model`` strictly, or raise CheckpointError "``what`` (mismatch); ``fix``"."""
+    """Load ``state`` (earlier layouts upgraded) into ``model`` strictly, or raise CheckpointError
+    "``what`` (mismatch); ``fix``"."""
+    state = upgrade_state(model, state)
     problem = state_mismatch(state, model.state_dict())
     if problem:
         raise CheckpointError(f"{what} ({problem}); {fix}")

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from edgeseg.errors import CheckpointError, RecipeError
-from edgeseg.models.checkpoint import load_state_dict_file, state_mismatch
+from edgeseg.models.checkpoint import load_state_dict_file, state_mismatch, upgrade_state
 from edgeseg.models.spec import ArchSpec
 
 IMAGENET = "imagenet"
@@ -98,7 +98,7 @@ def load_weights(model: nn.Module, source: str | Path, prefixes: tuple[tuple[str
     candidates = [("", "")] + list(prefixes)
     best = max(candidates, key=lambda c: len(set(_remap(state, *c)) & set(target)))
     src, dst = best
-    mapped = _remap(state, src, dst)
+    mapped = upgrade_state(model, _remap(state, src, dst))
     full = best == ("", "")
     needed = set(target) if full else {k for k in target if k.startswith(dst)}
     # backbone checkpoints carry classifier heads we do not use

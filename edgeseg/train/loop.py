@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from edgeseg.data.transforms import SegDataset, eval_transform, normalize, train_transform
 from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.fsutil import check_output, write_text_atomic
-from edgeseg.models.checkpoint import ModelInfo, load_checkpoint, load_fitting, save_checkpoint
+from edgeseg.models.checkpoint import ModelInfo, load_checkpoint, load_fitting, save_checkpoint, upgrade_state
 from edgeseg.recipe import Recipe
 from edgeseg.evaluation.accumulate import evaluate
 from edgeseg.runtime.torch_runner import TorchRunner
@@ -264,6 +264,10 @@ def _restore(path: Path, model, opt, sched) -> tuple[int, int, dict]:
     ckpt = load_checkpoint(path)
     if not ckpt.train_state:
         raise CheckpointError(f"{path}: has no training state to resume")
+    if upgrade_state(model, ckpt.state_dict).keys() != ckpt.state_dict.keys():
+        raise CheckpointError(f"--resume: {path} was written by an earlier edgeseg whose model layout differs, so "
+                              "its optimizer state does not fit; start a new run from its weights with "
+                              f"--weights {path} --out NEW_DIR")
     load_fitting(model, ckpt.state_dict, f"--resume: {path} does not fit the recipe's model",
                  "the recipe's model changed since this run began; restore it, or train into a fresh --out")
     opt.load_state_dict(ckpt.train_state["optimizer"])
