@@ -69,6 +69,7 @@ class TrainCfg:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     dice_weight: float = 1.0
+    boundary_weight: float = 0.0  # extra CE weight on pixels in the ground truth's Boundary IoU band
     steps_per_epoch: int | None = None  # None = one pass over the training set
     workers: int = 0
     seed: int = 0
@@ -246,6 +247,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.lr": (_above(0), "a finite number > 0"),
     "train.weight_decay": (_at_least(0), "a finite number >= 0"),
     "train.dice_weight": (_at_least(0), "a finite number >= 0"),
+    "train.boundary_weight": (_at_least(0), "a finite number >= 0"),
     "train.steps_per_epoch": (_optional(_at_least(1)), "an integer >= 1, or unset for one pass over the data"),
     "train.workers": (_at_least(0), "an integer >= 0"),
     "train.seed": (_at_least(0), "an integer >= 0"),

@@ -167,7 +167,7 @@ def _setup(recipe: Recipe, out_dir: Path, data_root: str | None, resume: bool) -
     use_amp = t.amp and device.type == "cuda"
     return _Run(recipe, out_dir, resume, device, rank, world, info, model, opt, sched, train_ds, val_src,
                 steps_per_epoch, total, start_epoch, step, best, ddp_model, use_amp,
-                torch.amp.GradScaler("cuda", enabled=use_amp), SegLoss(t.dice_weight))
+                torch.amp.GradScaler("cuda", enabled=use_amp), SegLoss(t.dice_weight, t.boundary_weight))
 
 
 TRIM_EVERY = 20  # steps between returns of freed heap memory to the system (``release_free_heap``)
