@@ -122,8 +122,9 @@ def test_run_stopped_before_its_first_epoch_leaves_nothing(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", {"train": {"steps_per_epoch": 2000}})
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "train", "--recipe", str(recipe), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
-    time.sleep(8)  # building the model and data, then some steps of the first epoch
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
+    # without a terminal, training logs every 50th step: the model and data are built, the first epoch runs
+    assert any("step 50/2000" in line for line in proc.stdout), "training ended before its 50th step"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
