@@ -57,11 +57,19 @@ def test_decoder_channels_length_outside_one_per_skip_is_a_recipe_error(decoder_
         build_model("unet_mobilenet_v3_small", num_classes=2, width=0.5, decoder_channels=decoder_channels)
 
 
-def test_minimal_mobilenet_v3_unet_has_only_integer_friendly_ops_and_a_stride_4_head():
+def test_minimal_mobilenet_v3_unet_has_only_integer_friendly_ops_and_the_default_models_stride_2_head():
+    from edgeseg.models.checkpoint import PACKAGED, load_checkpoint
+
     model = build_model("unet_mobilenet_v3_small_minimal", num_classes=2)
     kinds = {type(m).__name__ for m in model.modules()}
     assert not kinds & {"Hardswish", "Hardsigmoid", "SqueezeExcite", "Conv2dSame"}
-    assert len(model.decoder.blocks) == 3
+    assert len(model.decoder.blocks) == 4
+    with torch.no_grad():
+        x = torch.randn(1, 3, 64, 64)
+        assert tuple(model.decoder(model.encoder(x)).shape[-2:]) == (32, 32)  # stride 2
+    # the architecture's defaults are the packaged default model's, so its int8 audit is the default model's
+    info = load_checkpoint(PACKAGED["default"]).info
+    assert (info.arch, info.options) == ("unet_mobilenet_v3_small_minimal", {"width": 1.0, "decoder_channels": [48, 32, 24, 16]})
 
 
 def _concat_era(state: dict) -> dict:

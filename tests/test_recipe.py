@@ -19,7 +19,7 @@ def test_shipped_recipes_load(path):
 
 def test_required_recipes_exist():
     names = {p.name for p in (ROOT / "recipes").glob("*.yaml")}
-    assert {"portrait_unet_mnv3min_s4_256.yaml", "portrait_unet_mnv3s_256.yaml", "parts_unet_256.yaml", "voc_lraspp_mnv3l_512.yaml"} <= names
+    assert {"portrait_unet_mnv3min_s2_256.yaml", "portrait_unet_mnv3s_256.yaml", "parts_unet_256.yaml", "voc_lraspp_mnv3l_512.yaml"} <= names
 
 
 def test_unknown_key_is_named():

@@ -73,8 +73,9 @@ def builtin_specs() -> list[ArchSpec]:
     ))
     specs.append(ArchSpec(
         "unet_mobilenet_v3_small_minimal", partial(build_unet, "mobilenetv3_small_minimal"), (256, 256), 32,
-        "U-Net skips over timm MobileNetV3-Small-Minimal (ReLU, no squeeze-excite: all-integer int8), head at stride 4",
-        options={**unet_options, "decoder_channels": (48, 32, 24)}, weight_prefixes=_TIMM_PREFIX,
+        "U-Net skips over timm MobileNetV3-Small-Minimal (ReLU, no squeeze-excite: all-integer int8), head at "
+        "stride 2: the default model's architecture",
+        options={**unet_options, "decoder_channels": (48, 32, 24, 16)}, weight_prefixes=_TIMM_PREFIX,
         imagenet_weights=partial(timm_imagenet, "mobilenetv3_small_minimal"),
     ))
     specs.append(ArchSpec(
