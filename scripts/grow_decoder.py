@@ -10,9 +10,11 @@ file for ``edgeseg train --weights``. Prints what was copied and what starts fre
 from __future__ import annotations
 
 import argparse
+import io
 
 import torch
 
+from edgeseg.fsutil import write_bytes_atomic
 from edgeseg.models.checkpoint import load_checkpoint, upgrade_state
 from edgeseg.models.registry import build_model
 
@@ -31,7 +33,9 @@ def grow(src: str, decoder_channels: tuple[int, ...], dest: str, seed: int = 0) 
     copied = {k: v for k, v in state.items() if k in target and tuple(v.shape) == tuple(target[k].shape)
               and not k.startswith("head.")}  # the head now reads a different stride's features
     target.update(copied)
-    torch.save(target, dest)
+    buf = io.BytesIO()
+    torch.save(target, buf)
+    write_bytes_atomic(dest, buf.getvalue())
     return len(copied), sorted(set(target) - set(copied))
 
 

@@ -14,7 +14,7 @@ from edgeseg.models.profile import count_macs
 from edgeseg.models.registry import ArchSpec, build_model, check_input_size, get_spec, names
 from edgeseg.models.weights import load_weights
 
-from conftest import prefetched, run_command
+from conftest import ROOT, prefetched, run_command
 
 REQUIRED = {"lraspp_mobilenet_v3_large", "lraspp_mobilenet_v3_small", "unet_mobilenet_v3_small", "unet_mobilenetv4_conv_small",
             "unet_mobilenet_v3_small_minimal"}
@@ -306,3 +306,28 @@ def test_models_command_shows_the_committed_int8_audit(cli, tmp_path):
     assert "int8 TFLite" in res.output and "int8 ONNX" in res.output and "pure" in res.output
     rows = json.loads((tmp_path / "models.json").read_text())["architectures"]
     assert {r["name"]: r["int8"] for r in rows} == archs
+
+
+def test_grow_decoder_copies_the_trained_blocks_and_starts_the_new_one_fresh(tmp_path):
+    """scripts/grow_decoder.py (a step of make train-default): a stride-4 model grown by one up-block."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from grow_decoder import grow
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    from edgeseg.models.checkpoint import ModelInfo, save_checkpoint
+
+    torch.manual_seed(1)
+    options = {"width": 1.0, "decoder_channels": [8, 8, 8]}
+    short = build_model("unet_mobilenet_v3_small_minimal", num_classes=2, **options)
+    info = ModelInfo("short", "unet_mobilenet_v3_small_minimal", options, ("background", "person"), (64, 64),
+                     (127.5,) * 3, (127.5,) * 3)
+    save_checkpoint(tmp_path / "short.pt", short, info)
+    copied, fresh = grow(str(tmp_path / "short.pt"), (8, 8, 8, 4), str(tmp_path / "grown.pt"))
+    assert fresh and all(k.startswith(("decoder.blocks.3.", "head.")) for k in fresh)
+    grown = build_model("unet_mobilenet_v3_small_minimal", num_classes=2, width=1.0, decoder_channels=(8, 8, 8, 4))
+    assert load_weights(grown, tmp_path / "grown.pt") == "full model"
+    kept = {k: v for k, v in short.state_dict().items() if not k.startswith("head.")}
+    assert copied == len(kept) and all(torch.equal(grown.state_dict()[k], v) for k, v in kept.items())
+    with pytest.raises(SystemExit, match="not a prefix"):
+        grow(str(tmp_path / "short.pt"), (16, 8, 8, 4), str(tmp_path / "bad.pt"))
