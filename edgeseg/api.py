@@ -228,7 +228,6 @@ class Segmenter:
         self.close()
 
 
-
 class FrameStream:
     """Segments the frames of one clip in order (``Segmenter.stream``); keeps the stabilizer's state between
     calls. Call ``reset()`` before the frames of another clip."""

@@ -6,9 +6,8 @@ run replays the interrupted epoch and ends on the same step count.
 """
 from __future__ import annotations
 
-import ctypes
-
 import csv
+import ctypes
 import io
 import math
 import os
