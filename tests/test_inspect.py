@@ -20,7 +20,7 @@ import pytest
 
 from edgeseg.manifest import file_digest, read_manifest
 
-from conftest import assert_refused, one_line_error, run_edgeseg
+from conftest import assert_refused, copy_export, one_line_error, prefetched, run_edgeseg
 
 FORMATS = ("onnx", "tflite", "coreml")
 PRECISIONS = ("fp32", "int8")
@@ -478,29 +478,51 @@ def test_quant_error_onnx_ranks_the_damaged_conv_first(cli, exported, export_cop
 
 def test_quant_error_tflite_ranks_the_damaged_conv_first(cli, exported, export_copy):
     """The tiny model has one mean/std for all channels, so its fp32 .tflite takes normalized input and the int8
-    file has the normalization in its graph: the float graph is rebuilt from the checkpoint. Written as the
-    export's fp32 file (a per-channel mean/std export), it gives the very same numbers."""
+    file has the normalization in its graph: the float graph is the fp32 file with the normalization put in front,
+    as export derived the graph it quantized. No checkpoint needed (it is pointed at nothing here)."""
     from edgeseg.export import quant_error as qe
 
+    _no_checkpoint(export_copy)
     int8 = export_copy / "tiny-int8.tflite"
     damaged = damage_tflite_conv(int8)
     relist(export_copy, int8)
-    rebuilt = quant_error_json(cli, int8, "--count", "2")
-    assert rebuilt["reference"].startswith(f"float graph rebuilt from {exported.model['checkpoint']['path']}")
-    assert rebuilt["tool"].startswith("ai_edge_quantizer Quantizer.validate")
-    top = rebuilt["layers"][0]
-    assert top["tensor"] == damaged and top["op"] == "CONV_2D", rebuilt["layers"][:3]
+    report = quant_error_json(cli, int8, "--count", "2")
+    assert report["reference"] == "tiny-fp32.tflite with the input normalization in front, as export quantized it"
+    assert report["tool"].startswith("ai_edge_quantizer Quantizer.validate")
+    top = report["layers"][0]
+    assert top["tensor"] == damaged and top["op"] == "CONV_2D", report["layers"][:3]
     assert top["weight_sqnr_db"] < 0 and top["sqnr_lost_db"] > qe.NOTABLE_LOSS_DB
     assert top["layer"].startswith("encoder/") and f"_{top['layer'].rsplit('/', 1)[-1]};" in damaged, top["layer"]
+    assert report["layers"][-1]["sqnr_lost_db"] < qe.NOTABLE_LOSS_DB  # the rest of the graph matched, layer by layer
+    assert "input_normalization" in {r["layer"] for r in report["layers"]}
 
-    m = exported.model
-    twin = export_copy / "tiny-fp32.tflite"
-    twin.write_bytes(qe._rebuild_float_tflite(m["checkpoint"]["path"], m["checkpoint"]["sha256"], tuple(m["mean"]),
-                                              tuple(m["std"]), 64, 64))  # cached: converted once per process
-    relist(export_copy, twin, input={**exported.find("tflite", "fp32").input, "expects": "pixels"})
-    beside = quant_error_json(cli, int8, "--count", "2")
-    assert beside["reference"] == "tiny-fp32.tflite"
-    assert beside["layers"] == rebuilt["layers"]
+
+@prefetched("tflite_rebuilt_quant_error", seconds=22)
+def _quant_error_without_fp32_tflite(prefetch, folder):
+    """``inspect --quant-error`` of the shared export's int8 .tflite in a copy without the fp32 .tflite, so the
+    float graph is rebuilt from the checkpoint (run ahead: a litert-torch conversion, ~20 s)."""
+    shared = prefetch.get("shared_export").dir
+    raw = json.loads((shared / "manifest.json").read_text())
+    keep = [(a["format"], a["precision"]) for a in raw["artifacts"] if (a["format"], a["precision"]) != ("tflite", "fp32")]
+    copy = copy_export(shared, folder / "exp", keep=keep)
+    r = run_edgeseg("inspect", copy / "tiny-int8.tflite", "--quant-error", "--count", "2", "--json", folder / "q.json")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return json.loads((folder / "q.json").read_text())
+
+
+@pytest.fixture
+def tflite_rebuilt_quant_error(prefetch, shared_export):
+    return prefetch.get("tflite_rebuilt_quant_error")
+
+
+def test_quant_error_tflite_without_fp32_file_rebuilds_the_float_graph(cli, tflite_rebuilt_quant_error, exported):
+    """With no fp32 .tflite in the export, the float graph is rebuilt from the checkpoint the manifest names,
+    the way export built it: the very same numbers as the fp32 file with the normalization in front."""
+    rebuilt = tflite_rebuilt_quant_error
+    derived = quant_error_json(cli, exported.find("tflite", "int8").file, "--count", "2")
+    assert derived["reference"].startswith("tiny-fp32.tflite with the input normalization in front")
+    assert rebuilt["reference"].startswith(f"float graph rebuilt from {exported.model['checkpoint']['path']}")
+    assert rebuilt["layers"] == derived["layers"] and len(rebuilt["layers"]) > 10
 
 
 QUANT_ERROR_REFUSALS = {
@@ -510,8 +532,6 @@ QUANT_ERROR_REFUSALS = {
     "ONNX without fp32": (lambda d: unlist(d, "tiny-fp32.onnx") or d / "tiny-int8.onnx", "export fp32 too"),
     "TFLite without fp32 or checkpoint": (lambda d: _no_checkpoint(d) or unlist(d, "tiny-fp32.tflite") or d / "tiny-int8.tflite",
                                           "export fp32 too"),
-    "TFLite normalized fp32, no checkpoint": (lambda d: _no_checkpoint(d) or d / "tiny-int8.tflite",
-                                              "put the checkpoint it was exported from back at"),
 }
 
 

@@ -24,7 +24,8 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from edgeseg.errors import ArtifactError, EdgesegError  # noqa: E402
 from edgeseg.export.mediapipe_metadata import add_segmenter_metadata, read_segmenter_metadata  # noqa: E402
 from edgeseg.export.tflite_convert import TFLITE_PRECISIONS, convert_tflite  # noqa: E402
-from edgeseg.export.tflite_flatbuffer import inline_buffers, uint8_input_float_output  # noqa: E402
+from edgeseg.export.tflite_flatbuffer import (  # noqa: E402
+    NORMALIZATION_TENSOR, inline_buffers, prepend_input_normalization, uint8_input_float_output)
 
 SIZE = 64
 UNIFORM = ([127.5] * 3, [127.5] * 3)
@@ -170,7 +171,7 @@ def _export(case_id: str, test_images) -> dict:
                             calib_images=calib_images, name=f"tiny-{case_id}", description="test model")
     expected = [_torch_argmax(model, image, mean, std) for image in test_images]
     ours = [_logits(result, image, mean, std).argmax(-1) for image in test_images]
-    return {"id": case_id, "precision": precision, "classes": classes, "mean": mean, "std": std,
+    return {"id": case_id, "precision": precision, "classes": classes, "mean": mean, "std": std, "model": model,
             "labels": labels, "result": result, "expected": expected, "ours": ours}
 
 
@@ -338,3 +339,27 @@ def test_int8_normalization_range_covers_every_pixel_value(exports):
     scale, zero = tensors[norm["outputs"][0]]["quantization"]
     low, high = normalized_range(case["mean"], case["std"])
     assert (-128 - zero) * scale == pytest.approx(low, abs=scale) and (127 - zero) * scale == pytest.approx(high, abs=scale)
+
+
+def test_pixel_input_graph_is_the_converted_graph_behind_one_depthwise_conv(exports, test_images):
+    """Export converts a model once; the pixel-input float graph (per-channel mean/std, and what int8 is quantized
+    from) is that graph with the normalization put in front by a flatbuffer edit: exact, not approximately."""
+    case = exports("fp32")  # per-channel mean/std: pixel input
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(case["result"].data, 0))
+    graph = model.subgraphs[0]
+    first = graph.operators[0]
+    code = model.operatorCodes[first.opcodeIndex]
+    assert max(code.builtinCode, code.deprecatedBuiltinCode) == fb.BuiltinOperator.DEPTHWISE_CONV_2D
+    assert first.inputs[0] == graph.inputs[0] and graph.tensors[first.outputs[0]].name == NORMALIZATION_TENSOR.encode()
+    weights, bias = (np.frombuffer(bytes(model.buffers[graph.tensors[i].buffer].data), np.float32) for i in first.inputs[1:])
+    np.testing.assert_allclose(weights, 1 / np.float32(case["std"]), rtol=1e-6)
+    np.testing.assert_allclose(bias, -np.float32(case["mean"]) / np.float32(case["std"]), rtol=1e-6)
+    ours = _logits(case["result"], test_images[0], case["mean"], case["std"])
+    with torch.no_grad():
+        model_logits = case["model"](_normalized(test_images[0], case["mean"], case["std"])[None])[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(ours, model_logits, atol=1e-4)
+
+
+def test_input_normalization_needs_a_float_rgb_input(exports):
+    with pytest.raises(ArtifactError, match=r"needs a float32 \[1, H, W, 3\] input; input .* is uint8"):
+        prepend_input_normalization(exports("int8")["result"].data, *IMAGENET)

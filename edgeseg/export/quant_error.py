@@ -10,9 +10,11 @@ quantizer's own debugging tools, which compare every tensor the two graphs share
   given, so every quantized tensor has its float twin.
 - TFLite: ai-edge-quantizer's model validation (``Quantizer.validate``, i.e.
   ``model_validator.compare_model``, SNR per tensor). The float model is the export's fp32
-  .tflite when it takes the same input as the int8 file (raw pixels); otherwise (one mean/std
-  for all channels: the fp32 file takes normalized input, the int8 file has the normalization in
-  its graph) the float graph is rebuilt from the checkpoint the manifest names, as export built it.
+  .tflite: as it is when it takes the same input as the int8 file (raw pixels), else (one
+  mean/std for all channels: the fp32 file takes normalized input, the int8 file has the
+  normalization in its graph) with the normalization put in front, as export derived the graph
+  it quantized. Only without an fp32 TFLite file is the float graph rebuilt from the checkpoint
+  the manifest names (one litert-torch conversion).
 
 Ranking. A layer's SQNR against the float model counts the error of every layer before it, so it
 falls along the network and ranking by it would list the last layers. Each layer is ranked by the
@@ -340,28 +342,32 @@ def _measure_tflite(manifest: Manifest, entry: Artifact, images: list[np.ndarray
 
 def _tflite_float_model(manifest: Manifest, entry: Artifact) -> tuple[bytes, str]:
     """The float .tflite the int8 file was quantized from, and what it is (see the module docstring)."""
+    from edgeseg.export.tflite_flatbuffer import prepend_input_normalization
+
     twin = manifest.find("tflite", "fp32")
-    if twin is not None and twin.input.get("expects") == entry.input.get("expects"):
-        return twin.verified_file().read_bytes(), twin.path
+    if twin is not None:
+        data = twin.verified_file().read_bytes()
+        if twin.input.get("expects") == entry.input.get("expects"):
+            return data, twin.path
+        m = manifest.model
+        return (prepend_input_normalization(data, m["mean"], m["std"]),
+                f"{twin.path} with the input normalization in front, as export quantized it")
     ckpt = manifest.model.get("checkpoint") if isinstance(manifest.model.get("checkpoint"), dict) else {}
     path = Path(str(ckpt.get("path") or ""))
-    if twin is None:
-        why, fix = f"{manifest.root} has no fp32 TFLite file", "export fp32 too (edgeseg export --formats tflite --precisions fp32,int8)"
-    else:
-        why = f"{twin.path} takes normalized input while {entry.path} has the normalization in its graph, so their tensors differ"
-        fix = f"put the checkpoint it was exported from back at {ckpt.get('path') or '(not recorded)'}"
     if not ckpt.get("path") or not path.is_file():
-        raise ArtifactError(f"{entry.file}: no float model to compare with: {why}, and the checkpoint to rebuild the "
-                            f"float graph from is not available; {fix}")
+        raise ArtifactError(f"{entry.file}: no float model to compare with: {manifest.root} has no fp32 TFLite file, "
+                            f"and the checkpoint to rebuild the float graph from is not available at "
+                            f"{ckpt.get('path') or '(not recorded)'}; export fp32 too (edgeseg export --formats tflite "
+                            f"--precisions fp32,int8) or put the checkpoint back")
     m = manifest.model
     rebuilt = _rebuild_float_tflite(str(path), ckpt.get("sha256"), tuple(m["mean"]), tuple(m["std"]),
                                     m["input"]["height"], m["input"]["width"])
-    return rebuilt, f"float graph rebuilt from {path} ({why})"
+    return rebuilt, f"float graph rebuilt from {path} ({manifest.root} has no fp32 TFLite file)"
 
 
 @functools.lru_cache(maxsize=2)  # one conversion per checkpoint and process (~20 s for a tiny model)
 def _rebuild_float_tflite(path: str, sha256: str | None, mean: tuple, std: tuple, height: int, width: int) -> bytes:
-    """The float graph export quantized: the checkpoint's model behind the in-graph normalization, converted."""
+    """The float graph export quantized: the checkpoint's model converted, the normalization put in front."""
     torch = require("torch", "tflite", "--quant-error on TFLite files")
     require("litert_torch", "tflite", "--quant-error on TFLite files")
     from edgeseg.export import tflite_convert as tc
@@ -372,7 +378,7 @@ def _rebuild_float_tflite(path: str, sha256: str | None, mean: tuple, std: tuple
         raise ArtifactError(f"{path}: changed since the export (sha256 {ckpt.sha256[:12]}... is not the manifest's "
                             f"{sha256[:12]}...); restore the checkpoint the files were exported from, or re-export")
     with contextlib.redirect_stdout(sys.stderr):  # litert-torch prints its progress; stdout may carry JSON
-        return tc._to_nhwc_tflite(torch, tc._pixel_input_module(torch, ckpt.model(), list(mean), list(std)), height, width)
+        return tc.float_graph(torch, ckpt.model(), height, width, normalization=(list(mean), list(std)))
 
 
 def _tflite_graph(model: bytes) -> tuple[list[Op], set[str]]:

@@ -10,6 +10,9 @@ the model was produced.
   ``Buffer.data`` makes the model self-contained.
 - ``uint8_input_float_output``: neither litert-torch nor ai-edge-quantizer can give a
   full-int8 model uint8 input, which MediaPipe and camera pipelines need.
+- ``prepend_input_normalization``: the pixel-input float graph (normalization as its first op)
+  derived from the normalized-input one, so export converts a model once, not once per input
+  contract (a litert-torch conversion is most of a TFLite export's time).
 """
 from __future__ import annotations
 
@@ -22,8 +25,10 @@ _INT8_TO_UINT8_ZERO_POINT_SHIFT = 128
 # Builtin codes above this are stored in `builtinCode`; `deprecatedBuiltinCode` holds this.
 _PLACEHOLDER_FOR_GREATER_OP_CODES = 127
 # Op versions for what is added here (TFLite op_version.cc): per-tensor uint8->int8
-# QUANTIZE is version 1, int8 DEQUANTIZE version 2.
-_OP_VERSIONS = {"QUANTIZE": 1, "DEQUANTIZE": 2}
+# QUANTIZE is version 1, int8 DEQUANTIZE version 2, float DEPTHWISE_CONV_2D version 1.
+_OP_VERSIONS = {"QUANTIZE": 1, "DEQUANTIZE": 2, "DEPTHWISE_CONV_2D": 1}
+# Names of what ``prepend_input_normalization`` adds (the normalized tensor is the layer's output).
+NORMALIZATION_TENSOR = "input_normalization"
 
 
 def _schema():
@@ -60,14 +65,48 @@ def uint8_input_float_output(model: bytes, *, float_output: bool = True) -> byte
     scale, zero_point = _per_tensor_quantization(tensor)
     uint8_quantization = (scale, zero_point + _INT8_TO_UINT8_ZERO_POINT_SHIFT)
     new_input = graph.add_boundary_tensor(old_input, fb.TensorType.UINT8, uint8_quantization)
-    graph.add_op("QUANTIZE", new_input, old_input, first=True)
+    graph.add_op("QUANTIZE", [new_input], old_input, first=True)
     graph.replace_boundary("inputs", old_input, new_input)
     if float_output:
         for old_output in graph.outputs():
             if graph.tensor(old_output).type == fb.TensorType.INT8:
                 new_output = graph.add_boundary_tensor(old_output, fb.TensorType.FLOAT32, None)
-                graph.add_op("DEQUANTIZE", old_output, new_output, first=False)
+                graph.add_op("DEQUANTIZE", [old_output], new_output, first=False)
                 graph.replace_boundary("outputs", old_output, new_output)
+    return _pack(graph.model)
+
+
+def prepend_input_normalization(model: bytes, mean, std) -> bytes:
+    """Put ``(pixel - mean) / std`` (per channel, 0-255 units) in front of a float graph that takes
+    normalized NHWC ``[1, H, W, 3]`` input.
+
+    The new float32 graph input (same name, shape and signature key) feeds a 1x1 DEPTHWISE_CONV_2D
+    with weights ``1 / std`` and bias ``-mean / std``, the op litert-torch makes of the same
+    normalization written as a depthwise conv in PyTorch (one fused XNNPACK kernel); its output is
+    the old input tensor, renamed ``NORMALIZATION_TENSOR``. Every other tensor keeps its name, so a
+    file quantized from the result shares tensor names with the normalized-input file.
+    Raises ``ArtifactError`` unless the model has one float32 ``[1, H, W, 3]`` input.
+    """
+    fb = _schema()
+    graph = _Graph(_unpack(model))
+    old_input = graph.single_input()
+    tensor = graph.tensor(old_input)
+    shape = [int(d) for d in tensor.shape]
+    if tensor.type != fb.TensorType.FLOAT32 or len(shape) != 4 or shape[0] != 1 or shape[-1] != 3:
+        raise ArtifactError(f"input normalization needs a float32 [1, H, W, 3] input; input '{_name(tensor)}' is "
+                            f"{_dtype(tensor.type)} {shape}")
+    if len(mean) != 3 or len(std) != 3 or any(float(s) == 0 for s in std):
+        raise ArtifactError(f"input normalization needs three means and three non-zero stds, got {mean} / {std}")
+    pixels = graph.add_boundary_tensor(old_input, fb.TensorType.FLOAT32, None, old_name=NORMALIZATION_TENSOR)
+    weights = graph.add_constant(f"{NORMALIZATION_TENSOR};weights", [1, 1, 1, 3], [1.0 / float(s) for s in std])
+    bias = graph.add_constant(f"{NORMALIZATION_TENSOR};bias", [3], [-float(m) / float(s) for m, s in zip(mean, std)])
+    options = fb.DepthwiseConv2DOptionsT()
+    options.padding, options.strideW, options.strideH, options.depthMultiplier = fb.Padding.VALID, 1, 1, 1
+    options.dilationWFactor = options.dilationHFactor = 1
+    options.fusedActivationFunction = fb.ActivationFunctionType.NONE
+    graph.add_op("DEPTHWISE_CONV_2D", [pixels, weights, bias], old_input, first=True,
+                 options=(fb.BuiltinOptions.DepthwiseConv2DOptions, options))
+    graph.replace_boundary("inputs", old_input, pixels)
     return _pack(graph.model)
 
 
@@ -114,8 +153,10 @@ class _Graph:
     def outputs(self) -> list[int]:
         return list(self.subgraph.outputs)
 
-    def add_boundary_tensor(self, like: int, dtype: int, quantization: tuple[float, int] | None) -> int:
-        """Add a tensor shaped like tensor ``like`` that takes over its name; return its index."""
+    def add_boundary_tensor(self, like: int, dtype: int, quantization: tuple[float, int] | None,
+                            old_name: str | None = None) -> int:
+        """Add a tensor shaped like tensor ``like`` that takes over its name (``like`` is renamed ``old_name``,
+        by default its name with its dtype appended); return its index."""
         fb = _schema()
         old = self.tensor(like)
         new = fb.TensorT()
@@ -128,17 +169,34 @@ class _Graph:
             new.quantization = fb.QuantizationParametersT()
             new.quantization.scale = [float(quantization[0])]
             new.quantization.zeroPoint = [int(quantization[1])]
-        old.name = f"{_name(old)}_{_dtype(old.type)}"
+        old.name = old_name or f"{_name(old)}_{_dtype(old.type)}"
         self.subgraph.tensors.append(new)
         return len(self.subgraph.tensors) - 1
 
-    def add_op(self, op_name: str, src: int, dst: int, *, first: bool) -> None:
-        """Add a one-in one-out builtin op (a key of ``_OP_VERSIONS``), first or last."""
+    def add_constant(self, name: str, shape: list[int], values: list[float]) -> int:
+        """Add a float32 constant tensor with its own buffer; return its index."""
+        import numpy as np
+
+        fb = _schema()
+        buffer = fb.BufferT()
+        buffer.data = np.frombuffer(np.asarray(values, np.float32).reshape(shape).tobytes(), dtype=np.uint8)
+        self.model.buffers.append(buffer)
+        tensor = fb.TensorT()
+        tensor.name, tensor.type, tensor.shape = name, fb.TensorType.FLOAT32, list(shape)
+        tensor.buffer = len(self.model.buffers) - 1
+        self.subgraph.tensors.append(tensor)
+        return len(self.subgraph.tensors) - 1
+
+    def add_op(self, op_name: str, inputs: list[int], dst: int, *, first: bool, options: tuple | None = None) -> None:
+        """Add a one-output builtin op (a key of ``_OP_VERSIONS``), first or last; ``options``:
+        (``BuiltinOptions`` type, options object)."""
         fb = _schema()
         op = fb.OperatorT()
         op.opcodeIndex = self._opcode_index(op_name)
-        op.inputs = [src]
+        op.inputs = list(inputs)
         op.outputs = [dst]
+        if options is not None:
+            op.builtinOptionsType, op.builtinOptions = options
         operators = list(self.subgraph.operators or [])
         operators.insert(0 if first else len(operators), op)
         self.subgraph.operators = operators
