@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +21,12 @@ from typing import Callable
 # One intra-op thread per process: tests run tiny models, often in subprocesses beside each
 # other, and oversubscribed OpenMP threads on a 2-core machine run up to 10x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Tests interrupt subprocesses with SIGINT (Ctrl-C). A run started in the background by a non-interactive
+# shell (``cmd &``, nohup) ignores SIGINT and hands SIG_IGN down to every child, where Python then never
+# raises KeyboardInterrupt: handle it here, so the children start with the default disposition.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest
 import yaml
@@ -79,15 +86,6 @@ def run_command(cmd: list, cwd=None, timeout=600, env=None) -> subprocess.Comple
         finally:
             _RUNNING.discard(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def sigint_default() -> None:
-    """``preexec_fn`` for a subprocess a test interrupts with SIGINT: Python turns SIGINT into
-    KeyboardInterrupt only when it is not ignored at start, and a run started in the background by a
-    non-interactive shell (``cmd &``, nohup) hands SIG_IGN down to every child."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_edgeseg(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:

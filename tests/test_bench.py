@@ -33,7 +33,7 @@ def onnx_dir(shared_export, tmp_path_factory):
 @pytest.fixture(scope="module")
 def baseline(onnx_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("base") / "baseline.json"
-    r = invoke_cli("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
+    r = invoke_cli("bench", onnx_dir, "--threads", "1", "--runs", "30", "--warmup", "3", "--parity-images", "2",
                    "--json", path, "--report", path.parent / "report")
     assert r.exit_code == 0, r.output
     return path
@@ -78,7 +78,7 @@ PLANTED = 3.0  # a planted slowdown: every call takes 4x as long
 
 
 def test_unchanged_rerun_passes_the_gate(onnx_dir, baseline, cli):
-    r = cli("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
+    r = cli("bench", onnx_dir, "--threads", "1", "--runs", "30", "--warmup", "3", "--parity-images", "2",
             "--baseline", baseline, "--max-slowdown", E2E_LIMIT)
     assert r.exit_code == 0, r.output
     assert "gate passed" in r.stdout
@@ -109,7 +109,7 @@ class _Slowed:
 def test_planted_slowdown_fails_the_gate(onnx_dir, baseline, cli, monkeypatch):
     real = loader.runner_for_artifact
     monkeypatch.setattr("edgeseg.bench.harness.runner_for_artifact", lambda a, m, t=None: _Slowed(real(a, m, t)))
-    res = cli("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
+    res = cli("bench", onnx_dir, "--threads", "1", "--runs", "30", "--warmup", "3", "--parity-images", "2",
               "--baseline", baseline, "--max-slowdown", E2E_LIMIT)
     assert res.exit_code == 1, res.output
     assert "SLOWER" in res.output
@@ -132,7 +132,7 @@ def test_passing_burst_of_load_is_re_timed_not_failed(onnx_dir, baseline, cli, m
         return make
 
     monkeypatch.setattr("edgeseg.bench.harness.runner_for_artifact", burst([]))
-    args = ("bench", onnx_dir, "--threads", "1", "--runs", "60", "--warmup", "5", "--parity-images", "2",
+    args = ("bench", onnx_dir, "--threads", "1", "--runs", "30", "--warmup", "3", "--parity-images", "2",
             "--sessions", "3", "--baseline", baseline, "--max-slowdown", E2E_LIMIT)
     res = cli(*args)
     assert res.exit_code == 0, res.output

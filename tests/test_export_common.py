@@ -13,7 +13,7 @@ import pytest
 
 from edgeseg.manifest import file_digest, read_manifest
 
-from conftest import copy_export, one_line_error, run_edgeseg, run_edgeseg_without, sigint_default
+from conftest import copy_export, one_line_error, prefetched, run_edgeseg, run_edgeseg_without
 
 MANIFEST_MODEL_KEYS = {"name", "architecture", "classes", "input", "mean", "std", "params", "macs", "checkpoint", "stabilizer"}
 ARTIFACT_KEYS = {"format", "precision", "path", "bytes", "sha256", "input", "output", "parity", "quantized"}
@@ -197,18 +197,33 @@ def test_missing_extra_names_the_extra(tiny_checkpoint, tmp_path):
     assert "pip install 'edgeseg[coreml]'" in one_line_error(r.stderr)
 
 
-def test_ctrl_c_exits_130_with_one_line_and_no_export(tiny_checkpoint, tmp_path):
-    out = tmp_path / "e"
-    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "export", str(tiny_checkpoint), "--out", str(out),
-                             "--formats", "onnx", "--precisions", "fp32,fp16,int8", "--parity-images", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
-    assert "exported" in proc.stdout.readline()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
-    assert not out.exists()  # nothing half-written where the export was going
-    assert [p.name for p in tmp_path.iterdir()] == []  # and the staging folder is gone
+@prefetched("ctrl_c_export", seconds=10)
+def _interrupt_an_export(prefetch, folder):
+    """``edgeseg export`` sent SIGINT (Ctrl-C) once its first file is written into staging (run ahead: ~10 s):
+    (exit code, stderr, whether the output folder exists, what is left in the parent folder)."""
+    out = folder / "e"
+    with subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "export", str(prefetch.get("tiny_checkpoint")),
+                           "--out", str(out), "--formats", "onnx", "--precisions", "fp32,fp16,int8", "--parity-images", "2"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        first = proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    return {"first": first, "code": proc.returncode, "stderr": err, "out_exists": out.exists(),
+            "left": sorted(p.name for p in folder.iterdir())}
+
+
+@pytest.fixture
+def ctrl_c_export(prefetch):
+    return prefetch.get("ctrl_c_export")
+
+
+def test_ctrl_c_exits_130_with_one_line_and_no_export(ctrl_c_export):
+    run = ctrl_c_export
+    assert "exported" in run["first"], run  # interrupted after its first file was written into staging
+    assert run["code"] == 130, run["stderr"]
+    assert run["stderr"].strip().splitlines()[-1] == "interrupted" and "Traceback" not in run["stderr"]
+    assert not run["out_exists"]  # nothing half-written where the export was going
+    assert run["left"] == []  # and the staging folder is gone
 
 
 STRESS_KEYS = {"agreement_miou", "images", "corruptions", "threshold", "passed", "per_corruption", "gated", "real_photos"}

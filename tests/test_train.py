@@ -13,7 +13,7 @@ import pytest
 
 from edgeseg.models.checkpoint import load_checkpoint
 
-from conftest import ROOT, prefetched, run_command, sigint_default, write_recipe
+from conftest import ROOT, prefetched, run_command, write_recipe
 
 
 def test_train_writes_checkpoints_and_metrics(tiny_checkpoint: Path):
@@ -122,7 +122,7 @@ def test_run_stopped_before_its_first_epoch_leaves_nothing(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", {"train": {"steps_per_epoch": 2000}})
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "train", "--recipe", str(recipe), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # without a terminal, training logs every 50th step: the model and data are built, the first epoch runs
     assert any("step 50/2000" in line for line in proc.stdout), "training ended before its 50th step"
     proc.send_signal(signal.SIGINT)
