@@ -30,12 +30,14 @@ from edgeseg.export.tflite_flatbuffer import (  # noqa: E402
 SIZE = 64
 UNIFORM = ([127.5] * 3, [127.5] * 3)
 IMAGENET = ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
+FOLDABLE = ([128.0] * 3, [64.0] * 3)  # one mean/std, integer mean: int8 folds it into the uint8 input
 # case id -> (precision, classes, (mean, std)). Per-channel mean/std take the in-graph
 # normalization path ("pixels" input); uniform ones the MediaPipe-normalized path.
 CASES = {
     "fp32": ("fp32", 2, IMAGENET),
     "fp16": ("fp16", 4, UNIFORM),
     "int8": ("int8", 4, IMAGENET),
+    "int8-folded": ("int8", 2, FOLDABLE),
 }
 TRAIN_STEPS = 40
 MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "int8": 0.95}
@@ -200,7 +202,9 @@ def test_nhwc_io_contract(case):
     assert result.output["dtype"] == "float32"
     if case["precision"] == "int8":
         assert result.input["dtype"] == "uint8" and result.input["expects"] == "pixels"
-        assert result.input["quantization"] == {"scale": 1.0, "zero_point": 0}
+        # raw pixels either way: scale 1, or the normalization itself (scale 1/std, zero point = mean)
+        scale, zero_point = (1 / FOLDABLE[1][0], 128) if case["mean"] == FOLDABLE[0] else (1.0, 0)
+        assert result.input["quantization"] == {"scale": pytest.approx(scale, rel=1e-6), "zero_point": zero_point}
     else:
         assert result.input["dtype"] == "float32"
         # MediaPipe cannot normalize per channel, so per-channel mean/std move into the graph.
@@ -363,3 +367,18 @@ def test_pixel_input_graph_is_the_converted_graph_behind_one_depthwise_conv(expo
 def test_input_normalization_needs_a_float_rgb_input(exports):
     with pytest.raises(ArtifactError, match=r"needs a float32 \[1, H, W, 3\] input; input .* is uint8"):
         prepend_input_normalization(exports("int8")["result"].data, *IMAGENET)
+
+
+def test_int8_with_an_integer_uniform_mean_has_no_normalization_op(exports):
+    """(pixel - 128) / 64 is the uint8 input's own dequantization: the int8 graph starts at the model's first
+    layer, where the per-channel case has a depthwise normalization op reading the input."""
+    def first_layer(data: bytes) -> str:
+        interp = Interpreter(model_content=data)
+        ops = interp._get_ops_details()
+        quantize = next(op for op in ops if op["op_name"] == "QUANTIZE")  # the uint8 -> int8 input
+        return next(op["op_name"] for op in ops if quantize["outputs"][0] in op["inputs"])
+
+    folded, per_channel = exports("int8-folded")["result"], exports("int8")["result"]
+    assert "normalization folded into the uint8 input (scale 1/64, zero point 128)" in folded.quantized
+    assert first_layer(per_channel.data) == "DEPTHWISE_CONV_2D"
+    assert first_layer(folded.data) in ("CONV_2D", "PAD")
