@@ -30,7 +30,8 @@ bench: install
 # built-in synthetic set (~2.2 h on 2 CPU cores with OMP_NUM_THREADS=1); each fine-tunes the previous
 # best on freshly seeded samples. Stages 1-6 train the stride-4 decoder [48,32,24] (stage 6 with the
 # Boundary IoU band weighted up); then scripts/grow_decoder.py adds a fourth up-block (head at stride 2)
-# and stage 7 trains the recipe's model.
+# and stage 7 trains the recipe's model; scripts/fold_input_normalization.py gives it one integer
+# mean/std for all channels (int8 TFLite then needs no normalization op) before it is packaged.
 R := recipes/portrait_unet_mnv3min_s2_256.yaml
 RUN := OMP_NUM_THREADS=1 $(BIN)/edgeseg train --recipe $(R)
 S4 := --set 'model.decoder_channels=[48,32,24]'
@@ -54,7 +55,8 @@ train-default: install
 	$(RUN) --weights $(D)_s2_init.pt --out $(D)_s2 --set train.epochs=9 --set train.steps_per_epoch=500 \
 	  --set train.lr=0.0015 --set data.synth_train=8000 --set data.seed=6 --set train.boundary_weight=1 \
 	  --set data.augment.rotate=5 --set data.augment.color=0.1 --set 'data.augment.scale=[0.9,1.1]'
-	$(BIN)/python scripts/package_default.py $(D)_s2/best.pt
+	$(BIN)/python scripts/fold_input_normalization.py $(D)_s2/best.pt 114 58 $(D)_s2_folded.pt
+	$(BIN)/python scripts/package_default.py $(D)_s2_folded.pt
 
 # Reproduces the packaged parts model (`parts`; see README "Packaged parts model"): two stages on the
 # built-in synthetic parts set (4000 + 3000 steps, ~45 min on 2 CPU cores with OMP_NUM_THREADS=1).

@@ -331,3 +331,47 @@ def test_grow_decoder_copies_the_trained_blocks_and_starts_the_new_one_fresh(tmp
     assert copied == len(kept) and all(torch.equal(grown.state_dict()[k], v) for k, v in kept.items())
     with pytest.raises(SystemExit, match="not a prefix"):
         grow(str(tmp_path / "short.pt"), (16, 8, 8, 4), str(tmp_path / "bad.pt"))
+
+
+def test_fold_input_normalization_keeps_the_model_and_gives_it_one_integer_mean(tmp_path):
+    """scripts/fold_input_normalization.py (a step of make train-default): the first conv absorbs the new
+    normalization; its output is unchanged away from the zero-padded border, and so is the prediction."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from fold_input_normalization import fold
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    import numpy as np
+
+    from edgeseg.models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+    from edgeseg.runtime.base import normalize_nhwc
+
+    torch.manual_seed(2)
+    options = {"width": 1.0, "decoder_channels": [8, 8, 8]}
+    model = build_model("unet_mobilenet_v3_small_minimal", num_classes=2, **options).eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+    imagenet = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    info = ModelInfo("m", "unet_mobilenet_v3_small_minimal", options, ("background", "person"), (64, 64), *imagenet)
+    save_checkpoint(tmp_path / "m.pt", model, info, recipe={"data": {"task": "portrait"}})
+    worst = fold(str(tmp_path / "m.pt"), 114, 58, str(tmp_path / "folded.pt"))
+    assert worst == pytest.approx((114 - 103.53) / 57.375)  # blue: the largest offset
+    folded = load_checkpoint(tmp_path / "folded.pt")
+    assert folded.info.mean == (114.0,) * 3 and folded.info.std == (58.0,) * 3
+    assert folded.recipe["data"] == {"task": "portrait", "mean": [114.0] * 3, "std": [58.0] * 3}
+    new = folded.model().eval()
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    x_old, x_new = (torch.from_numpy(normalize_nhwc(pixels, m, s)).permute(0, 3, 1, 2) for m, s in (imagenet, ((114,) * 3, (58,) * 3)))
+    with torch.no_grad():
+        stem_old = model.encoder.bn1(model.encoder.conv_stem(x_old))
+        stem_new = new.encoder.bn1(new.encoder.conv_stem(x_new))
+        assert (stem_old - stem_new)[..., 1:, 1:].abs().max() < 1e-4  # the stem reads padding only at row/column 0
+        assert (stem_old - stem_new)[..., 0, :].abs().max() > 1e-3
+        agree = (model(x_old).argmax(1) == new(x_new).argmax(1)).float().mean()
+    assert agree > 0.99
+    with pytest.raises(SystemExit, match="integer in 0..255"):
+        fold(str(tmp_path / "m.pt"), 127.5, 127.5, str(tmp_path / "bad.pt"))
