@@ -1,6 +1,7 @@
 """Model zoo: registry, shapes, input-size checks, weights from torchvision/timm files."""
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -308,13 +309,18 @@ def test_models_command_shows_the_committed_int8_audit(cli, tmp_path):
     assert {r["name"]: r["int8"] for r in rows} == archs
 
 
-def test_grow_decoder_copies_the_trained_blocks_and_starts_the_new_one_fresh(tmp_path):
-    """scripts/grow_decoder.py (a step of make train-default): a stride-4 model grown by one up-block."""
+def _from_scripts(module: str):
+    """``scripts/<module>.py``, imported (the repository's scripts are not a package)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        from grow_decoder import grow
+        return importlib.import_module(module)
     finally:
         sys.path.remove(str(ROOT / "scripts"))
+
+
+def test_grow_decoder_copies_the_trained_blocks_and_starts_the_new_one_fresh(tmp_path):
+    """scripts/grow_decoder.py (a step of make train-default): a stride-4 model grown by one up-block."""
+    grow = _from_scripts("grow_decoder").grow
     from edgeseg.models.checkpoint import ModelInfo, save_checkpoint
 
     torch.manual_seed(1)
@@ -336,16 +342,12 @@ def test_grow_decoder_copies_the_trained_blocks_and_starts_the_new_one_fresh(tmp
 def test_fold_input_normalization_keeps_the_model_and_gives_it_one_integer_mean(tmp_path):
     """scripts/fold_input_normalization.py (a step of make train-default): the first conv absorbs the new
     normalization; its output is unchanged away from the zero-padded border, and so is the prediction."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from fold_input_normalization import fold
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
     import numpy as np
 
     from edgeseg.models.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
     from edgeseg.runtime.base import normalize_nhwc
 
+    fold = _from_scripts("fold_input_normalization").fold
     torch.manual_seed(2)
     options = {"width": 1.0, "decoder_channels": [8, 8, 8]}
     model = build_model("unet_mobilenet_v3_small_minimal", num_classes=2, **options).eval()
