@@ -195,9 +195,9 @@ def _full_int8(float_tflite: bytes, batches: list, norm_range: tuple[float, floa
 
     ``input_range``: what the graph input spans, 0..255 for a pixel-input graph, or the normalized range
     of every pixel value for a normalized-input one (``folds_into_uint8_input``); pinned, so that the
-    uint8 input is the raw pixel either way. Quantizes once with every op in int8, measures the XNNPACK split, and if some
-    quantizable ops were left out, quantizes again with those op types kept float; the
-    version with fewer partitions wins.
+    uint8 input is the raw pixel either way. Quantizes once with every op in int8, measures the
+    XNNPACK split, and if some quantizable ops were left out, quantizes again with those op types
+    kept float; the version with fewer partitions wins.
     """
     qsvs = _calibrate(float_tflite, batches, norm_range, input_range)
     keep_float: tuple[str, ...] = ()
