@@ -32,24 +32,12 @@ PICKS = (("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int
 
 
 def quant_ops(path: Path) -> dict:
-    """Count a TFLite file's QUANTIZE/DEQUANTIZE ops by role: ``io`` (reads the graph input or
-    writes its output), ``requant`` (int8 -> int8 rescale, runs in XNNPACK) and ``float`` (a
-    boundary between int8 and float compute inside the graph)."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Count a TFLite file's QUANTIZE/DEQUANTIZE ops by role, as ``edgeseg models`` does (``int8_audit``):
+    ``io`` (the input's conversion, the output's), ``requant`` (int8 -> int8 rescale, runs in XNNPACK)
+    and ``float`` (a boundary between int8 and float compute inside the graph)."""
+    from edgeseg.export.int8_audit import integer_check, tflite_graph
 
-    interp = Interpreter(model_path=str(path))
-    ops = interp._get_ops_details()  # private, but the only view of the node list in ai-edge-litert 2.3
-    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
-    graph_in = {d["index"] for d in interp.get_input_details()}
-    graph_out = {d["index"] for d in interp.get_output_details()}
-    counts = {"io": 0, "requant": 0, "float": 0}
-    for op in ops:
-        if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE"):
-            continue
-        src, dst = op["inputs"][0], op["outputs"][0]
-        role = "io" if src in graph_in or dst in graph_out else "requant" if dtypes[src] == dtypes[dst] else "float"
-        counts[role] += 1
-    return counts
+    return integer_check(tflite_graph(path.read_bytes()))["qdq"]
 
 
 def graph_facts(manifest: Manifest) -> dict:

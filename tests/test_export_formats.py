@@ -61,10 +61,11 @@ def test_tflite_files_are_nhwc_and_int8_takes_uint8_pixels(full_export):
 
 def test_int8_tflite_runs_in_one_xnnpack_partition(full_export):
     a = full_export.find("tflite", "int8")
-    # The uint8->int8 QUANTIZE of the camera pixels is the one op XNNPACK leaves to the CPU kernels;
-    # every other op (HARD_SWISH kept float where int8 would split the graph) is in one partition.
+    # Every op is in one partition: the camera pixels reach int8 through a DEQUANTIZE + QUANTIZE
+    # that XNNPACK runs (a uint8 -> int8 QUANTIZE it would leave to the CPU kernels), and HARD_SWISH
+    # is kept float where int8 would split the graph.
     assert a.details["xnnpack_partitions"] == 1
-    assert a.details["ops_not_delegated"] == ["QUANTIZE"]
+    assert a.details["ops_not_delegated"] == []
 
 
 def test_tflite_files_run_in_mediapipe_image_segmenter(full_export):

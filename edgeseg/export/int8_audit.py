@@ -72,20 +72,24 @@ def integer_check(graph: QuantGraph) -> dict:
 
     Float values start at float graph inputs and dequantize outputs, and flow through every op
     but quantize. An op other than quantize/dequantize that reads a float value is a float op. A
-    quantize/dequantize is ``io`` when it reads a graph input or writes a graph output, ``requant``
-    when it is a quantize of an integer value, ``float`` otherwise (dequantizes of constant
-    weights are not counted: their float op is). Pure integer = no float op and no ``float`` hop.
+    quantize/dequantize is ``io`` when it reads a graph input (or what an ``io`` op made of one: a
+    uint8 input dequantized, then quantized to int8) or writes a graph output, ``requant`` when it
+    is a quantize of an integer value, ``float`` otherwise (dequantizes of constant weights are not
+    counted: their float op is). Pure integer = no float op and no ``float`` hop.
     """
     produced = {t for n in graph.nodes for t in n.outputs}
     float_values = set(graph.float_inputs)
+    input_side = set(graph.inputs)
     float_ops: Counter = Counter()
     qdq = {"io": 0, "requant": 0, "float": 0}
     for node in graph.nodes:
         reads_float = any(t in float_values for t in node.inputs)
         if node.op in (graph.quantize, graph.dequantize):
             src = node.inputs[0]
-            if src in graph.inputs or any(t in graph.outputs for t in node.outputs):
+            if src in input_side or any(t in graph.outputs for t in node.outputs):
                 qdq["io"] += 1
+                if node.op == graph.dequantize and src in graph.inputs:  # the input's float form, quantized next
+                    input_side.update(node.outputs)
             elif node.op == graph.quantize and not reads_float:
                 qdq["requant"] += 1
             elif src in produced:  # an activation, not a constant weight

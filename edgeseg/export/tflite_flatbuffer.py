@@ -24,8 +24,8 @@ _FILE_IDENTIFIER = b"TFL3"
 _INT8_TO_UINT8_ZERO_POINT_SHIFT = 128
 # Builtin codes above this are stored in `builtinCode`; `deprecatedBuiltinCode` holds this.
 _PLACEHOLDER_FOR_GREATER_OP_CODES = 127
-# Op versions for what is added here (TFLite op_version.cc): per-tensor uint8->int8
-# QUANTIZE is version 1, int8 DEQUANTIZE version 2, float DEPTHWISE_CONV_2D version 1.
+# Op versions for what is added here (TFLite op_version.cc): per-tensor float->int8 QUANTIZE
+# is version 1, DEQUANTIZE of uint8 version 1 and of int8 version 2, float DEPTHWISE_CONV_2D 1.
 _OP_VERSIONS = {"QUANTIZE": 1, "DEQUANTIZE": 2, "DEPTHWISE_CONV_2D": 1}
 # Names of what ``prepend_input_normalization`` adds (the normalized tensor is the layer's output).
 NORMALIZATION_TENSOR = "input_normalization"
@@ -49,9 +49,12 @@ def inline_buffers(model: bytes) -> bytes:
 def uint8_input_float_output(model: bytes, *, float_output: bool = True) -> bytes:
     """Give a full-int8 model a uint8 input and, optionally, float32 outputs.
 
-    The int8 graph input (scale ``s``, zero point ``z``) becomes an internal tensor fed by a
-    new QUANTIZE op from a new uint8 graph input with scale ``s`` and zero point ``z + 128``:
-    the same real values, so the change is exact. With ``float_output``, every int8 graph
+    The int8 graph input (scale ``s``, zero point ``z``) becomes an internal tensor fed from a
+    new uint8 graph input with scale ``s`` and zero point ``z + 128``: the same real values, so
+    the change is exact. The conversion is a DEQUANTIZE to float32 and a QUANTIZE to int8, which
+    XNNPACK runs inside its partition (it has no kernel for a uint8 -> int8 QUANTIZE, which left
+    that op to TFLite's CPU kernel: measured on the default model, 1 thread, 2.61 -> 2.48 ms,
+    identical outputs). With ``float_output``, every int8 graph
     output gets a DEQUANTIZE op into a new float32 graph output. New graph tensors take the
     original names (the int8 tensors get an ``_int8`` suffix) and signatures are updated.
     Raises ``ArtifactError`` if the model does not have a single per-tensor int8 input.
@@ -65,7 +68,10 @@ def uint8_input_float_output(model: bytes, *, float_output: bool = True) -> byte
     scale, zero_point = _per_tensor_quantization(tensor)
     uint8_quantization = (scale, zero_point + _INT8_TO_UINT8_ZERO_POINT_SHIFT)
     new_input = graph.add_boundary_tensor(old_input, fb.TensorType.UINT8, uint8_quantization)
-    graph.add_op("QUANTIZE", [new_input], old_input, first=True)
+    as_float = graph.add_tensor(f"{_name(graph.tensor(new_input))}_float32", fb.TensorType.FLOAT32,
+                                list(graph.tensor(new_input).shape))
+    graph.add_op("QUANTIZE", [as_float], old_input, first=True)
+    graph.add_op("DEQUANTIZE", [new_input], as_float, first=True)
     graph.replace_boundary("inputs", old_input, new_input)
     if float_output:
         for old_output in graph.outputs():
@@ -171,6 +177,15 @@ class _Graph:
             new.quantization.zeroPoint = [int(quantization[1])]
         old.name = old_name or f"{_name(old)}_{_dtype(old.type)}"
         self.subgraph.tensors.append(new)
+        return len(self.subgraph.tensors) - 1
+
+    def add_tensor(self, name: str, dtype: int, shape: list[int]) -> int:
+        """Add an activation tensor (no data); return its index."""
+        fb = _schema()
+        tensor = fb.TensorT()
+        tensor.name, tensor.type, tensor.shape = name, dtype, list(shape)
+        tensor.buffer = self._empty_buffer()
+        self.subgraph.tensors.append(tensor)
         return len(self.subgraph.tensors) - 1
 
     def add_constant(self, name: str, shape: list[int], values: list[float]) -> int:
