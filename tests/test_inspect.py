@@ -495,6 +495,29 @@ def test_quant_error_tflite_ranks_the_damaged_conv_first(cli, exported, export_c
     assert "input_normalization" in {r["layer"] for r in report["layers"]}
 
 
+def test_quant_error_tflite_of_an_int8_file_whose_input_quantization_normalizes(cli, exported, export_copy):
+    """With one integer mean (here the manifest says 128), export quantizes the normalized-input graph and the
+    uint8 input's own quantization is the normalization (``folds_into_uint8_input``): the float model is then the
+    fp32 file as it is, both fed normalized values (fed raw pixels, the int8 file would read them as 58x too big)."""
+    from edgeseg.export import tflite_convert as tc
+    from edgeseg.export.tflite_flatbuffer import io_details
+    from edgeseg.runtime.base import normalize_nhwc, normalized_range
+
+    mean, std = [128.0] * 3, list(exported.model["std"])
+    raw = json.loads((export_copy / "manifest.json").read_text())
+    raw["model"]["mean"] = mean
+    (export_copy / "manifest.json").write_text(json.dumps(raw))
+    rng = np.random.default_rng(0)
+    batches = [normalize_nhwc(rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8), mean, std) for _ in range(4)]
+    int8 = export_copy / "tiny-int8.tflite"
+    int8.write_bytes(tc._full_int8((export_copy / "tiny-fp32.tflite").read_bytes(), batches,
+                                   input_range=normalized_range(mean, std))[0])
+    relist(export_copy, int8, input={**exported.find("tflite", "int8").input, **io_details(int8.read_bytes())[0][0]})
+    report = quant_error_json(cli, int8, "--count", "2")
+    assert report["reference"] == "tiny-fp32.tflite"
+    assert report["output_sqnr_db"] > 10, report["output_sqnr_db"]
+
+
 @prefetched("tflite_rebuilt_quant_error", seconds=22)
 def _quant_error_without_fp32_tflite(prefetch, folder):
     """``inspect --quant-error`` of the shared export's int8 .tflite in a copy without the fp32 .tflite, so the

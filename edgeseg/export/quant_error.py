@@ -10,7 +10,8 @@ quantizer's own debugging tools, which compare every tensor the two graphs share
   given, so every quantized tensor has its float twin.
 - TFLite: ai-edge-quantizer's model validation (``Quantizer.validate``, i.e.
   ``model_validator.compare_model``, SNR per tensor). The float model is the export's fp32
-  .tflite: as it is when it takes the same input as the int8 file (raw pixels), else (one
+  .tflite: as it is when it takes the same input as the int8 file (raw pixels; or normalized
+  values, when one integer mean made the int8 input's quantization the normalization), else (one
   mean/std for all channels: the fp32 file takes normalized input, the int8 file has the
   normalization in its graph) with the normalization put in front, as export derived the graph
   it quantized. Only without an fp32 TFLite file is the float graph rebuilt from the checkpoint
@@ -319,10 +320,17 @@ def _measure_tflite(manifest: Manifest, entry: Artifact, images: list[np.ndarray
     validation = require("ai_edge_quantizer.utils.validation_utils", "tflite", "--quant-error on TFLite files")
     from edgeseg.export import tflite_convert as tc
 
+    from edgeseg.runtime.base import normalize_nhwc
+
     int8 = entry.verified_file().read_bytes()
-    float_model, reference = _tflite_float_model(manifest, entry)
+    pixels = _reads_pixels(int8)
+    float_model, reference = _tflite_float_model(manifest, entry, pixels)
     signature, arg = tc._signature_input(float_model)
-    data = {signature: [{arg: img[None].astype(np.float32)} for img in images]}  # raw pixels: both take them
+    m = manifest.model
+    # Both models take the same real values: raw pixels, or normalized ones when the int8 input's quantization
+    # is the normalization (the validator quantizes what it is given with the input's scale and zero point).
+    data = {signature: [{arg: img[None].astype(np.float32) if pixels else normalize_nhwc(img[None], m["mean"], m["std"])}
+                        for img in images]}
     snr = validation.ValidationErrorMetric.SNR
     with tc._preserve_all_tensors_warning_ignored():
         # reference kernels: XNNPACK does not write back the tensors inside its partitions
@@ -340,14 +348,23 @@ def _measure_tflite(manifest: Manifest, entry: Artifact, images: list[np.ndarray
                     tool="ai_edge_quantizer Quantizer.validate (model_validator.compare_model, SNR)", reference=reference)
 
 
-def _tflite_float_model(manifest: Manifest, entry: Artifact) -> tuple[bytes, str]:
-    """The float .tflite the int8 file was quantized from, and what it is (see the module docstring)."""
+def _reads_pixels(int8: bytes) -> bool:
+    """Whether the int8 file's input values are raw pixels (scale 1, zero point 0), not normalized ones
+    (a normalization folded into its quantization, ``tflite_convert.folds_into_uint8_input``)."""
+    from edgeseg.export.tflite_flatbuffer import io_details
+
+    return io_details(int8)[0][0].get("quantization") == {"scale": 1.0, "zero_point": 0}
+
+
+def _tflite_float_model(manifest: Manifest, entry: Artifact, pixels: bool) -> tuple[bytes, str]:
+    """The float .tflite the int8 file was quantized from, taking raw pixels when ``pixels`` and normalized
+    values otherwise, and what it is (see the module docstring)."""
     from edgeseg.export.tflite_flatbuffer import prepend_input_normalization
 
     twin = manifest.find("tflite", "fp32")
     if twin is not None:
         data = twin.verified_file().read_bytes()
-        if twin.input.get("expects") == entry.input.get("expects"):
+        if (twin.input.get("expects") == "pixels") == pixels:
             return data, twin.path
         m = manifest.model
         return (prepend_input_normalization(data, m["mean"], m["std"]),
@@ -361,13 +378,15 @@ def _tflite_float_model(manifest: Manifest, entry: Artifact) -> tuple[bytes, str
                             f"--precisions fp32,int8) or put the checkpoint back")
     m = manifest.model
     rebuilt = _rebuild_float_tflite(str(path), ckpt.get("sha256"), tuple(m["mean"]), tuple(m["std"]),
-                                    m["input"]["height"], m["input"]["width"])
+                                    m["input"]["height"], m["input"]["width"], pixels)
     return rebuilt, f"float graph rebuilt from {path} ({manifest.root} has no fp32 TFLite file)"
 
 
 @functools.lru_cache(maxsize=2)  # one conversion per checkpoint and process (~20 s for a tiny model)
-def _rebuild_float_tflite(path: str, sha256: str | None, mean: tuple, std: tuple, height: int, width: int) -> bytes:
-    """The float graph export quantized: the checkpoint's model converted, the normalization put in front."""
+def _rebuild_float_tflite(path: str, sha256: str | None, mean: tuple, std: tuple, height: int, width: int,
+                          pixels: bool = True) -> bytes:
+    """The float graph export quantized: the checkpoint's model converted, with the normalization put in front
+    when it takes ``pixels``."""
     torch = require("torch", "tflite", "--quant-error on TFLite files")
     require("litert_torch", "tflite", "--quant-error on TFLite files")
     from edgeseg.export import tflite_convert as tc
@@ -378,7 +397,8 @@ def _rebuild_float_tflite(path: str, sha256: str | None, mean: tuple, std: tuple
         raise ArtifactError(f"{path}: changed since the export (sha256 {ckpt.sha256[:12]}... is not the manifest's "
                             f"{sha256[:12]}...); restore the checkpoint the files were exported from, or re-export")
     with contextlib.redirect_stdout(sys.stderr):  # litert-torch prints its progress; stdout may carry JSON
-        return tc.float_graph(torch, ckpt.model(), height, width, normalization=(list(mean), list(std)))
+        return tc.float_graph(torch, ckpt.model(), height, width,
+                              normalization=(list(mean), list(std)) if pixels else None)
 
 
 def _tflite_graph(model: bytes) -> tuple[list[Op], set[str]]:
