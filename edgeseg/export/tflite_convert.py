@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from edgeseg.errors import ArtifactError, EdgesegError, require
 from edgeseg.export.mediapipe_metadata import add_segmenter_metadata
 from edgeseg.export.tflite_flatbuffer import io_details, prepend_input_normalization, uint8_input_float_output
-from edgeseg.runtime.base import PIXEL_RANGE, normalized_range
+from edgeseg.runtime.base import PIXEL_RANGE, normalize_nhwc, normalized_range
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
 # --calib-method name -> what ai-edge-quantizer does. Its only activation statistic is min/max per image,
@@ -82,7 +82,7 @@ def convert_tflite(model, *, height: int, width: int, mean: list[float], std: li
     elif precision == "fp16":
         data, quantized = _fp16_weights(float_tflite), "weights fp16 (float32 compute)"
     elif folded:  # the graph takes normalized input; the uint8 input's quantization does the normalization
-        data, quantized = _full_int8(float_tflite, [(b - float(mean[0])) / float(std[0]) for b in batches],
+        data, quantized = _full_int8(float_tflite, [normalize_nhwc(b, mean, std) for b in batches],
                                      input_range=normalized_range(mean, std))
         quantized += (f"; normalization folded into the uint8 input (scale 1/{float(std[0]):g}, "
                       f"zero point {float(mean[0]):g})")

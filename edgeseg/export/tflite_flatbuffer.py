@@ -196,11 +196,9 @@ class _Graph:
         buffer = fb.BufferT()
         buffer.data = np.frombuffer(np.asarray(values, np.float32).reshape(shape).tobytes(), dtype=np.uint8)
         self.model.buffers.append(buffer)
-        tensor = fb.TensorT()
-        tensor.name, tensor.type, tensor.shape = name, fb.TensorType.FLOAT32, list(shape)
-        tensor.buffer = len(self.model.buffers) - 1
-        self.subgraph.tensors.append(tensor)
-        return len(self.subgraph.tensors) - 1
+        index = self.add_tensor(name, fb.TensorType.FLOAT32, shape)
+        self.tensor(index).buffer = len(self.model.buffers) - 1
+        return index
 
     def add_op(self, op_name: str, inputs: list[int], dst: int, *, first: bool, options: tuple | None = None) -> None:
         """Add a one-output builtin op (a key of ``_OP_VERSIONS``), first or last; ``options``:
