@@ -130,8 +130,11 @@ def test_write_clips_layout_reads_back_with_open_clips(tmp_path):
     out = tmp_path / "clips"
     assert clips.write_clips(out, "parts", 2, 4, (40, 48), seed=7) == out
     assert sorted(p.name for p in out.iterdir()) == [clips.CLIPS_MARKER, "classes.txt", "clip_000", "clip_001"]
-    assert json.loads((out / clips.CLIPS_MARKER).read_text()) == {
-        "task": "parts", "clips": 2, "frames": 4, "size": [40, 48], "seed": 7}
+    marker = json.loads((out / clips.CLIPS_MARKER).read_text())
+    digests = marker.pop("sha256")  # of every file written, so a rerun can tell the user's edits
+    assert marker == {"task": "parts", "clips": 2, "frames": 4, "size": [40, 48], "seed": 7}
+    on_disk = {rel: sha for rel, sha in synth.file_digests(out).items() if rel != clips.CLIPS_MARKER}
+    assert len(digests) == 1 + 2 * 2 * 4 and digests == on_disk
     frame_names = [f"frame_{t:04d}.png" for t in range(4)]
     for sub in ("images", "masks"):
         assert sorted(p.name for p in (out / "clip_001" / sub).iterdir()) == frame_names
@@ -191,6 +194,16 @@ def test_write_clips_refuses_its_output_with_a_users_file_added(tmp_path):
     with pytest.raises(DataError, match="holiday.jpg|clip_000"):
         clips.write_clips(out, "portrait", 1, 2, 32, seed=0)
     assert tree_state(tmp_path) == before
+
+
+def test_write_clips_refuses_its_output_with_a_frame_the_user_changed(tmp_path):
+    out = tmp_path / "clips"
+    clips.write_clips(out, "portrait", 1, clips.MIN_FRAMES, 32, seed=0)
+    frame = next((out / "clip_000" / "masks").iterdir())
+    frame.write_bytes(frame.read_bytes() + b"\0")
+    with pytest.raises(DataError, match=f"clip_000/masks/{frame.name} changed since"):
+        clips.write_clips(out, "portrait", 1, clips.MIN_FRAMES, 32, seed=1)
+    assert frame.read_bytes().endswith(b"\0")
 
 
 def test_write_clips_and_write_dataset_do_not_replace_each_other(tmp_path):

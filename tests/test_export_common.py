@@ -66,6 +66,24 @@ def test_rerun_replaces_only_what_the_earlier_export_wrote(tiny_checkpoint, shar
     assert (out / "stray.txt").read_text() == "the user's" and out.stat().st_mode & 0o777 == 0o750
 
 
+def test_rerun_keeps_or_refuses_exported_files_the_user_changed(tiny_checkpoint, shared_export, tmp_path, cli):
+    from conftest import assert_refused
+
+    out = copy_export(shared_export.dir, tmp_path / "e")
+    (out / "tiny-int8.onnx").write_bytes(b"hand-tuned")  # listed by the earlier manifest, changed since
+    (out / "tiny-fp32.onnx").write_bytes(b"hand-tuned too")
+    args = ("--parity-images", "2", "--stress", "off", "--formats", "onnx", "--precisions")
+    # this export would write tiny-fp32.onnx: refused before any work, nothing changed
+    assert_refused(cli, "export", tiny_checkpoint, "--out", out, *args, "fp32", watch=[tmp_path],
+                   match="tiny-fp32.onnx changed since edgeseg exported it")
+    (out / "tiny-fp32.onnx").unlink()
+    # it does not write tiny-int8.onnx: the changed file stays (an unchanged one it no longer writes goes)
+    r = cli("export", tiny_checkpoint, "--out", out, *args, "fp32")
+    assert r.exit_code == 0, r.output
+    assert (out / "tiny-int8.onnx").read_bytes() == b"hand-tuned"
+    assert not (out / "tiny-fp16.onnx").exists() and not (out / "tiny-int8.tflite").exists()
+
+
 def _users_assets(root: Path) -> Path:
     assets = root / "app" / "src" / "main" / "assets"
     (assets / "fonts").mkdir(parents=True)

@@ -164,6 +164,17 @@ def test_data_synth_rerun_refuses_a_users_file_added_to_its_folder(tmp_path, cli
     assert "not written by 'edgeseg data synth'" in line
 
 
+@pytest.mark.parametrize("edited", ["classes.txt", "slices.csv", "masks/synth_000001.png"])
+def test_data_synth_rerun_refuses_a_file_the_user_changed_in_its_folder(tmp_path, cli, edited):
+    from conftest import assert_refused
+
+    out = tmp_path / "ds"
+    assert cli("data", "synth", out, "--count", "2", "--size", "32").exit_code == 0
+    (out / edited).write_bytes((out / edited).read_bytes() + b"\n")  # same names, the user's bytes
+    line = assert_refused(cli, "data", "synth", out, "--count", "3", "--size", "32", watch=[tmp_path])
+    assert f"{edited} changed since 'edgeseg data synth' wrote it" in line
+
+
 @pytest.mark.parametrize("user_files", [["notes.txt"], ["images/photo.jpg"], ["classes.txt"]])
 def test_data_synth_refuses_a_users_folder(tmp_path, cli, user_files):
     from conftest import assert_refused

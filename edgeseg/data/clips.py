@@ -380,7 +380,8 @@ def write_clips(out: str | Path, task: str, clips: int, frames: int, size, seed:
         for k in range(clips):
             samples = render_clip(task, size, frames, synth.sample_seed(seed, k))
             _write_frames(tmp / _clip_name(k, clips), samples)
-        marker = {"task": task, "clips": clips, "frames": frames, "size": size, "seed": seed}
+        marker = {"task": task, "clips": clips, "frames": frames, "size": size, "seed": seed,
+                  "sha256": synth.file_digests(tmp)}
         (tmp / CLIPS_MARKER).write_text(json.dumps(marker) + "\n")
         install_staged(tmp, out, owned=owned, last=CLIPS_MARKER)
     finally:
@@ -393,7 +394,7 @@ def _check_target(out: Path) -> None:
     if (out / synth.SYNTH_MARKER).is_file() and not (out / CLIPS_MARKER).is_file():
         raise DataError(f"{out} holds a synthetic image set (from 'edgeseg data synth' without --clips), "
                         "not clips; choose an empty or new folder")
-    synth._check_synth_target(out, _files_written)
+    synth._check_synth_target(out, _files_written, CLIPS_MARKER)
 
 
 def _clip_name(k: int, clips: int) -> str:

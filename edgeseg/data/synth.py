@@ -16,6 +16,7 @@ portrait mask equals ``parts mask > 0``).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -185,16 +186,20 @@ def write_dataset(out: str | Path, task: str, count: int, size, seed: int) -> Pa
                     tmp / "masks" / f"{sample_id}.png", compress_level=1
                 )
                 writer.writerow((sample_id,) + tuple(sample.attrs[k] for k in SLICE_KEYS))
-        (tmp / SYNTH_MARKER).write_text(json.dumps({"task": task, "count": count, "size": size, "seed": seed}) + "\n")
+        marker = {"task": task, "count": count, "size": size, "seed": seed, "sha256": file_digests(tmp)}
+        (tmp / SYNTH_MARKER).write_text(json.dumps(marker) + "\n")
         install_staged(tmp, out, owned=_SYNTH_NAMES, last=SYNTH_MARKER)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _check_synth_target(out: Path, files_written: Callable[[Path], set[str]] | None = None) -> None:
+def _check_synth_target(out: Path, files_written: Callable[[Path], set[str]] | None = None,
+                        marker: str = SYNTH_MARKER) -> None:
     """Refuse a non-empty folder unless an earlier ``write_dataset`` made it and it holds exactly what that
-    run wrote (its marker says how many samples; any other file, e.g. a photo added to images/, is the user's).
+    run wrote (its marker says how many samples; any other file, e.g. a photo added to images/, is the user's),
+    unchanged since (the sha256 each file had, which the ``marker`` file records; markers written before
+    that was recorded are checked by name only).
 
     ``files_written(out)`` (default ``_files_written``) lists what the earlier run recorded in ``out`` wrote,
     so other synthetic writers (``clips.write_clips``) share this check.
@@ -208,8 +213,40 @@ def _check_synth_target(out: Path, files_written: Callable[[Path], set[str]] | N
     present = {str(p.relative_to(out)) for p in out.rglob("*") if not is_staging(p.relative_to(out).parts[0])}
     foreign = sorted(present - expected) if expected else entries
     if foreign:
-        raise DataError(f"{out} is not empty ({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}) and was not "
-                        "written by 'edgeseg data synth'; choose an empty or new folder")
+        raise DataError(f"{out} is not empty ({_few(foreign)}) and was not written by 'edgeseg data synth'; "
+                        "choose an empty or new folder")
+    changed = _changed_files(out, marker)
+    if changed:
+        raise DataError(f"{out}: {_few(changed)} changed since 'edgeseg data synth' wrote it, and would be replaced; "
+                        "move your changes elsewhere, or choose an empty or new folder")
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by relative path (what a synthetic set's marker records)."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _changed_files(out: Path, marker: str) -> list[str]:
+    """Files the ``marker`` in ``out`` records whose bytes differ from the sha256 it records; the marker is
+    read without trusting it (only relative paths inside ``out`` count)."""
+    try:
+        recorded = json.loads((out / marker).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(recorded, dict):
+        return []
+    changed = []
+    for rel, sha in recorded.items():
+        parts = Path(rel).parts if isinstance(rel, str) else ("..",)
+        path = out / rel if parts and ".." not in parts and not Path(rel).is_absolute() else None
+        if path is not None and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+            changed.append(rel)
+    return sorted(changed)
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
 
 
 def _files_written(out: Path) -> set[str]:

@@ -27,7 +27,7 @@ from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra, require
 from edgeseg.export.base import CALIBRATED_PRECISION, EXPORTERS, ExportJob, embedded_metadata
 from edgeseg.export.quant_images import calibration_images, parity_source
 from edgeseg.fsutil import check_output, install_staged, is_staging, staging_dir
-from edgeseg.manifest import MANIFEST_NAME, REFERENCE_NAME, SUFFIXES, Artifact, Manifest
+from edgeseg.manifest import MANIFEST_NAME, REFERENCE_NAME, SUFFIXES, Artifact, Manifest, file_digest
 from edgeseg.export.source import ExportSource, checkpoint_source
 from edgeseg.models.checkpoint import resolve_checkpoint
 from edgeseg.recipe import CALIB_METHODS, STRESS_MODES, ExportCfg
@@ -273,42 +273,61 @@ class ParityGate:
                 "stress_gated": self.gate_stress}
 
 
-def _earlier_export_names(dest: Path) -> set[str]:
-    """The names an earlier edgeseg export wrote in ``dest`` (its manifest, the files and the parity reference it
-    lists); empty if none.
+def _earlier_export_entries(dest: Path) -> dict[str, object]:
+    """name -> recorded sha256 of what an earlier edgeseg export wrote in ``dest`` (the files and the parity
+    reference its manifest lists; the manifest itself maps to None); empty if none.
 
     Read without trusting it: only plain names inside ``dest`` count, and a ``manifest.json``
     that is not edgeseg's (e.g. a web app's) makes the folder a foreign one.
     """
     try:
         raw = json.loads((dest / MANIFEST_NAME).read_text())
-        paths = [a["path"] for a in raw["artifacts"]] if "schema_version" in raw and "model" in raw else None
-        if paths is not None and isinstance(raw.get("parity_reference"), dict):
-            paths.append(raw["parity_reference"].get("path"))
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-    if paths is None:
-        return set()
-    return {MANIFEST_NAME} | {p for p in paths if isinstance(p, str) and p == Path(p).name and p not in ("", ".", "..")}
+        entries = [(a["path"], a.get("sha256")) for a in raw["artifacts"]] if "schema_version" in raw and "model" in raw else None
+        if entries is not None and isinstance(raw.get("parity_reference"), dict):
+            entries.append((raw["parity_reference"].get("path"), raw["parity_reference"].get("sha256")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    if entries is None:
+        return {}
+    listed = {p: sha for p, sha in entries if isinstance(p, str) and p == Path(p).name and p not in ("", ".", "..")}
+    return {MANIFEST_NAME: None, **listed}
+
+
+def _unchanged(path: Path, sha256: object) -> bool:
+    """Whether ``path`` still holds what the earlier manifest recorded (a missing entry counts as unchanged)."""
+    if not (path.exists() or path.is_symlink()):
+        return True
+    try:
+        return not path.is_symlink() and file_digest(path)[1] == sha256
+    except OSError:
+        return False
 
 
 def owned_by_earlier_export(dest: Path, names: set[str], force: bool) -> set[str]:
     """Refuse (exit 2) to export into ``dest`` where that would replace something edgeseg did not write.
 
     A missing or empty folder, or one holding an earlier export, is fine: the earlier export's
-    files are returned (they may be replaced or removed); other files there are kept. An existing
-    entry named like a file this export writes (``names``) that no earlier export listed is always
-    refused; a non-empty folder that is not an earlier export is refused unless ``force``.
+    files are returned (they may be replaced or removed); other files there are kept. A file the
+    earlier manifest lists but whose bytes changed since (sha256) is the user's now: kept when this
+    export does not write its name, refused when it would be replaced. An existing entry named like a
+    file this export writes (``names``) that no earlier export listed is always refused; a non-empty
+    folder that is not an earlier export is refused unless ``force``.
     """
     if not dest.is_dir():
         return set()
-    owned = _earlier_export_names(dest)
+    entries = _earlier_export_entries(dest)
+    changed = sorted(n for n, sha in entries.items() if sha is not None and not _unchanged(dest / n, sha))
+    clash = sorted(n for n in changed if n in names)
+    if clash:
+        raise EdgesegError(f"--out {dest}: {_some(clash)} changed since edgeseg exported it (its sha256 no longer "
+                           "matches the manifest) and would be replaced; move or rename it, or choose another --out")
+    owned = set(entries) - set(changed)
     foreign = sorted(p.name for p in dest.iterdir() if p.name not in owned and not is_staging(p))
     clash = sorted(n for n in foreign if n in names)
     if clash:
         raise EdgesegError(f"--out {dest}: {_some(clash)} would be replaced and edgeseg did not write them; "
                            "move or rename them, or choose another --out")
-    if foreign and not owned and not force:
+    if foreign and not entries and not force:
         raise EdgesegError(f"--out {dest}: files there are not from an earlier edgeseg export ({_some(foreign)}); "
                            "choose an empty or new folder, or pass --force to write the export beside them")
     return owned
