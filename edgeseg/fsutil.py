@@ -75,12 +75,13 @@ def write_text_atomic(dest: str | os.PathLike, text: str) -> Path:
 
 
 def check_output(path: str | os.PathLike, *, is_dir: bool, what: str = "output") -> Path:
-    """Refuse an output location that cannot be written, before any work starts; creates nothing.
+    """Refuse an output location that cannot be written, before any work starts; leaves nothing behind.
 
     Refused (EdgesegError naming the path and the fix): a name longer than file systems allow
     (255 bytes per component), a symlink that points nowhere (the output or an ancestor), a file
     where a folder is needed or a folder where a file is needed, an ancestor that is a file, and a
-    location whose nearest existing folder is not writable (permissions or a read-only file system).
+    location whose nearest existing folder is not writable (permissions or a read-only file system, or
+    a file system that takes no new files: an empty file is created there and removed at once).
     """
     path = Path(path)
     shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:60]}...{str(path)[-30:]}"
@@ -115,7 +116,21 @@ def check_output(path: str | os.PathLike, *, is_dir: bool, what: str = "output")
     if not writable:
         raise EdgesegError(f"{what} {path}: {probe} is not writable (permissions or a read-only file system); "
                            "choose a writable location")
+    _probe_write(probe, path, what)
     return path
+
+
+def _probe_write(folder: Path, path: Path, what: str) -> None:
+    """Create and remove an empty hidden file in ``folder``: ``os.access`` says yes to root everywhere and
+    knows nothing of file systems that take no new files (``/proc``, ``/sys``), which a later write would
+    find out only after the work is done."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".edgeseg-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise EdgesegError(f"{what} {path}: cannot write in {folder} ({exc.strerror or exc}); "
+                           "choose a writable location") from None
 
 
 JSON_MARK = "written_by"  # key of every JSON report edgeseg writes: "edgeseg <version>"

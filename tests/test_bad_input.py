@@ -280,6 +280,19 @@ def test_output_that_is_a_dangling_symlink_is_refused(cli, tiny_checkpoint, tmp_
     assert sorted(tmp_path.iterdir()) == before and os.readlink(link) == str(tmp_path / "nowhere")
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("command", ["data synth", "eval", "train"])
+def test_output_on_a_file_system_that_takes_no_new_files_is_refused_before_any_work(cli, tiny_checkpoint, tmp_path, command):
+    """`eval --json /proc/x.json` ran the whole evaluation, then failed writing with ENOENT: traceback, exit 1
+    (os.access says yes to root there)."""
+    images = tmp_path / "in"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"")
+    args = _commands_writing(Path("/proc/edgeseg-out"), tiny_checkpoint, images)[command]
+    line = assert_refused(cli, *args, watch=[tmp_path], match="/proc/edgeseg-out: cannot write in /proc (")
+    assert line.endswith("choose a writable location")
+
+
 # ---------------------------------------------------------------------------------------------
 # The machine says no: a full disk, a quota, a read-only or forbidden location
 
