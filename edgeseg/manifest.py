@@ -359,6 +359,13 @@ def find_artifact_for_file(path: str | Path) -> tuple[Manifest, Artifact]:
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"model file not found: {path}")
+    if path.is_dir() and path.suffix not in SUFFIXES.values():
+        raise ArtifactError(f"{path}: no {MANIFEST_NAME} (is this an edgeseg export directory?); give the folder "
+                            "'edgeseg export' wrote, or re-export")
+    if not (path.parent / MANIFEST_NAME).is_file():
+        raise ArtifactError(f"{path}: no {MANIFEST_NAME} beside it; edgeseg reads an exported file's input size, "
+                            "normalization and classes from its export folder's manifest: keep the file with the "
+                            f"{MANIFEST_NAME} it was exported with (copy both), or give the export folder")
     manifest = read_manifest(path.parent)
     for a in manifest.artifacts:
         if a.path == path.name:

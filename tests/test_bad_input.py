@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 import pytest
 import torch
+from PIL import Image
 from click.testing import CliRunner
 
 from edgeseg.manifest import Artifact, Manifest, file_digest
@@ -64,6 +65,27 @@ def test_folder_without_manifest_is_neither_checkpoint_nor_export_dir(cli, tmp_p
     (tmp_path / "run").mkdir()
     line = assert_refused(cli, "eval", tmp_path / "run", "--count", "2", watch=[tmp_path], match="is a folder")
     assert "not an export dir either" in line and "not found" not in line
+
+
+def test_exported_file_copied_without_its_manifest_says_to_keep_them_together(cli, shared_export, tmp_path):
+    """The file's message named only its new folder ('no manifest.json (is this an edgeseg export directory?)')."""
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.new("RGB", (32, 32)).save(images / "a.png")
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.copy(shared_export.dir / "tiny-int8.tflite", assets / "model.tflite")
+    line = assert_refused(cli, "predict", assets / "model.tflite", images, "--out", tmp_path / "o", watch=[tmp_path],
+                          match=f"{assets / 'model.tflite'}: no manifest.json beside it")
+    assert line.endswith("keep the file with the manifest.json it was exported with (copy both), or give the export folder")
+
+
+def test_bench_of_a_folder_without_manifest_names_that_folder(cli, tmp_path, monkeypatch):
+    """`edgeseg bench exp` named '.' (the folder's parent)."""
+    (tmp_path / "exp").mkdir()
+    monkeypatch.chdir(tmp_path)
+    line = assert_refused(cli, "bench", "exp", watch=[tmp_path], match="error: exp: no manifest.json")
+    assert "give the folder 'edgeseg export' wrote" in line
 
 
 def test_export_dir_given_as_checkpoint_says_so(cli, tmp_path):
