@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import assert_refused, invoke_cli, one_line_error
@@ -131,3 +132,19 @@ def test_json_output_never_replaces_a_file_edgeseg_did_not_write(tiny_checkpoint
     assert cli("eval", mine, "--count", "2", "--json", out).exit_code == 0
     assert cli("eval", mine, "--count", "2", "--json", out).exit_code == 0  # its own report is replaced
     assert json.loads(out.read_text())["written_by"].startswith("edgeseg")
+
+
+def test_a_slice_without_any_person_has_no_person_iou_and_is_not_the_worst():
+    """The synthetic 'none' hair type / skin tone (no person in the picture) reported person IoU 0.0 when a few
+    pixels were predicted as person, and so was the worst slice with a gap of 0.98."""
+    from edgeseg.evaluation.slices import slice_report
+
+    masks = np.zeros((3, 8, 8), np.uint8)
+    masks[:2, 2:6, 2:6] = 1  # two images with a person, one without
+    preds = masks.copy()
+    preds[0, 2, 2] = 0  # one missed pixel: IoU 31/32 on the 'a' slice
+    preds[2, 0, 0] = 1  # a false positive on the image without a person
+    report = slice_report(preds, masks, ["p0", "p1", "n0"], {"p0": {"hair": "a"}, "p1": {"hair": "b"}, "n0": {"hair": "none"}},
+                          ("background", "person"))["hair"]
+    assert report["iou"] == {"a": 15 / 16, "b": 1.0, "none": None} and report["images"]["none"] == 1
+    assert report["worst"] == "a" and report["gap"] == round(1 - 15 / 16, 6)

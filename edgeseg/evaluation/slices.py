@@ -56,7 +56,10 @@ def slice_report(preds: np.ndarray, masks: np.ndarray, ids: list[str], slices: d
                  classes: tuple[str, ...]) -> dict:
     """Per attribute: IoU per slice value and the worst-slice gap.
 
-    The IoU is foreground IoU for two classes (as model cards report person IoU), else mIoU.
+    The IoU is foreground IoU for two classes (as model cards report person IoU), else mIoU. A
+    two-class slice whose masks hold no foreground (the synthetic 'none' hair type and skin tone:
+    no person in the picture) has no person IoU (None, "n/a"; any pixel predicted as person would
+    make it 0), so it is neither the worst slice nor in the gap.
     Images missing from ``slices`` are left out of the report.
     """
     groups: dict[str, dict[str, SegMetrics]] = {}
@@ -66,10 +69,17 @@ def slice_report(preds: np.ndarray, masks: np.ndarray, ids: list[str], slices: d
             acc.update(p, m, boundary=False)
     report = {}
     for attr, by_value in sorted(groups.items()):
-        ious = {v: (float(acc.iou()[1]) if len(classes) == 2 else acc.miou()) for v, acc in sorted(by_value.items())}
+        ious = {v: _slice_iou(acc, len(classes)) for v, acc in sorted(by_value.items())}
         counts = {v: acc.images for v, acc in sorted(by_value.items())}
         finite = [x for x in ious.values() if x == x]
         worst = min(ious, key=lambda v: ious[v] if ious[v] == ious[v] else 2.0)
         report[attr] = {"iou": {v: (None if x != x else round(x, 6)) for v, x in ious.items()}, "images": counts, "worst": worst,
                         "gap": round(max(finite) - min(finite), 6) if finite else None}
     return report
+
+
+def _slice_iou(acc: SegMetrics, num_classes: int) -> float:
+    """Foreground IoU for two classes (NaN when the slice's masks have no foreground pixel), else mIoU."""
+    if num_classes != 2:
+        return acc.miou()
+    return float(acc.iou()[1]) if acc.confusion[1].sum() > 0 else float("nan")
