@@ -119,3 +119,9 @@ def test_data_synth_command_writes_layout(cli, tmp_path):
 def test_missing_dataset_folder_is_data_error(tmp_path):
     with pytest.raises(DataError, match="dataset folder not found"):
         open_source(tmp_path / "nope", "train")
+
+
+def test_a_file_given_as_dataset_folder_says_it_is_a_file(tmp_path):
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    with pytest.raises(DataError, match="data.zip is a file, not a dataset folder; give the folder that holds images/"):
+        open_source(tmp_path / "data.zip", "train")

@@ -112,6 +112,9 @@ def discover_pairs(root: str | Path, split: str, *, val_fraction: float = 0.1, n
     Any other split name is an error listing the splits the folder has.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root} is a file, not a dataset folder; give the folder that holds images/ and masks/ "
+                        "(see 'Training on your own data' in the README)")
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
     if detect_layout(root) == "voc":
