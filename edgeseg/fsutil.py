@@ -25,7 +25,8 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    _clean_dead_temporaries(dest.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{_TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=dest.parent))
     target = tmp / dest.name
     try:
         if is_dir:
@@ -42,6 +43,28 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
             os.replace(target, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_TEMP_MARK = "edgeseg-"  # atomic_path's temporary folders: .NAME.edgeseg-<pid>-<random>.tmp
+
+
+def _clean_dead_temporaries(folder: Path) -> None:
+    """Remove ``atomic_path`` temporary folders in ``folder`` whose process no longer runs (a killed run's)."""
+    for p in folder.glob(f".*.{_TEMP_MARK}*-*.tmp"):
+        pid = p.name[:-len(".tmp")].rpartition(f".{_TEMP_MARK}")[2].partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and p.is_dir() and not p.is_symlink() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a file's bytes, read in 1 MB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> Path:

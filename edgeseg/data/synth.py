@@ -16,7 +16,6 @@ portrait mask equals ``parts mask > 0``).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import shutil
@@ -29,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edgeseg.errors import DataError
-from edgeseg.fsutil import check_output, install_staged, is_staging, staging_dir
+from edgeseg.fsutil import check_output, install_staged, is_staging, sha256_file, staging_dir
 
 PORTRAIT_CLASSES = ("background", "person")
 PARTS_CLASSES = ("background", "hair", "skin", "body", "clothes")
@@ -223,8 +222,7 @@ def _check_synth_target(out: Path, files_written: Callable[[Path], set[str]] | N
 
 def file_digests(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder``, by relative path (what a synthetic set's marker records)."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _changed_files(out: Path, marker: str) -> list[str]:
@@ -240,7 +238,7 @@ def _changed_files(out: Path, marker: str) -> list[str]:
     for rel, sha in recorded.items():
         parts = Path(rel).parts if isinstance(rel, str) else ("..",)
         path = out / rel if parts and ".." not in parts and not Path(rel).is_absolute() else None
-        if path is not None and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+        if path is not None and path.is_file() and sha256_file(path) != sha:
             changed.append(rel)
     return sorted(changed)
 
