@@ -263,7 +263,9 @@ def data_convert_labelme(folder, out_dir, classes):
               help="Start from a weights file (torchvision/timm/edgeseg), or by name: 'imagenet' (the encoder's "
                    "ImageNet weights), timm:<model>[.<tag>] or torchvision:<Enum>.<member>, downloaded once into "
                    "the library's cache (Hugging Face hub / torch hub).")
-@click.option("--resume", is_flag=True, help="Continue from <out>/last.pt.")
+@click.option("--resume", is_flag=True,
+              help="Continue from <out>/last.pt with the settings the run was started with; only train.epochs "
+                   "(to train further), train.device, train.workers and --data may differ.")
 @click.option("--force", is_flag=True, help="Start over in a run folder that holds a run (replaces its best.pt, last.pt, metrics.csv).")
 def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):
     """Train or fine-tune a segmenter from a recipe.
@@ -276,7 +278,7 @@ def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):
     extra = (f"model.weights={weights}",) if weights else ()
     recipe = load_recipe(recipe_path, tuple(overrides) + extra)
     result = run_training(recipe, out_dir=out_dir or Path("runs") / recipe.name, data_root=data_root, resume=resume,
-                          force=force)
+                          force=force, overrides=tuple(overrides) + extra)
     click.echo(f"done: {result.steps} steps; best val mIoU {result.best.get('miou', float('nan')):.4f}; "
                f"checkpoints in {result.out_dir}")
 

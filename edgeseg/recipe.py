@@ -356,12 +356,18 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise RecipeError(f"--set {key}: value {raw!r} is not valid YAML ({exc.__class__.__name__})") from None
 
 
+def recipe_with(values: dict, settings: typing.Iterable[tuple[str, Any]]) -> Recipe:
+    """Build a Recipe from a plain dict (a recipe file's, or one stored in a checkpoint) with the
+    (dotted key, value) ``settings`` set on top, in order; unknown keys and out-of-range values are errors."""
+    tree = _plain(values or {})
+    for key, value in settings:
+        _set_path(tree, key, _plain(value))
+    return validate(_build(Recipe, tree))
+
+
 def recipe_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Build a Recipe from a plain dict plus ``a.b=v`` overrides; unknown keys and out-of-range values are errors."""
-    tree = _plain(values or {})
-    for text in overrides:
-        _set_path(tree, *parse_override(text))
-    return validate(_build(Recipe, tree))
+    return recipe_with(values, (parse_override(text) for text in overrides))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -125,13 +125,13 @@ def test_pickle_that_references_code_is_refused_with_its_reason(cli, tmp_path):
         assert not sentinel.exists()
 
 
-def test_resume_after_the_model_changed_names_last_pt(cli, tiny_checkpoint, tmp_path):
+def test_resume_with_a_changed_model_names_last_pt_and_the_setting(cli, tiny_checkpoint, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(tiny_checkpoint.parent / "last.pt", run / "last.pt")
     line = assert_refused(cli, "train", "--recipe", write_recipe(tmp_path / "r.yaml"), "--out", run, "--resume",
-                          "--set", "model.width=0.75", watch=[tmp_path], match=f"{run / 'last.pt'} does not fit")
-    assert "shape mismatch" in line and "fresh --out" in line
+                          "--set", "model.width=0.75", watch=[tmp_path], match=f"{run / 'last.pt'} was started with")
+    assert "model.width=0.75 (the run has 0.5)" in line and "train into a new --out" in line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -124,6 +124,7 @@ def test_up_block_adds_instead_of_concatenating_and_loads_concat_era_weights_exa
 def test_a_concat_era_last_pt_is_not_resumed_but_names_the_way_on(tmp_path, cli):
     from conftest import TINY, write_recipe
     from edgeseg.models.checkpoint import ModelInfo, save_checkpoint
+    from edgeseg.recipe import load_recipe
 
     recipe = write_recipe(tmp_path / "r.yaml")
     options = {k: v for k, v in TINY["model"].items() if k != "arch"}
@@ -135,8 +136,8 @@ def test_a_concat_era_last_pt_is_not_resumed_but_names_the_way_on(tmp_path, cli)
 
     run = tmp_path / "run"
     info = ModelInfo("tiny", TINY["model"]["arch"], options, ("background", "person"), (64, 64), (127.5,) * 3, (127.5,) * 3)
-    save_checkpoint(run / "last.pt", ConcatEra(), info, recipe={},
-                    train_state={"epoch": 1, "step": 2, "best": {}, "optimizer": {}, "scheduler": {}})
+    save_checkpoint(run / "last.pt", ConcatEra(), info, recipe=load_recipe(recipe).to_dict(),
+                    train_state={"epoch": 0, "step": 0, "best": {}, "optimizer": {}, "scheduler": {}})
     before = (run / "last.pt").read_bytes()
     r = cli("train", "--recipe", recipe, "--out", run, "--resume")
     assert r.exit_code == 2 and "written by an earlier edgeseg" in r.output and f"--weights {run / 'last.pt'}" in r.output

@@ -28,14 +28,35 @@ def test_train_writes_checkpoints_and_metrics(tiny_checkpoint: Path):
     assert load_checkpoint(tiny_checkpoint).train_state is None
 
 
-def test_train_on_folder_dataset(tmp_path, cli):
+def test_train_on_folder_dataset(tmp_path, cli, monkeypatch):
     r = cli("data", "synth", tmp_path / "ds", "--count", "10", "--size", "64")
     assert r.exit_code == 0, r.output
     recipe = write_recipe(tmp_path / "r.yaml")
-    r = cli("train", "--recipe", recipe, "--data", tmp_path / "ds", "--out", tmp_path / "run",
+    monkeypatch.chdir(tmp_path)  # --data given relative to here
+    r = cli("train", "--recipe", recipe, "--data", "ds", "--out", tmp_path / "run",
             "--set", "train.steps_per_epoch=2", "--set", "data.val_fraction=0.2")
     assert r.exit_code == 0, r.output
-    assert load_checkpoint(tmp_path / "run" / "best.pt").metrics["miou"] >= 0
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt.metrics["miou"] >= 0
+    # the data the run used travels with it, absolute: export calibrates on it from any folder
+    assert ckpt.recipe["data"]["root"] == str(tmp_path / "ds")
+    from edgeseg.export.quant_images import calibration_images
+
+    monkeypatch.chdir(ROOT)
+    calib = calibration_images(None, ckpt.recipe["data"]["root"], "portrait", 2, (64, 64))
+    assert calib.source.startswith(f"{tmp_path / 'ds'} (train split)"), calib.source
+
+
+def test_training_samples_from_image_files_are_writable(tmp_path, cli):
+    """Decoded image files come as read-only arrays; the dataset copies them (torch warned about each)."""
+    assert cli("data", "synth", tmp_path / "ds", "--count", "4", "--size", "64").exit_code == 0
+    code = ("from edgeseg.data.datasets import open_source\n"
+            "from edgeseg.data.transforms import SegDataset, eval_transform\n"
+            f"ds = SegDataset(open_source({str(tmp_path / 'ds')!r}, 'train', val_fraction=0.5), eval_transform((64, 64)))\n"
+            "image, mask = ds[0]\n"
+            "assert image.shape == (3, 64, 64) and mask.shape == (64, 64)\n")
+    r = run_command([sys.executable, "-W", "error::UserWarning", "-c", code])
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_resume_after_kill_reaches_same_step_count(tmp_path):

@@ -30,7 +30,8 @@ class PhoneCorruption:
             return img, msk
         name = PHOTOMETRIC[int(torch.randint(len(PHOTOMETRIC), ()))]
         pixels = corrupt(img.permute(1, 2, 0).numpy(), name, int(torch.randint(2**31 - 1, ())))
-        return tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous()), msk
+        # np.array: a writable copy (a JPEG-decoded corruption is read-only)
+        return tv_tensors.Image(torch.from_numpy(np.array(pixels, order="C")).permute(2, 0, 1)), msk
 
 
 def train_transform(size: tuple[int, int], *, hflip: bool, scale: Sequence[float], rotate: float, color: float,
@@ -88,7 +89,8 @@ class SegDataset(Dataset):
 
     def __getitem__(self, i: int):
         image, mask, _ = self.source.get(i)
-        img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-        msk = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
+        # own, writable copies: a source may hand out read-only arrays (np.asarray of a decoded image)
+        img = tv_tensors.Image(torch.from_numpy(np.array(image, order="C")).permute(2, 0, 1))
+        msk = tv_tensors.Mask(torch.from_numpy(np.array(mask, order="C")))
         img, msk = self.transform(img, msk)
         return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor).long()

@@ -230,6 +230,13 @@ def versions() -> dict:
 def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo, *, recipe: dict | None = None,
                     metrics: dict | None = None, train_state: dict | None = None, half: bool = False) -> Path:
     """Write a checkpoint atomically; ``half`` stores floating weights as float16 (for shipping)."""
+    return write_bytes_atomic(path, checkpoint_bytes(model, info, recipe=recipe, metrics=metrics,
+                                                     train_state=train_state, half=half))
+
+
+def checkpoint_bytes(model: nn.Module, info: ModelInfo, *, recipe: dict | None = None, metrics: dict | None = None,
+                     train_state: dict | None = None, half: bool = False) -> bytes:
+    """The bytes of the checkpoint ``save_checkpoint`` writes (for a caller that places the file itself)."""
     state = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone()
              for k, v in _unwrap(model).state_dict().items()}
     payload = {
@@ -240,7 +247,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo, *, reci
         payload["train_state"] = train_state
     buf = io.BytesIO()
     torch.save(payload, buf)
-    return write_bytes_atomic(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -1,11 +1,13 @@
 """The training loop: AdamW + cosine, CE+Dice, AMP on CUDA, DDP under torchrun (layer 3).
 
-Resumable: ``last.pt`` (written atomically at the end of every epoch) holds optimizer,
-scheduler, step and epoch; each epoch's sampling is seeded by (seed, epoch), so a resumed
-run replays the interrupted epoch and ends on the same step count.
+Resumable: ``last.pt`` (written at the end of every epoch, together with best.pt and metrics.csv:
+all of them or none) holds optimizer, scheduler, step, epoch and the run's recipe; each epoch's
+sampling is seeded by (seed, epoch), so a resumed run replays the interrupted epoch and ends on
+the same step count. A resumed run goes on with the recipe stored in last.pt (``train.resume``).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import io
@@ -21,12 +23,13 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from edgeseg.data.transforms import SegDataset, eval_transform, normalize, train_transform
 from edgeseg.errors import CheckpointError, EdgesegError
-from edgeseg.fsutil import check_output, write_text_atomic
-from edgeseg.models.checkpoint import ModelInfo, load_checkpoint, load_fitting, save_checkpoint, upgrade_state
-from edgeseg.recipe import Recipe
+from edgeseg.fsutil import atomic_path, check_output
+from edgeseg.models.checkpoint import Checkpoint, ModelInfo, checkpoint_bytes, load_fitting, upgrade_state
+from edgeseg.recipe import Recipe, recipe_with
 from edgeseg.evaluation.accumulate import evaluate
 from edgeseg.runtime.torch_runner import TorchRunner
 from edgeseg.train.losses import SegLoss
+from edgeseg.train.resume import given_keys, resume_point, resumed_recipe
 from edgeseg.train.setup import build_for_training, model_info, open_splits
 
 
@@ -82,15 +85,60 @@ def check_run_dir(out_dir: str | Path, *, resume: bool, force: bool) -> Path:
 
 
 def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, resume: bool = False,
-          force: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``recipe``; writes last.pt, best.pt and metrics.csv into ``out_dir`` (see ``check_run_dir``)."""
+          force: bool = False, progress: bool = True, overrides: list[str] | tuple[str, ...] | None = None
+          ) -> TrainResult:
+    """Train ``recipe``; writes last.pt, best.pt and metrics.csv into ``out_dir`` (see ``check_run_dir``).
+
+    The data folder (``data_root``, else ``data.root``) is stored in the checkpoints' recipe as an absolute
+    path. With ``resume`` the run goes on as it was started, with the recipe stored in last.pt
+    (``resumed_recipe``): ``overrides`` are the ``a.b=v`` settings given on top of the recipe file (the CLI's
+    --set), compared with the run's; None compares every field of ``recipe``. A run that already trained
+    all its epochs trains nothing and says so.
+    """
     out_dir = check_run_dir(out_dir, resume=resume, force=force)
-    run = _setup(recipe, out_dir, data_root, resume)
+    recipe = with_absolute_root(recipe, data_root)
+    ckpt = resume_point(out_dir / "last.pt") if resume else None
+    if ckpt is not None:
+        recipe = resumed_recipe(ckpt, recipe, given_keys(overrides, data_root))
+        if int(ckpt.train_state["epoch"]) >= recipe.train.epochs:
+            return _finished(ckpt, progress)
+    fresh = not out_dir.exists()
+    try:
+        return _run(_setup(recipe, out_dir, ckpt), progress)
+    except BaseException:
+        if fresh:  # a run that wrote no checkpoint leaves no folder behind either
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only when empty
+        raise
+
+
+def with_absolute_root(recipe: Recipe, data_root: str | None) -> Recipe:
+    """``recipe`` with ``data.root`` set to ``data_root`` (when given) as an absolute path, so the checkpoints
+    name the data the run used wherever they are read from (export calibrates on it)."""
+    root = data_root if data_root is not None else recipe.data.root
+    if root is None:
+        return recipe
+    return recipe_with(recipe.to_dict(), [("data.root", os.path.abspath(root))])
+
+
+def _finished(ckpt: Checkpoint, progress: bool) -> TrainResult:
+    """A resumed run that has already trained all its epochs: nothing to train, said once."""
+    state = ckpt.train_state
+    if progress and int(os.environ.get("RANK", "0")) == 0:
+        _progress(False).console.print(
+            f"{ckpt.path.parent}: the run already finished (epoch {state['epoch']} of {state['epoch']}, step "
+            f"{state['step']}); nothing to train. To train it further: --resume --set train.epochs=N (N > {state['epoch']})",
+            soft_wrap=True, markup=False, highlight=False)
+    return TrainResult(ckpt.path.parent, dict(state["best"]), dict(ckpt.metrics), int(state["step"]))
+
+
+def _run(run: "_Run", progress: bool) -> TrainResult:
+    """Train ``run`` from its start epoch to its last, validating and saving after each."""
     bar = _progress(progress and run.rank == 0)
     last_metrics: dict = {}
     with bar:
         task = bar.add_task("train", total=run.total, completed=run.step, loss=float("nan"), ips=0.0)
-        for epoch in range(run.start_epoch, recipe.train.epochs):
+        for epoch in range(run.start_epoch, run.recipe.train.epochs):
             losses = _train_epoch(run, epoch, bar, task)
             if run.rank == 0:
                 last_metrics = _end_epoch(run, epoch, losses, bar)
@@ -98,7 +146,7 @@ def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, 
                 dist.barrier()
     if run.world > 1:
         dist.destroy_process_group()
-    return TrainResult(out_dir, run.best, last_metrics, run.step)
+    return TrainResult(run.out_dir, run.best, last_metrics, run.step)
 
 
 @dataclass
@@ -145,26 +193,26 @@ def _train_dataset(recipe: Recipe, info: ModelInfo, train_src) -> SegDataset:
                                                  color=a.color, corrupt=a.corrupt))
 
 
-def _setup(recipe: Recipe, out_dir: Path, data_root: str | None, resume: bool) -> _Run:
-    """Device, data, model, optimizer and schedule for ``recipe``; with ``resume``, restored from last.pt."""
+def _setup(recipe: Recipe, out_dir: Path, resume: Checkpoint | None) -> _Run:
+    """Device, data, model, optimizer and schedule for ``recipe``; restored from last.pt (``resume``) when given."""
     t = recipe.train
     device, rank, world = _placement(t.device)
-    train_src, val_src = open_splits(recipe, data_root)
+    train_src, val_src = open_splits(recipe)
     info = model_info(recipe, train_src.classes)
     torch.manual_seed(t.seed)
     # a resumed run's weights come from last.pt: the recipe's starting weights are not read (nor downloaded)
-    model = build_for_training(info, None if resume else recipe.model.weights).to(device)
+    model = build_for_training(info, None if resume is not None else recipe.model.weights).to(device)
     train_ds = _train_dataset(recipe, info, train_src)
     steps_per_epoch = t.steps_per_epoch or max(1, len(train_ds) // (t.batch_size * world))
     total = steps_per_epoch * t.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, warmup=min(100, total // 10 + 1)))
     start_epoch, step, best = 0, 0, {"miou": -1.0}
-    if resume:
-        start_epoch, step, best = _restore(out_dir / "last.pt", model, opt, sched)
+    if resume is not None:
+        start_epoch, step, best = _restore(resume, model, opt, sched)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model  # after the restore
     use_amp = t.amp and device.type == "cuda"
-    return _Run(recipe, out_dir, resume, device, rank, world, info, model, opt, sched, train_ds, val_src,
+    return _Run(recipe, out_dir, resume is not None, device, rank, world, info, model, opt, sched, train_ds, val_src,
                 steps_per_epoch, total, start_epoch, step, best, ddp_model, use_amp,
                 torch.amp.GradScaler("cuda", enabled=use_amp), SegLoss(t.dice_weight, t.boundary_weight))
 
@@ -224,17 +272,25 @@ def _end_epoch(run: _Run, epoch: int, losses: list[float], bar) -> dict:
     the epoch (rank 0 only); the epoch's metrics."""
     metrics = _validate(run.model, run.info, run.val_src)
     metrics.update(epoch=epoch + 1, step=run.step, train_loss=round(sum(losses) / max(1, len(losses)), 5))
-    # the run folder and its files appear with the first epoch's results (a run stopped
-    # earlier leaves nothing); a new run (--force) starts metrics.csv over right then
-    _write_csv_row(run.out_dir / "metrics.csv", metrics, run.info.classes,
-                   start_over=not run.resume and epoch == run.start_epoch)
     rec = run.recipe.to_dict()
-    if metrics["miou"] > run.best["miou"]:
-        run.best = dict(metrics)
-        save_checkpoint(run.out_dir / "best.pt", run.model, run.info, recipe=rec, metrics=run.best)
+    improved = metrics["miou"] > run.best["miou"]
+    best = dict(metrics) if improved else run.best
     state = {"optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "epoch": epoch + 1,
-             "step": run.step, "best": run.best}
-    save_checkpoint(run.out_dir / "last.pt", run.model, run.info, recipe=rec, metrics=metrics, train_state=state)
+             "step": run.step, "best": best}
+    # An epoch's files replace the previous ones all together or not at all: each is written under a temporary
+    # name first, and renamed into place only once all are written (a full disk leaves the previous epoch's
+    # run, or for the first epoch nothing); last.pt, where a resume starts, is renamed last. The run folder
+    # and its files appear with the first epoch's results; a new run (--force) starts metrics.csv over then.
+    with contextlib.ExitStack() as stack:
+        last_tmp = stack.enter_context(atomic_path(run.out_dir / "last.pt"))
+        best_tmp = stack.enter_context(atomic_path(run.out_dir / "best.pt")) if improved else None
+        csv_tmp = stack.enter_context(atomic_path(run.out_dir / "metrics.csv"))
+        csv_tmp.write_text(_csv_text(run.out_dir / "metrics.csv", metrics, run.info.classes,
+                                     start_over=not run.resume and epoch == run.start_epoch), encoding="utf-8")
+        if best_tmp is not None:
+            best_tmp.write_bytes(checkpoint_bytes(run.model, run.info, recipe=rec, metrics=best))
+        last_tmp.write_bytes(checkpoint_bytes(run.model, run.info, recipe=rec, metrics=metrics, train_state=state))
+    run.best = best
     bar.console.log(f"epoch {epoch + 1}/{run.recipe.train.epochs} step {run.step} loss {metrics['train_loss']:.4f} "
                     f"val mIoU {metrics['miou']:.4f} boundary IoU {metrics['boundary_iou']:.4f}")
     return metrics
@@ -252,23 +308,21 @@ def _loader(ds, t, epoch: int, steps: int, world: int, rank: int) -> DataLoader:
                       generator=g, persistent_workers=False)
 
 
-def _restore(path: Path, model, opt, sched) -> tuple[int, int, dict]:
-    """Load ``path`` (last.pt) into model, optimizer and scheduler; (epoch, step, best) to continue from.
+def _restore(ckpt: Checkpoint, model, opt, sched) -> tuple[int, int, dict]:
+    """Load ``ckpt`` (last.pt, from ``resume_point``) into model, optimizer and scheduler; (epoch, step, best)
+    to continue from.
 
-    Weights that do not fit the recipe's model (the recipe changed since the run began) are a
+    Weights that do not fit the model (e.g. --data now names a dataset with other classes) are a
     CheckpointError naming the file and the mismatched keys.
     """
-    if not path.is_file():
-        raise CheckpointError(f"--resume: no {path} to resume from")
-    ckpt = load_checkpoint(path)
-    if not ckpt.train_state:
-        raise CheckpointError(f"{path}: has no training state to resume")
+    path = ckpt.path
     if upgrade_state(model, ckpt.state_dict).keys() != ckpt.state_dict.keys():
         raise CheckpointError(f"--resume: {path} was written by an earlier edgeseg whose model layout differs, so "
                               "its optimizer state does not fit; start a new run from its weights with "
                               f"--weights {path} --out NEW_DIR")
-    load_fitting(model, ckpt.state_dict, f"--resume: {path} does not fit the recipe's model",
-                 "the recipe's model changed since this run began; restore it, or train into a fresh --out")
+    load_fitting(model, ckpt.state_dict, f"--resume: {path} does not fit the model its recipe builds",
+                 "the model or the data's classes changed since this run began (e.g. --data names another dataset); "
+                 "resume with the run's data, or train into a fresh --out")
     opt.load_state_dict(ckpt.train_state["optimizer"])
     sched.load_state_dict(ckpt.train_state["scheduler"])
     return int(ckpt.train_state["epoch"]), int(ckpt.train_state["step"]), dict(ckpt.train_state["best"])
@@ -282,21 +336,22 @@ def _validate(model, info, val_src) -> dict:
     return {k: metrics[k] for k in ("miou", "pixel_accuracy", "boundary_iou", "per_class_iou")}
 
 
-def _write_csv_row(path: Path, row: dict, classes, *, start_over: bool) -> None:
-    """Append one epoch's row to metrics.csv; ``start_over`` (or no file yet) writes header + row atomically."""
+def _csv_text(path: Path, row: dict, classes, *, start_over: bool) -> str:
+    """metrics.csv (``path``) with one epoch's ``row`` added: the rows of earlier epochs are kept (none when
+    ``start_over``), any of this epoch or later dropped (a resumed run replays the epoch it was stopped in)."""
     flat = {k: v for k, v in row.items() if k != "per_class_iou"}
     flat.update({f"iou_{c}": row["per_class_iou"].get(c) for c in classes})
     cols = ["epoch", "step", "train_loss", "miou", "pixel_accuracy", "boundary_iou"] + [f"iou_{c}" for c in classes]
+    earlier = []
+    if not start_over and path.exists():
+        with path.open(newline="", encoding="utf-8") as f:
+            earlier = [r for r in csv.DictReader(f) if (r.get("epoch") or "").isdigit() and int(r["epoch"]) < row["epoch"]]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    if start_over or not path.exists():
-        w.writeheader()
-        w.writerow({c: flat.get(c) for c in cols})
-        write_text_atomic(path, buf.getvalue())
-        return
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(earlier)
     w.writerow({c: flat.get(c) for c in cols})
-    with path.open("a", newline="") as f:
-        f.write(buf.getvalue())
+    return buf.getvalue()
 
 
 def _progress(enabled: bool):

@@ -9,10 +9,10 @@ from edgeseg.models.weights import load_arch_weights
 from edgeseg.recipe import Recipe
 
 
-def open_splits(recipe: Recipe, data_root: str | None):
-    """(train source, val source) for a recipe; the built-in synthetic set when no data root."""
+def open_splits(recipe: Recipe):
+    """(train source, val source) for a recipe: ``data.root``'s, else the built-in synthetic set."""
     d = recipe.data
-    root = data_root or d.root
+    root = d.root
     common = dict(classes=d.classes, task=d.task, size=d.input_size, val_fraction=d.val_fraction)
     if root is None:
         from edgeseg.data.datasets import SynthSource

@@ -1,0 +1,79 @@
+"""What a resumed run continues: the run as it was started, from its last.pt (layer 3).
+
+A run's settings are the recipe stored in its last.pt (the recipe file with the ``--set`` overrides
+and the data folder the run was started with). Settings given again on ``--resume`` must agree with
+it, except ``RESUME_MAY_CHANGE``; ``model.weights`` is not compared (a resumed run's weights come
+from last.pt, the starting weights are neither read nor downloaded).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from edgeseg.errors import CheckpointError, EdgesegError, RecipeError
+from edgeseg.models.checkpoint import Checkpoint, load_checkpoint
+from edgeseg.recipe import Recipe, parse_override, recipe_fields, recipe_with
+
+#: settings a resumed run takes as given now: how long it trains (train.epochs: more extends the run, its
+#: cosine schedule stretched to the new length), where it runs (train.device, train.workers), and where its
+#: data folder lives now (data.root, i.e. --data: a moved or copied dataset; not from or to the built-in set)
+RESUME_MAY_CHANGE = ("train.epochs", "train.device", "train.workers", "data.root")
+
+
+def resume_point(path: Path) -> Checkpoint:
+    """The last.pt a run resumes from; CheckpointError when there is none, or it holds no training state or recipe."""
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no {path} to resume from")
+    ckpt = load_checkpoint(path)
+    if not ckpt.train_state:
+        raise CheckpointError(f"{path}: has no training state to resume")
+    if not ckpt.recipe:
+        raise CheckpointError(f"{path}: holds no recipe, so the run it continues is unknown; start a new run from "
+                              f"its weights with --weights {path} --out NEW_DIR")
+    return ckpt
+
+
+def given_keys(overrides: Iterable[str] | None, data_root: str | None) -> tuple[str, ...] | None:
+    """The recipe keys a command sets on top of its recipe file (``a.b=v`` overrides, --data as data.root);
+    None when unknown (a Python caller passing only a Recipe: all of its fields count as given)."""
+    if overrides is None:
+        return None
+    return tuple(parse_override(text)[0] for text in overrides) + (("data.root",) if data_root is not None else ())
+
+
+def resumed_recipe(ckpt: Checkpoint, given: Recipe, keys: tuple[str, ...] | None) -> Recipe:
+    """The recipe a resumed run goes on with: the one stored in ``ckpt`` with the ``RESUME_MAY_CHANGE`` settings of
+    ``given`` applied; ``keys``: which fields of ``given`` were given (None: all).
+
+    RecipeError naming every other given field whose value differs from the run's, and the fix; EdgesegError
+    when train.epochs is below the epochs already trained.
+    """
+    values = dict(recipe_fields(given))
+    if keys is not None:
+        values = {k: v for k, v in values.items() if any(k == g or k.startswith(g + ".") for g in keys)}
+    values.pop("model.weights", None)
+    if values.get("data.root") is None:  # not given: the run's own data folder
+        values.pop("data.root", None)
+    stored_root = ckpt.recipe.get("data", {}).get("root")
+    changes = [(k, v) for k, v in values.items()
+               if k in RESUME_MAY_CHANGE and not (k == "data.root" and stored_root is None)]
+    try:
+        run = recipe_with(ckpt.recipe, changes)
+    except RecipeError as exc:
+        raise RecipeError(f"--resume: {ckpt.path}: the run's {exc}") from None
+    now = dict(recipe_fields(run))
+    differ = [k for k, v in values.items() if v != now[k]]
+    if differ:
+        shown = ", ".join(f"{k}={_show(values[k])} (the run has {_show(now[k])})" for k in differ)
+        raise RecipeError(f"--resume goes on with the settings {ckpt.path} was started with, and these differ from "
+                          f"them: {shown}; leave them out, or train into a new --out to use them (on resume only "
+                          f"{', '.join(RESUME_MAY_CHANGE[:-1])} and --data may change)")
+    done = int(ckpt.train_state["epoch"])
+    if run.train.epochs < done:
+        raise EdgesegError(f"--resume: train.epochs={run.train.epochs} but the run in {ckpt.path.parent} has already "
+                           f"trained {done} epochs; give train.epochs above {done} to train it further")
+    return run
+
+
+def _show(value) -> str:
+    return str(list(value)) if isinstance(value, tuple) else str(value)
