@@ -395,12 +395,11 @@ def predict(model, inputs, out_dir, output, background, refine, threads, pick, f
 
     Each image is written as --out/<name>.png, each video (.mp4, .mov, .mkv, ...) as --out/<name>.mp4
     with the same frame count, size and frame rate (alpha and cutout as a greyscale matte video); a
-    folder's sub-folders are mirrored (photos/sub/a.jpg -> OUT/sub/a.png) and files already in --out
-    are not read as inputs. Refused before anything runs (exit 2): two inputs with
-    one output name (a.jpg and a.png in one folder: rename one or use two --out folders), an
-    output on an input, --out being an input folder, a video FFmpeg cannot open, and existing files
-    in --out that edgeseg predict did not write (a ledger, .edgeseg-predict.json, records what it
-    wrote, so re-runs replace their own outputs; --force replaces the others too). Unreadable,
+    folder's sub-folders are mirrored (photos/sub/a.jpg -> OUT/sub/a.png). Refused before anything runs
+    (exit 2): two inputs with one output name (a.jpg and a.png in one folder: rename one or use two --out
+    folders), an output on an input, --out being an input folder or inside one, a video FFmpeg cannot
+    open, and existing files in --out that edgeseg predict did not write (a ledger, .edgeseg-predict.json,
+    records what it wrote, so re-runs replace their own outputs; --force replaces the others too). Unreadable,
     oversized or truncated inputs are skipped and reported (exit 2 after the rest are written).
     """
     from edgeseg.apply.predict import plan_predict, run_predict

@@ -131,17 +131,34 @@ def test_sub_folders_are_mirrored(cli, tiny_checkpoint, photos, tmp_path):
         assert Image.open(tmp_path / "out" / name).size == (70, 90)
 
 
-def test_out_inside_an_input_folder_never_reads_its_outputs_back(cli, tiny_checkpoint, photos, tmp_path):
-    folder = _folder(tmp_path / "photos", photos, "a.jpg", "b.png")
-    for _ in range(2):  # the second run does not take masks/*.png as photos
-        res = cli("predict", tiny_checkpoint, folder, "--out", folder / "masks")
-        assert res.exit_code == 0, res.output
-        assert "wrote 2" in res.output
-    assert sorted(p.name for p in (folder / "masks").iterdir()) == [LEDGER_NAME, "a.png", "b.png"]
-    # and a folder inside --out is an input like any other
-    res = cli("predict", tiny_checkpoint, folder, "--out", tmp_path)
-    assert res.exit_code == 0 and "wrote 4" in res.output, res.output  # a, b, masks/a, masks/b
-    assert (tmp_path / "masks" / "a.png").is_file()
+def test_out_inside_an_input_folder_is_refused_and_every_input_is_read_elsewhere(cli, photos, tmp_path):
+    """Outputs never go among the inputs: an --out inside an input folder would skip the photos under it
+    and mix masks into the user's folder (read back as photos by the next run)."""
+    folder = _folder(tmp_path / "photos", photos, "a.jpg", "b.png", "trip/c.jpg")
+    for out in (folder / "trip", folder / "masks", folder / "trip" / "deeper"):
+        line = assert_refused(cli, "predict", "default", folder, "--out", out, watch=[tmp_path],
+                              match="is inside the input folder")
+        assert str(out) in line and str(folder) in line
+    # nor through a mirrored sub-folder: photos/photos/d.jpg with --out above photos lands in photos/
+    _folder(folder, photos, "photos/d.jpg")
+    assert_refused(cli, "predict", "default", folder, "--out", tmp_path, watch=[tmp_path],
+                   match="would write photos/d.png into the input folder")
+    (folder / "photos" / "d.jpg").unlink()
+    (folder / "photos").rmdir()
+    res = cli("predict", "default", folder, "--out", tmp_path / "masks")
+    assert res.exit_code == 0 and "wrote 3 mask images" in res.output, res.output
+    assert sorted(p.relative_to(tmp_path / "masks").as_posix() for p in (tmp_path / "masks").rglob("*")) == \
+        sorted([LEDGER_NAME, "a.png", "b.png", "trip", "trip/c.png"])
+
+
+def test_a_full_disk_leaves_no_output_folder_and_no_temporary_file(cli, tmp_path, small_disk):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(tmp_path / "noise.png")  # ~640 KB as RGBA
+    res = cli("predict", "default", tmp_path / "noise.png", "--out", small_disk / "out" / "cut", "--output", "cutout")
+    assert res.exit_code == 2
+    line = one_line_error(res.stderr)
+    assert "No space left on device" in line and str(small_disk / "out" / "cut" / "noise.png") in line
+    assert list(small_disk.iterdir()) == []  # the folders it made are gone, and no staging folder stays
 
 
 def test_rerun_into_the_same_out_replaces_only_its_own_files(cli, tiny_checkpoint, photos, tmp_path):

@@ -179,6 +179,37 @@ def test_a_truncated_or_non_video_file_is_one_line_exit_2_and_writes_nothing(cli
         assert name in line
 
 
+def test_a_killed_video_run_leaves_only_a_staging_folder_that_the_next_run_removes(tmp_path):
+    """kill -9 while predict encodes a video: its temporary file is in a staging folder named with the
+    process id, and the next predict into that folder removes it (one of a live run is never touched)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clip = _write_clip(tmp_path / "long.mp4", frames=400, size=(96, 128))
+    out = tmp_path / "vout"
+    hidden = lambda: [p for p in out.iterdir() if p.name.startswith(".") and p.is_dir()] if out.is_dir() else []  # noqa: E731
+    proc = subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "predict", "default", clip, "--out", out,
+                             "--output", "blur"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not hidden():  # the run's temporary folder exists until the video is done
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "predict ended before it could be killed"
+    assert hidden()
+    Image.fromarray(render("portrait", 48, 1).image).save(tmp_path / "still.png")
+    from conftest import run_edgeseg
+
+    r = run_edgeseg("predict", "default", tmp_path / "still.png", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert hidden() == [] and sorted(p.name for p in out.iterdir()) == [".edgeseg-predict.json", "still.png"]
+
+
 # ------------------------------------------------------------------------------------------ eval and bench on clips
 
 

@@ -8,18 +8,26 @@ Ownership: edgeseg only replaces what it wrote. ``plan_predict`` decides every o
 refuses, before the model is loaded or any image is read, a plan that would write two inputs to
 one name, write over an input, or replace a file that edgeseg did not write. What it wrote is
 recorded in a ledger in the output folder (``LEDGER_NAME``: name -> sha256 of the bytes written),
-so a re-run into the same folder replaces its own earlier outputs, and only those.
+so a re-run into the same folder replaces its own earlier outputs, and only those. Outputs never go
+among the inputs: an ``--out`` that is an input folder or lies inside one is refused.
+
+Crash safety: each file is written in a staging folder inside its destination folder (``fsutil.staging_dir``:
+its name carries this process id, so the next run into that folder removes what a killed run left) and
+renamed into place after the ledger lists it; a folder this run created is removed again if it is left
+empty (every input failed, or the disk filled up).
 
 Memory: full-resolution results are built a band of rows at a time (``compose.row_bands``), so a
 photo needs a few tens of bytes per pixel whatever its size and output mode.
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -30,7 +38,7 @@ from edgeseg.apply.video import (OUTPUT_SUFFIX, VIDEO_SUFFIXES, VideoInfo, is_vi
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import resize_pixels
 from edgeseg.errors import DataError, EdgesegError
-from edgeseg.fsutil import atomic_path, check_output, folder_lock, write_text_atomic
+from edgeseg.fsutil import check_output, folder_lock, is_staging, sha256_file, staging_dir
 from edgeseg.runtime.loader import open_model
 from edgeseg.runtime.stabilizer import SmoothCfg, frame_run, softmax
 
@@ -97,15 +105,11 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _folder_jobs(folder: Path, out: Path) -> list[Job]:
-    """Images under ``folder`` (sorted, image suffixes only), named by their path in it.
-
-    When the output folder ``out`` (resolved) lies inside ``folder``, nothing under it is taken:
-    earlier outputs are not inputs.
-    """
-    inner = _inside(out, folder.resolve())
+def _folder_jobs(folder: Path) -> list[Job]:
+    """Images and videos under ``folder`` and its sub-folders (sorted), named by their path in it; what lies in
+    a staging folder (a killed edgeseg run's leftovers, ``fsutil.staging_dir``) is not an input."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
-                   and not (inner and _inside(p.resolve(), out)))
+                   and not any(map(is_staging, p.relative_to(folder).parts)))
     return [Job(p, p.relative_to(folder).with_name(_output_name(p)).as_posix()) for p in files]
 
 
@@ -114,15 +118,14 @@ def _output_name(path: Path) -> str:
     return f"{path.stem}{OUTPUT_SUFFIX if is_video(path) else '.png'}"
 
 
-def input_jobs(inputs, out_dir: str | Path) -> list[Job]:
+def input_jobs(inputs) -> list[Job]:
     """Files as given (output ``<stem>.png``, a video ``<stem>.mp4``), folders expanded with their
-    sub-folders mirrored (``photos/sub/a.jpg`` -> ``sub/a.png``). Files already under ``out_dir`` are
-    not taken from a folder that contains it; missing paths are kept, to be reported when read.
+    sub-folders mirrored (``photos/sub/a.jpg`` -> ``sub/a.png``); missing paths are kept, to be reported
+    when read.
     """
-    out = Path(out_dir).resolve()
     jobs: list[Job] = []
     for item in map(Path, inputs):
-        jobs += _folder_jobs(item, out) if item.is_dir() else [Job(item, _output_name(item))]
+        jobs += _folder_jobs(item) if item.is_dir() else [Job(item, _output_name(item))]
     return jobs
 
 
@@ -131,12 +134,34 @@ def _listing(names: list, limit: int = 3) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _refuse_input_folder(inputs, out_dir: Path) -> None:
+def _input_folders(inputs) -> list[tuple[Path, Path]]:
+    """(as given, resolved) for each input that is a folder."""
+    return [(item, item.resolve()) for item in map(Path, inputs) if item.is_dir()]
+
+
+def _refuse_out_in_input_folder(inputs, out_dir: Path) -> None:
+    """``--out`` may be neither an input folder nor inside one: outputs never go among the inputs (the
+    folder's images under ``--out`` would not be read now and its outputs would be read as photos later)."""
     out = out_dir.resolve()
-    for item in map(Path, inputs):
-        if item.is_dir() and item.resolve() == out:
+    for item, folder in _input_folders(inputs):
+        if out == folder:
             raise EdgesegError(f"--out {out_dir} is the input folder {item}; outputs never go among the inputs, "
                                "choose another --out folder")
+        if folder in out.parents:
+            raise EdgesegError(f"--out {out_dir} is inside the input folder {item} (whose sub-folders are inputs too); "
+                               f"outputs never go among the inputs, choose an --out folder outside {item}")
+
+
+def _refuse_outputs_in_input_folders(jobs: list[Job], inputs, out_dir: Path) -> None:
+    """No output may land inside an input folder through a mirrored sub-folder either (an input folder
+    inside ``--out`` that holds a folder of its own name)."""
+    folders = _input_folders(inputs)
+    for job in jobs:
+        dest = (out_dir / job.name).resolve()
+        item = next((item for item, folder in folders if folder in dest.parents), None)
+        if item is not None:
+            raise EdgesegError(f"--out {out_dir} would write {job.name} into the input folder {item}; outputs never "
+                               "go among the inputs, choose an --out folder outside the input folders")
 
 
 def _refuse_collisions(jobs: list[Job]) -> None:
@@ -170,15 +195,6 @@ def _refuse_blocked_paths(jobs: list[Job], out_dir: Path) -> None:
         if (out_dir / job.name).is_dir():
             raise EdgesegError(f"{out_dir / job.name} is a folder; edgeseg predict writes a file there and never "
                                "replaces a folder")
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file's bytes, read in 1 MB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_ledger(out_dir: Path, *, force: bool = False) -> dict[str, str]:
@@ -225,10 +241,11 @@ def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", backgroun
 
     Promise: raises EdgesegError (one line, naming the files) and writes nothing when: the output
     mode or ``background`` is bad; ``out_dir`` cannot be a writable folder; there are no
-    inputs or an input path that does not exist; ``out_dir`` is an input folder; two inputs map to one output name; an output would
-    land on an input file; an output's place is a folder or lies under a file; an existing
-    output file was not written by edgeseg predict (per the ledger and its sha256) - that one
-    only without ``force``; or a video input has no decodable video stream. ``force`` never
+    inputs or an input path that does not exist; ``out_dir`` is an input folder or inside one (or an
+    output would land in one); two inputs map to one output name; an output would land on an input
+    file; an output's place is a folder or lies under a file; an existing output file was not
+    written by edgeseg predict (per the ledger and its sha256) - that one only without ``force``;
+    or a video input has no decodable video stream. ``force`` never
     allows writing over an input.
     """
     if output not in OUTPUTS:
@@ -239,10 +256,11 @@ def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", backgroun
     if missing:
         raise DataError(f"input not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check the path")
     out_dir = check_output(out_dir, is_dir=True, what="--out")
-    _refuse_input_folder(inputs, out_dir)
-    jobs = input_jobs(inputs, out_dir)
+    _refuse_out_in_input_folder(inputs, out_dir)
+    jobs = input_jobs(inputs)
     if not jobs:
         raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+    _refuse_outputs_in_input_folders(jobs, inputs, out_dir)
     _refuse_collisions(jobs)
     _refuse_writing_inputs(jobs, out_dir, [background] if background else [])
     _refuse_blocked_paths(jobs, out_dir)
@@ -343,28 +361,72 @@ def render(mode: str, image: np.ndarray, pred: Prediction, background: np.ndarra
     return compose.overlay(image, pred.classes)
 
 
-def _write_png(picture, dest: Path) -> str:
-    """Save ``picture`` as PNG at ``dest`` atomically; returns the sha256 of the bytes written."""
-    with atomic_path(dest) as tmp:
-        picture.save(tmp, format="PNG")
-        return sha256_file(tmp)
-
-
 # ----------------------------------------------------------------------------------------------
 # a batch
 # ----------------------------------------------------------------------------------------------
 
 
-def _record(plan: PredictPlan, name: str, sha: str) -> None:
-    """Add one written file to the output folder's ledger. The ledger is re-read under a lock on the folder
-    and merged, so the entries of another edgeseg predict writing into the same folder at the same time
-    survive (the last writer does not erase them)."""
-    plan.ledger[name] = sha
-    with folder_lock(plan.out_dir):
-        files = read_ledger(plan.out_dir, force=True)  # a ledger that is not ours was refused or --force'd at plan time
-        files[name] = sha
-        payload = {"schema_version": LEDGER_SCHEMA, "tool": "edgeseg predict", "files": dict(sorted(files.items()))}
-        write_text_atomic(plan.out_dir / LEDGER_NAME, json.dumps(payload, indent=1) + "\n")
+class _Placer:
+    """Puts one run's files into ``plan.out_dir``. ``place(dest)`` yields a path in a staging folder inside
+    ``dest``'s own folder (``fsutil.staging_dir``: named with this process id, and a dead run's are removed
+    when it is made); when the block ends, the ledger lists the file's sha256 and the file is renamed onto
+    ``dest``. So a reader never sees a half-written file, and a later run may replace every file that
+    appears. ``close()`` removes the staging folders, and every folder this run created that is empty."""
+
+    def __init__(self, plan: PredictPlan):
+        self.plan = plan
+        self._stages: dict[Path, Path] = {}
+        self._made: list[Path] = []
+
+    def _stage(self, folder: Path) -> Path:
+        if folder not in self._stages:
+            probe = folder
+            while not probe.exists():
+                self._made.append(probe)
+                probe = probe.parent
+            folder.mkdir(parents=True, exist_ok=True)
+            self._stages[folder] = staging_dir(folder)
+        return self._stages[folder]
+
+    @contextlib.contextmanager
+    def _put(self, dest: Path, *, listed: bool) -> Iterator[Path]:
+        tmp = self._stage(dest.parent) / dest.name
+        try:
+            yield tmp
+            if listed:
+                self._record(dest.relative_to(self.plan.out_dir).as_posix(), sha256_file(tmp))
+            os.replace(tmp, dest)
+        except OSError as exc:  # e.g. a full disk: name the output, not its temporary path
+            if exc.errno is None or (exc.filename is not None and not is_staging(Path(os.fsdecode(exc.filename)).parent)):
+                raise
+            raise OSError(exc.errno, exc.strerror, str(dest)) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def place(self, dest: Path) -> contextlib.AbstractContextManager[Path]:
+        """The temporary path of ``dest`` (an output under ``out_dir``), listed in the ledger and renamed
+        onto ``dest`` when the block completes; removed when it fails."""
+        return self._put(dest, listed=True)
+
+    def _record(self, name: str, sha: str) -> None:
+        """Add one file to the output folder's ledger. The ledger is re-read under a lock on the folder and
+        merged, so the entries of another edgeseg predict writing into the same folder at the same time
+        survive (the last writer does not erase them)."""
+        plan = self.plan
+        plan.ledger[name] = sha
+        with folder_lock(plan.out_dir):
+            files = read_ledger(plan.out_dir, force=True)  # a ledger that is not ours was refused or --force'd at plan time
+            files[name] = sha
+            payload = {"schema_version": LEDGER_SCHEMA, "tool": "edgeseg predict", "files": dict(sorted(files.items()))}
+            with self._put(plan.out_dir / LEDGER_NAME, listed=False) as tmp:
+                tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+
+    def close(self) -> None:
+        for stage in self._stages.values():
+            shutil.rmtree(stage, ignore_errors=True)
+        for folder in sorted(self._made, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: nothing was written there
 
 
 def run_predict(model: str | None, plan: PredictPlan, *, refine: bool = False, threads: int | None = None,
@@ -383,32 +445,38 @@ def predict_plan(run: Callable[[np.ndarray], np.ndarray], input_size, plan: Pred
     ``on_progress(source)`` is called once per image and once per video frame. ``smooth``: run
     video frames (and images, taken in order as the frames of one clip per folder) through the
     temporal stabilizer. An image or video that cannot be read is reported in ``failed`` and
-    skipped. After each file, the ledger records it (atomically), so a later run may replace it and
-    nothing else.
+    skipped. The ledger lists each file (atomically) before it appears, so a later run may replace it
+    and nothing else. Whatever happens (a full disk, Ctrl-C), no temporary file stays, and a folder
+    this run created is removed when nothing was written in it.
     """
     report = PredictReport()
     clip, step = None, run
-    for job in plan.jobs:
-        key = job.source if job.video else job.source.parent  # a video, or a folder of frames, is one clip
-        if key != clip:
-            clip, step = key, frame_run(run, smooth)
-        write = _predict_video if job.video else _predict_file
-        try:
-            sha = write(job, plan, step, input_size, refine, on_progress)
-        except DataError as exc:
-            report.failed.append((str(job.source), str(exc)))
-        else:
-            _record(plan, job.name, sha)
-            report.written.append(plan.out_dir / job.name)
+    placer = _Placer(plan)
+    try:
+        for job in plan.jobs:
+            key = job.source if job.video else job.source.parent  # a video, or a folder of frames, is one clip
+            if key != clip:
+                clip, step = key, frame_run(run, smooth)
+            write = _predict_video if job.video else _predict_file
+            try:
+                write(job, plan, step, input_size, refine, on_progress, placer.place)
+            except DataError as exc:
+                report.failed.append((str(job.source), str(exc)))
+            else:
+                report.written.append(plan.out_dir / job.name)
+    finally:
+        placer.close()
     return report
 
 
-def _predict_file(job: Job, plan: PredictPlan, run, input_size, refine: bool, on_progress) -> str:
-    """One image: read it, segment it, write its output; the sha256 written."""
+def _predict_file(job: Job, plan: PredictPlan, run, input_size, refine: bool, on_progress, place) -> None:
+    """One image: read it, segment it, write its output as PNG through ``place`` (``_Placer.place``)."""
     try:
         image = load_image(job.source)
         pred = predict_image(run, image, input_size, refine=refine)
-        return _write_png(render(plan.output, image, pred, plan.background), plan.out_dir / job.name)
+        picture = render(plan.output, image, pred, plan.background)
+        with place(plan.out_dir / job.name) as tmp:
+            picture.save(tmp, format="PNG")
     finally:
         if on_progress:
             on_progress(job.source)
@@ -421,17 +489,15 @@ def video_frame(mode: str, image: np.ndarray, pred: Prediction, background: np.n
     return np.asarray(render(mode, image, pred, background).convert("RGB"))
 
 
-def _predict_video(job: Job, plan: PredictPlan, run, input_size, refine: bool, on_progress) -> str:
-    """One video, frame by frame (memory independent of its length): the sha256 of the MP4 written."""
+def _predict_video(job: Job, plan: PredictPlan, run, input_size, refine: bool, on_progress, place) -> None:
+    """One video, frame by frame (memory independent of its length), written through ``place``."""
     info = job.video
-    dest = plan.out_dir / job.name
-    with video_writer(dest, info.width, info.height, info.rate) as writer:
+    with video_writer(plan.out_dir / job.name, info.width, info.height, info.rate, place=place) as writer:
         for image in read_frames(job.source, expected=info.frames):
             pred = predict_image(run, image, input_size, refine=refine)
             writer.write(video_frame(plan.output, image, pred, plan.background))
             if on_progress:
                 on_progress(job.source)
-    return sha256_file(dest)
 
 
 def predict_files(model: str | None, inputs, out_dir: str | Path, *, output: str = "mask", background: str | None = None,

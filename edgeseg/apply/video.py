@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
@@ -109,10 +109,13 @@ class VideoWriter:
 
 
 @contextmanager
-def video_writer(dest: str | Path, width: int, height: int, rate: Fraction) -> Iterator[VideoWriter]:
-    """A ``VideoWriter`` whose file appears at ``dest`` only when the block completes (temp + rename)."""
+def video_writer(dest: str | Path, width: int, height: int, rate: Fraction, *,
+                 place: Callable[[Path], ContextManager[Path]] = atomic_path) -> Iterator[VideoWriter]:
+    """A ``VideoWriter`` whose file appears at ``dest`` only when the block completes: it is written at the
+    temporary path ``place(dest)`` yields, which becomes ``dest`` when that block ends (``atomic_path``, or
+    ``edgeseg predict``'s own, which also lists it in the ledger)."""
     av = _av()
-    with atomic_path(dest) as tmp:
+    with place(Path(dest)) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             writer = VideoWriter(container, width, height, rate)
             yield writer
