@@ -386,6 +386,20 @@ def test_report_onto_a_file_is_refused_before_timing(cli, onnx_dir, tmp_path, no
     assert str(report) in line and "--report" in line
 
 
+def test_report_never_replaces_a_users_files_and_is_refused_before_timing(cli, tmp_path, no_timing):
+    """--report into a folder holding the user's report.md / report.html: refused before any timing (or
+    before the files are even opened: the output checks come first), both kept."""
+    from edgeseg.bench.latency_reference import ASSETS
+
+    docs = tmp_path / "mydocs"
+    docs.mkdir()
+    (docs / "report.md").write_text("# mine\n")
+    (docs / "report.html").write_text("<html>mine</html>\n")
+    line = assert_refused(cli, "bench", ASSETS, "--threads", "1", "--runs", "3", "--sessions", "1", "--report", docs,
+                          watch=[tmp_path], match="holds report.md, report.html, not written by edgeseg bench")
+    assert str(docs) in line
+
+
 @pytest.mark.parametrize("target", ["manifest.json", "tiny-fp32.onnx", "checkpoint"])
 def test_json_outputs_never_replace_the_commands_inputs(cli, onnx_dir, tiny_checkpoint, tmp_path, no_timing, target):
     import shutil

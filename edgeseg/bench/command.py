@@ -15,10 +15,10 @@ from typing import Callable
 
 from edgeseg.bench import harness
 from edgeseg.bench.gate import check_options, compare, load_baseline, over_limit, parity_failures
-from edgeseg.bench.report import COLUMNS, flicker_table, int8_summary, table_rows, write_report
+from edgeseg.bench.report import COLUMNS, check_report_output, flicker_table, int8_summary, table_rows, write_report
 from edgeseg.bench.temporal import check_clips, clip_flicker
 from edgeseg.errors import EdgesegError, GateFailed
-from edgeseg.fsutil import check_json_output, check_output
+from edgeseg.fsutil import check_json_output
 from edgeseg.ui import print_table
 
 Echo = Callable[[str], None]
@@ -82,12 +82,13 @@ def _check_modes(opts: BenchOptions) -> None:
 
 
 def _check_outputs(opts: BenchOptions) -> None:
-    """Refuse output locations that cannot be written (``--json``, the baseline to update, ``--report``)."""
+    """Refuse output locations that cannot be written (``--json``, the baseline to update, ``--report``) or that
+    hold a file of an output's name that edgeseg did not write."""
     for out, what in ((opts.json_out, "--json"), (opts.baseline if opts.update_baseline else None, "--baseline")):
         if out:
             check_json_output(out, what=what)
     if opts.report_dir:
-        check_output(opts.report_dir, is_dir=True, what="--report")
+        check_report_output(opts.report_dir)
 
 
 def prepare_bench(opts: BenchOptions) -> BenchSetup:

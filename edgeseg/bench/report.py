@@ -1,14 +1,23 @@
-"""Bench reports: a table, charts (matplotlib, Agg) and a mask strip, as Markdown and HTML (layer 3)."""
+"""Bench reports: a table, charts (matplotlib, Agg) and a mask strip, as Markdown and HTML (layer 3).
+
+Ownership: a report is assembled in a staging folder and installed name by name (``fsutil.install_staged``);
+it replaces only what an earlier report wrote. Its ledger (``REPORT_LEDGER``) records the sha256 of each file
+it wrote; a file with one of the report's names that edgeseg did not write (or that changed since) is refused
+(``check_report_output``) before any timing.
+"""
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from edgeseg.fsutil import atomic_path, write_text_atomic
+from edgeseg.errors import EdgesegError
+from edgeseg.fsutil import atomic_path, check_output, install_staged, sha256_file, staging_dir
 from edgeseg.bench.temporal import COLUMNS as FLICKER_COLUMNS, flicker_rows
 
 COLUMNS = ["artifact", "runtime", "threads", "p50 ms", "p90 ms", "normalized p50", "speed-up vs PyTorch", "load ms",
@@ -21,6 +30,13 @@ _LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1)
 #: Alt text and caption of each chart.
 CHART_ALT = {"latency_accuracy.png": "p50 latency vs agreement mIoU, marker area ~ file size",
              "thread_scaling.png": "p50 latency per thread count"}
+
+#: Every name a report writes in its folder, besides its ledger.
+REPORT_FILES = ("report.md", "report.html", *CHART_ALT, "samples.png")
+#: The report's ledger: {"tool": REPORT_TOOL, "files": {name: sha256}} of the files it wrote.
+REPORT_LEDGER = ".edgeseg-report.json"
+REPORT_TOOL = "edgeseg bench --report"
+REPORT_TITLE = "edgeseg bench report"
 
 #: The HTML report's stylesheet (embedded, so the page needs nothing but the PNGs beside it).
 STYLE = """
@@ -318,12 +334,107 @@ def sample_strip(images: np.ndarray, preds: dict[str, np.ndarray], dest: Path, l
         Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG", optimize=True)
 
 
-def write_report(doc: dict, out_dir: str | Path, samples: tuple[np.ndarray, dict] | None = None) -> Path:
-    """report.md + report.html with the table, charts and mask strip; returns the folder."""
+def _text_head(path: Path, limit: int = 1 << 20) -> str:
+    """The first ``limit`` bytes of a regular file as text ('' when it cannot be read)."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return ""
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _ledger_files(out: Path) -> dict[str, str] | None:
+    """The ledger in ``out``: name -> sha256 ({} when there is none, None when the file there is not ours)."""
+    path = out / REPORT_LEDGER
+    if not (path.exists() or path.is_symlink()):
+        return {}
+    try:
+        doc = json.loads(_text_head(path))
+        files = doc["files"]
+        if doc.get("tool") != REPORT_TOOL or not all(isinstance(v, str) for v in files.values()):
+            return None
+        return {name: sha for name, sha in files.items() if name in REPORT_FILES}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _unledgered_report(out: Path) -> set[str]:
+    """A report written before reports kept a ledger: its report.md (starting with the report's title), the
+    report.html of that title, and the charts that report.md links."""
+    md = _text_head(out / "report.md")
+    if not md.startswith(f"# {REPORT_TITLE}\n"):
+        return set()
+    names = {"report.md"} | {n for n in REPORT_FILES if n.endswith(".png") and f"]({n})" in md}
+    if f"<title>{REPORT_TITLE}" in _text_head(out / "report.html"):
+        names.add("report.html")
+    return names
+
+
+def report_owned(out_dir: str | Path) -> set[str]:
+    """The names in ``out_dir`` an earlier report wrote (the next one replaces them, or removes those it does
+    not write again). EdgesegError (one line) when a file or folder there has a name the report writes but
+    edgeseg did not write it, or it changed since: edgeseg only replaces what it wrote."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not out.is_dir():
+        return set()
+    ledger = _ledger_files(out)
+    if ledger is None:  # a file of the ledger's name that is not one
+        owned: set[str] = set()
+    elif (out / REPORT_LEDGER).exists():
+        owned = {REPORT_LEDGER} | {n for n, sha in ledger.items() if _holds(out / n, sha)}
+    else:
+        owned = _unledgered_report(out)
+    foreign = [n for n in (REPORT_LEDGER, *REPORT_FILES) if ((out / n).exists() or (out / n).is_symlink()) and n not in owned]
+    if foreign:
+        raise EdgesegError(f"--report {out_dir} holds {', '.join(foreign)}, not written by edgeseg bench (or changed since); "
+                           "choose another --report folder or move them away (edgeseg only replaces what it wrote)")
+    return owned
+
+
+def _holds(path: Path, sha: str) -> bool:
+    """Whether ``path`` is a regular file with exactly the bytes of sha256 ``sha``."""
+    try:
+        return path.is_file() and not path.is_symlink() and sha256_file(path) == sha
+    except OSError:
+        return False
+
+
+def check_report_output(out_dir: str | Path) -> Path:
+    """Refuse a ``--report`` folder before any timing: one that cannot be a writable folder (``check_output``)
+    or that holds a file with a report's name that edgeseg did not write (``report_owned``)."""
+    path = check_output(out_dir, is_dir=True, what="--report")
+    report_owned(path)
+    return path
+
+
+def write_report(doc: dict, out_dir: str | Path, samples: tuple[np.ndarray, dict] | None = None) -> Path:
+    """report.md + report.html with the table, charts and mask strip; returns the folder.
+
+    Assembled in a staging folder and installed name by name with its ledger (written last): an earlier
+    report's files are replaced (or removed when this run does not write them again, e.g. a chart), every
+    other file in the folder is kept, and a file with a report's name that edgeseg did not write is refused
+    (``report_owned``). On any failure (a full disk) nothing is left of this report.
+    """
+    out = Path(out_dir)
+    owned = report_owned(out)
+    stage = staging_dir(out)
+    try:
+        _write_report_files(doc, stage, samples)
+        files = {p.name: sha256_file(p) for p in sorted(stage.iterdir()) if p.name in REPORT_FILES}
+        (stage / REPORT_LEDGER).write_text(json.dumps({"tool": REPORT_TOOL, "files": files}, indent=1) + "\n",
+                                           encoding="utf-8")
+        install_staged(stage, out, owned=owned, last=REPORT_LEDGER)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _write_report_files(doc: dict, out: Path, samples: tuple[np.ndarray, dict] | None) -> None:
+    """Write the report's files into the (new, empty) folder ``out``."""
     charts = [name for name, chart in (("latency_accuracy.png", latency_accuracy_chart), ("thread_scaling.png", thread_scaling_chart))
-              if chart(doc, out / name)]  # this run's only, not an earlier run's left in the folder
+              if chart(doc, out / name)]
     strip_rows = [row_label(doc, name) for name in samples[1]] if samples is not None else []
     if samples is not None:
         sample_strip(samples[0], samples[1], out / "samples.png", {n: _join(n, d) for n, d in strip_rows})
@@ -338,7 +449,7 @@ def write_report(doc: dict, out_dir: str | Path, samples: tuple[np.ndarray, dict
     if summary:
         facts.append(summary)
     head = ". ".join(facts)
-    md = ["# edgeseg bench report", "", head, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    md = [f"# {REPORT_TITLE}", "", head, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     md += ["| " + " | ".join(r + [""] * (len(COLUMNS) - len(r))) + " |" for r in rows]
     md += [line for name in charts for line in ("", f"![{CHART_ALT[name]}]({name})")]
     flicker = flicker_table(doc)
@@ -350,9 +461,9 @@ def write_report(doc: dict, out_dir: str | Path, samples: tuple[np.ndarray, dict
         md += ["", "Mask strip, rows top to bottom:", ""]
         md += [f"{i}. `{n}`" + (f" — {d}" if d else "") for i, (n, d) in enumerate(strip_rows, 1)]
         md += ["", "![masks](samples.png)"]
-    write_text_atomic(out / "report.md", "\n".join(md) + "\n")
-    write_text_atomic(out / "report.html", _html_page(doc, facts, rows, charts, strip_rows if has_strip else []))
-    return out
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    (out / "report.html").write_text(_html_page(doc, facts, rows, charts, strip_rows if has_strip else []),
+                                     encoding="utf-8")
 
 
 def _html_page(doc: dict, facts: list[str], rows: list[list[str]], charts: list[str], strip_rows: list[tuple[str, str]]) -> str:
@@ -365,7 +476,7 @@ def _html_page(doc: dict, facts: list[str], rows: list[list[str]], charts: list[
     def name_cell(c: str) -> str:  # a long file name may wrap after _ - . (not mid-word)
         return "<td>" + re.sub(r"([_.-])", r"\1<wbr>", esc(c)) + "</td>"
     model = (doc.get("model") or {}).get("name")
-    title = "edgeseg bench report" + (f": {model}" if model else "")
+    title = REPORT_TITLE + (f": {model}" if model else "")
     body = [f"<h1>{esc(title)}</h1>", '<ul class="meta">' + "".join(f"<li>{esc(f)}</li>" for f in facts) + "</ul>",
             "<h2>Results</h2>", '<div class="scroll"><table>',
             "<thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in COLUMNS) + "</tr></thead><tbody>",
