@@ -115,7 +115,11 @@ def main() -> None:
         print(f"session {s + 1}/{args.sessions} done", flush=True)
     p50 = median_over(sessions)
     rel = median_over([ratios(s, names, "previous") for s in sessions])
-    md = report(names, facts, p50, rel)
+    md = (f"# Speed map: candidates with random weights (speed only, no accuracy), 1 thread, {args.sessions} fresh "
+          f"loads x {args.rounds} interleaved runs\n\n`benchmarks/speed_map.py`; int8 TFLite takes uint8 pixels "
+          "(normalization (pixel - 114) / 58 folded into its input), float files normalized input (their time "
+          "includes normalizing the frame). Reference: `previous` (the default before the int8-friendly one).\n\n"
+          + report(names, facts, p50, rel))
     doc = {"threads": 1, "rounds": args.rounds, "sessions": args.sessions, "reference": "previous",
            "weights": "random (speed only)", "candidates": {n: CANDIDATES[n] for n in names},
            "models": facts, "p50_ms": p50, "ratios": rel, "per_session_p50_ms": sessions}
