@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -29,12 +30,12 @@ def test_train_writes_checkpoints_and_metrics(tiny_checkpoint: Path):
 
 
 def test_train_on_folder_dataset(tmp_path, cli, monkeypatch):
-    r = cli("data", "synth", tmp_path / "ds", "--count", "10", "--size", "64")
+    r = cli("data", "synth", tmp_path / "ds", "--count", "8", "--size", "64")
     assert r.exit_code == 0, r.output
     recipe = write_recipe(tmp_path / "r.yaml")
     monkeypatch.chdir(tmp_path)  # --data given relative to here
     r = cli("train", "--recipe", recipe, "--data", "ds", "--out", tmp_path / "run",
-            "--set", "train.steps_per_epoch=2", "--set", "data.val_fraction=0.2")
+            "--set", "train.steps_per_epoch=2", "--set", "data.val_fraction=0.25")
     assert r.exit_code == 0, r.output
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
     assert ckpt.metrics["miou"] >= 0
@@ -45,6 +46,17 @@ def test_train_on_folder_dataset(tmp_path, cli, monkeypatch):
     monkeypatch.chdir(ROOT)
     calib = calibration_images(None, ckpt.recipe["data"]["root"], "portrait", 2, (64, 64))
     assert calib.source.startswith(f"{tmp_path / 'ds'} (train split)"), calib.source
+    # eval and export --data read the val split the run held out (with edgeseg's default 0.1, 8 images have none)
+    from edgeseg.export.quant_images import parity_source
+    from edgeseg.export.source import checkpoint_source
+
+    assert ckpt.val_fraction == 0.25
+    source, _ = parity_source(str(tmp_path / "ds"), "portrait", 2, (64, 64), ckpt.info.classes,
+                              checkpoint_source(ckpt).val_fraction)
+    assert len(source) == 2
+    r = cli("eval", tmp_path / "run" / "best.pt", "--data", tmp_path / "ds", "--json", tmp_path / "e.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e.json").read_text())["miou"] >= 0
 
 
 def test_training_samples_from_image_files_are_writable(tmp_path, cli):

@@ -60,7 +60,7 @@ def _evaluate(runner: Runner, view: ModelView, data_root: str | None, split: str
         source = builtin_source("eval", view.task, count, view.input_size)
         slices = given if given is not None else {source.get(i)[2]: source.attrs(i) for i in range(len(source))}
     else:
-        source = open_source(data_root, split or "val", classes=view.classes)
+        source = open_source(data_root, split or "val", classes=view.classes, val_fraction=view.val_fraction)
         slices = given or {}
     preds, masks, ids, _ = predict_source(runner.run, source, view.input_size)
     if masks is None:

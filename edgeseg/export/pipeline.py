@@ -196,8 +196,9 @@ def run_export(req: ExportRequest, on_artifact=None, *, model_source: ExportSour
     names = {MANIFEST_NAME, REFERENCE_NAME} | {f"{info.name}-{p}{SUFFIXES[f]}" for f in exporters for p in req.precisions}
     owned = owned_by_earlier_export(dest, names, req.force)
     calib = calibration_images(req.calib_dir, model_source.recipe_root, task, req.calib_count, info.input_size,
-                               model_source.augment)
-    source, described = parity_source(req.data_dir, task, req.parity_images, info.input_size, info.classes)
+                               model_source.augment, model_source.val_fraction)
+    source, described = parity_source(req.data_dir, task, req.parity_images, info.input_size, info.classes,
+                                      model_source.val_fraction)
     for exporter in exporters.values():  # after the cheap input checks: these imports are slow and chatty
         _check_extra(exporter)
     gate = ParityGate.build(TorchRunner(model, input_size=info.input_size, mean=info.mean, std=info.std), req,

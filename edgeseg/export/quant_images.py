@@ -13,7 +13,7 @@ from edgeseg.data.datasets import builtin_source, open_source
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import photometric_steps, resize_pixels
 from edgeseg.errors import DataError
-from edgeseg.recipe import AugmentCfg
+from edgeseg.recipe import AugmentCfg, DataCfg
 
 AUGMENT_SEED = 0  # calibration augmentations come from their own seeded generator: every export sees the same pixels
 
@@ -67,7 +67,8 @@ FALLBACK_TASK = "portrait"
 
 
 def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str | None, count: int,
-                       size: tuple[int, int], augment: AugmentCfg | None = None) -> CalibrationSet:
+                       size: tuple[int, int], augment: AugmentCfg | None = None,
+                       val_fraction: float = DataCfg.val_fraction) -> CalibrationSet:
     """Calibration pixels: --calib DIR as they are; else the recipe's training data, else the built-in set,
     each under the training augmentations ``augment`` (the recipe's; None when the model has no recipe).
 
@@ -77,7 +78,7 @@ def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str
     if calib_dir:
         return CalibrationSet(images_in_folder(calib_dir, count, size), str(calib_dir))
     if recipe_root and Path(recipe_root).is_dir():
-        src = open_source(recipe_root, "train", need_masks=False, classes=("unused", "unused"))
+        src = open_source(recipe_root, "train", need_masks=False, classes=("unused", "unused"), val_fraction=val_fraction)
         images = [resize_pixels(src.get(i)[0], size) for i in range(min(count, len(src)))]
         source = f"{recipe_root} (train split)"
     else:
@@ -96,14 +97,16 @@ def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str
                           f"(color {augment.color:g}, corrupt {augment.corrupt:g}; seed {AUGMENT_SEED})", record)
 
 
-def parity_source(data_dir: str | None, task: str | None, count: int, size: tuple[int, int], classes):
-    """(source, description): --data DIR's val split, else the built-in synthetic eval set of ``task``.
+def parity_source(data_dir: str | None, task: str | None, count: int, size: tuple[int, int], classes,
+                  val_fraction: float = DataCfg.val_fraction):
+    """(source, description): --data DIR's val split (``val_fraction`` of a folder without split folders: the
+    training run's), else the built-in synthetic eval set of ``task``.
 
     ``task`` None (no built-in set has the model's classes): the built-in portrait images without
     their labels, so parity is agreement with PyTorch only, and the description says so.
     """
     if data_dir:
-        return open_source(data_dir, "val", classes=tuple(classes)), f"{data_dir} (val split)"
+        return open_source(data_dir, "val", classes=tuple(classes), val_fraction=val_fraction), f"{data_dir} (val split)"
     if task is None:
         return (Unlabelled(builtin_source("eval", FALLBACK_TASK, count, size)),
                 f"built-in synthetic {FALLBACK_TASK} images, agreement only: no built-in set has the model's classes "

@@ -19,7 +19,7 @@ from edgeseg.errors import EdgesegError, RecipeError
 from edgeseg.manifest import is_model_name, shown
 from edgeseg.models.checkpoint import INFO_RULES, Checkpoint, ModelInfo
 from edgeseg.models.profile import count_macs, count_params
-from edgeseg.recipe import AugmentCfg, ExportCfg, augment_from_dict, export_from_dict
+from edgeseg.recipe import AugmentCfg, DataCfg, ExportCfg, augment_from_dict, export_from_dict
 from edgeseg.runtime.loader import synth_task_for
 from edgeseg.runtime.stabilizer import SmoothCfg
 
@@ -35,6 +35,7 @@ class ExportSource:
     recipe_root: str | None = None  # the training data, calibrated on when no --calib is given
     augment: AugmentCfg | None = None  # the training augmentations calibration images follow
     export: ExportCfg = ExportCfg()  # export defaults: the recipe's ``export:`` section, else edgeseg's
+    val_fraction: float = DataCfg.val_fraction  # a split-less dataset folder's 'val' share (the training run's)
 
     def model_section(self) -> dict:
         """The manifest's ``model`` section: identity, classes, preprocessing, size, origin, and the video
@@ -70,7 +71,8 @@ def checkpoint_source(ckpt: Checkpoint, model: nn.Module | None = None) -> Expor
     """The export source of an edgeseg checkpoint; ``model``: its weights already loaded (else loaded here)."""
     return ExportSource(ckpt.model() if model is None else model, ckpt.info, synth_task_for(ckpt.info.classes),
                         {"checkpoint": {"path": str(ckpt.path), "sha256": ckpt.sha256}},
-                        ckpt.recipe.get("data", {}).get("root"), training_augment(ckpt), recipe_export(ckpt))
+                        ckpt.recipe.get("data", {}).get("root"), training_augment(ckpt), recipe_export(ckpt),
+                        ckpt.val_fraction)
 
 
 def module_source(module: nn.Module, *, classes, input_size, mean, std, name: str | None = None) -> ExportSource:

@@ -13,6 +13,7 @@ import importlib
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra
 from edgeseg.manifest import FORMATS, MANIFEST_NAME, SUFFIXES, Artifact, Manifest, find_artifact_for_file, read_manifest
 from edgeseg.models.checkpoint import Checkpoint, is_packaged, resolve_checkpoint
+from edgeseg.recipe import DataCfg
 from edgeseg.runtime.base import Runner
 
 #: An export directory's files from the most faithful to the PyTorch model down (see ``ranked``).
@@ -32,6 +33,7 @@ class ModelView:
     format: str  # checkpoint | onnx | tflite | coreml
     precision: str
     task: str | None  # the built-in synthetic set whose classes are the model's; None: none is (no guessing)
+    val_fraction: float = DataCfg.val_fraction  # a split-less --data folder's 'val' share (the training run's)
 
 
 @dataclass
@@ -127,7 +129,7 @@ def load_model(spec: str | None, *, threads: int | None = None, pick: str | None
     ckpt = resolve_checkpoint(spec)
     info = ckpt.info
     view = ModelView(info.name, info.classes, info.input_size, info.mean, info.std, str(ckpt.path), "checkpoint", "fp32",
-                     synth_task_for(info.classes))
+                     synth_task_for(info.classes), ckpt.val_fraction)
     return LoadedModel(TorchRunner.from_checkpoint(ckpt, threads), view, checkpoint=ckpt)
 
 
