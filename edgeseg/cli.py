@@ -411,6 +411,8 @@ def predict(model, inputs, out_dir, output, background, refine, threads, pick, f
                              smooth=smooth)
     for path, reason in report.failed:
         click.echo(f"skipped {path}: {reason}", err=True)
+    for line in report.warnings:
+        click.echo(f"warning: {line}", err=True)
     videos = sum(path.suffix == ".mp4" for path in report.written)
     counts = [(len(report.written) - videos, "image"), (videos, "video")]
     shown = " and ".join(f"{n} {output} {kind}{'s' if n != 1 else ''}" for n, kind in counts if n) or "nothing"

@@ -76,6 +76,23 @@ def test_predict_with_exported_file_matches_checkpoint(cli, tiny_checkpoint, sha
     assert (a == b).mean() > 0.999
 
 
+def test_predict_with_a_file_that_failed_parity_at_export_warns(cli, shared_export, photos, tmp_path):
+    """A file whose export exited 1 (parity failed) was used without a word."""
+    from conftest import copy_export
+
+    export = copy_export(shared_export.dir, tmp_path / "e", keep=[("onnx", "fp32"), ("onnx", "int8")])
+    raw = json.loads((export / "manifest.json").read_text())
+    int8 = next(a for a in raw["artifacts"] if a["precision"] == "int8")
+    int8["parity"].update(passed=False, agreement_miou=0.5)
+    (export / "manifest.json").write_text(json.dumps(raw))
+    res = cli("predict", export / "tiny-int8.onnx", photos / "odd.png", "--out", tmp_path / "a")
+    assert res.exit_code == 0 and (tmp_path / "a" / "odd.png").is_file()
+    assert (f"warning: {export / 'tiny-int8.onnx'} failed its parity gate at export (parity agreement 0.5 below "
+            f"{int8['parity']['threshold']})") in res.output
+    res = cli("predict", export, photos / "odd.png", "--out", tmp_path / "b")  # the folder: the file that passed
+    assert res.exit_code == 0 and "warning" not in res.output
+
+
 def test_replace_without_background_exits_2(cli, tiny_checkpoint, photos, tmp_path):
     res = cli("predict", tiny_checkpoint, photos / "odd.png", "--out", tmp_path / "o", "--output", "replace")
     assert res.exit_code == 2 and "--background" in one_line_error(res.output)

@@ -39,7 +39,8 @@ from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import resize_pixels
 from edgeseg.errors import DataError, EdgesegError
 from edgeseg.fsutil import check_output, folder_lock, is_staging, sha256_file, staging_dir
-from edgeseg.runtime.loader import open_model
+from edgeseg.bench.gate import parity_problem
+from edgeseg.runtime.loader import LoadedModel, load_model
 from edgeseg.runtime.stabilizer import SmoothCfg, frame_run, softmax
 
 OUTPUTS = ("mask", "alpha", "cutout", "blur", "replace", "overlay")
@@ -94,6 +95,7 @@ class PredictPlan:
 class PredictReport:
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    warnings: list[str] = field(default_factory=list)  # e.g. the exported file failed its parity gate
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,10 +434,24 @@ class _Placer:
 def run_predict(model: str | None, plan: PredictPlan, *, refine: bool = False, threads: int | None = None,
                 pick: str | None = None, on_progress: Callable[[Path], None] | None = None,
                 smooth: SmoothCfg | bool = False) -> PredictReport:
-    """Open ``model`` and segment every job of ``plan`` into ``out_dir`` (``predict_plan``)."""
-    runner, view = open_model(model, threads=threads, pick=pick)
-    with runner:
-        return predict_plan(runner.run, view.input_size, plan, refine=refine, on_progress=on_progress, smooth=smooth)
+    """Open ``model`` and segment every job of ``plan`` into ``out_dir`` (``predict_plan``); the report warns when
+    the exported file opened failed its parity gate at export."""
+    loaded = load_model(model, threads=threads, pick=pick)
+    with loaded.runner:
+        report = predict_plan(loaded.runner.run, loaded.view.input_size, plan, refine=refine, on_progress=on_progress,
+                              smooth=smooth)
+    report.warnings += failed_parity_warning(loaded)
+    return report
+
+
+def failed_parity_warning(loaded: LoadedModel) -> list[str]:
+    """One line when ``loaded`` is an exported file whose parity gate failed at export (what it failed, the way
+    on), else none: its outputs may differ from the model's, and nothing else would say so."""
+    art = loaded.artifact
+    if art is None or art.parity.get("passed") is not False:
+        return []
+    return [f"{art.file} failed its parity gate at export ({parity_problem(art.parity)}), so its masks may differ "
+            "from the model's; use a file that passed (--artifact), or see 'When int8 fails parity' in the README"]
 
 
 def predict_plan(run: Callable[[np.ndarray], np.ndarray], input_size, plan: PredictPlan, *, refine: bool = False,
