@@ -157,18 +157,30 @@ def main() -> None:
     reference = names[0]
     if f"{reference}:tflite:fp32" not in {k for k, _, _ in items}:
         raise EdgesegError(f"{args.reference}: no fp32 TFLite file to use as the reference")
+    doc, md = measure(names, manifests, items, reference, rounds=args.rounds, sessions=args.sessions,
+                      warmup=args.warmup, threads=args.threads)
+    publish(args.out, doc, md)
+
+
+def measure(names: list[str], manifests: dict, items: list, reference: str, *, rounds: int, sessions: int, warmup: int,
+            threads: int) -> tuple[dict, str]:
+    """Time ``items`` in ``sessions`` interleaved sessions; (the results document, its markdown table)."""
     facts = {n: graph_facts(manifests[n]) for n in names}
     image = timing_image(manifests[reference])
-    sessions = []
-    for s in range(args.sessions):
-        sessions.append(one_session(items, image, rounds=args.rounds, warmup=args.warmup, threads=args.threads, seed=s))
-        print(f"session {s + 1}/{args.sessions} done", flush=True)
-    p50 = median_over(sessions)
-    rel = median_over([ratios(s, names, reference) for s in sessions])
-    md = report(names, facts, p50, rel)
-    doc = {"threads": args.threads, "rounds": args.rounds, "sessions": args.sessions, "reference": reference,
-           "models": facts, "p50_ms": p50, "ratios": rel, "per_session_p50_ms": sessions}
-    js, mdp = write_outputs(args.out, doc, md)
+    per_session = []
+    for s in range(sessions):
+        per_session.append(one_session(items, image, rounds=rounds, warmup=warmup, threads=threads, seed=s))
+        print(f"session {s + 1}/{sessions} done", flush=True)
+    p50 = median_over(per_session)
+    rel = median_over([ratios(s, names, reference) for s in per_session])
+    doc = {"threads": threads, "rounds": rounds, "sessions": sessions, "reference": reference,
+           "models": facts, "p50_ms": p50, "ratios": rel, "per_session_p50_ms": per_session}
+    return doc, report(names, facts, p50, rel)
+
+
+def publish(out: str, doc: dict, md: str) -> None:
+    """Write OUT.json and OUT.md and print the table."""
+    js, mdp = write_outputs(out, doc, md)
     print(md)
     print(f"wrote {js} and {mdp}")
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from arch_probe import graph_facts, median_over, one_session, ratios, report
-from common import run_main, timing_image, write_outputs
+from arch_probe import measure, publish
+from common import run_main
 
 from edgeseg.errors import EdgesegError
 from edgeseg.manifest import read_manifest
@@ -107,25 +107,15 @@ def main() -> None:
     dirs = export_candidates(Path(args.work), names)
     manifests = {n: read_manifest(d) for n, d in zip(names, dirs)}
     items = [(f"{n}:{fmt}:{prec}", manifests[n], manifests[n].find(fmt, prec)) for n in names for fmt, prec in PICKS]
-    facts = {n: graph_facts(manifests[n]) for n in names}
-    image = timing_image(manifests[names[0]])
-    sessions = []
-    for s in range(args.sessions):
-        sessions.append(one_session(items, image, rounds=args.rounds, warmup=args.warmup, threads=1, seed=s))
-        print(f"session {s + 1}/{args.sessions} done", flush=True)
-    p50 = median_over(sessions)
-    rel = median_over([ratios(s, names, "previous") for s in sessions])
+    doc, table = measure(names, manifests, items, "previous", rounds=args.rounds, sessions=args.sessions,
+                         warmup=args.warmup, threads=1)
+    doc.update(weights="random (speed only)", candidates={n: CANDIDATES[n] for n in names})
     md = (f"# Speed map: candidates with random weights (speed only, no accuracy), 1 thread, {args.sessions} fresh "
           f"loads x {args.rounds} interleaved runs\n\n`benchmarks/speed_map.py`; int8 TFLite takes uint8 pixels "
           "(normalization (pixel - 114) / 58 folded into its input), float files normalized input (their time "
           "includes normalizing the frame). Reference: `previous` (the default before the int8-friendly one).\n\n"
-          + report(names, facts, p50, rel))
-    doc = {"threads": 1, "rounds": args.rounds, "sessions": args.sessions, "reference": "previous",
-           "weights": "random (speed only)", "candidates": {n: CANDIDATES[n] for n in names},
-           "models": facts, "p50_ms": p50, "ratios": rel, "per_session_p50_ms": sessions}
-    js, mdp = write_outputs(args.out, doc, md)
-    print(md)
-    print(f"wrote {js} and {mdp}")
+          + table)
+    publish(args.out, doc, md)
 
 
 if __name__ == "__main__":
