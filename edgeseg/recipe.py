@@ -388,8 +388,23 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not named and not is_model_name(path.stem):
         raise RecipeError(f"{path}: the recipe sets no 'name' and its file name {path.stem!r} cannot stand in for one "
                           f"(a name must be {MODEL_NAME_RULE}); add name: to the recipe or rename the file")
+    declared = (values.get("data") or {}).get("input_size") if isinstance(values.get("data"), dict) else None
     values.setdefault("name", path.stem)
     try:
-        return recipe_from_dict(values, overrides)
+        recipe = recipe_from_dict(values, overrides)
     except RecipeError as exc:
         raise RecipeError(f"{path}: {exc}") from None
+    return recipe if named else dataclasses.replace(recipe, name=_sized_name(path.stem, declared, recipe.data.input_size))
+
+
+def _sized_name(stem: str, declared, size) -> str:
+    """The model name a recipe file's name gives: the file name, with a trailing input size (``..._256`` or
+    ``..._256x192``, as the file declares it) replaced when ``--set data.input_size`` trains another size, so the
+    checkpoint and the exported files say what they take (``..._64``)."""
+    match = re.fullmatch(r"(.+_)(\d+)(?:x(\d+))?", stem)
+    if match is None or not isinstance(declared, (list, tuple)) or len(declared) != 2:
+        return stem
+    h, w = int(match.group(2)), int(match.group(3) or match.group(2))
+    if [h, w] != list(declared) or tuple(size) == (h, w):
+        return stem
+    return f"{match.group(1)}{size[0]}" + (f"x{size[1]}" if size[0] != size[1] else "")

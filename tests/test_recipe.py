@@ -113,3 +113,15 @@ def test_decoder_channels_of_the_wrong_length_are_refused(cli, tmp_path):
     assert_refused(cli, "train", "--recipe", write_recipe(tmp_path / "r.yaml"), "--out", tmp_path / "run",
                    "--set", "model.decoder_channels=[8,8,8,8,8]", watch=[tmp_path],
                    match="model.decoder_channels has 5 entries; valid lengths are 1 to 4")
+
+
+def test_a_recipe_named_by_its_file_says_the_input_size_it_trains(tmp_path):
+    """`--set data.input_size=[64,64]` on portrait_..._256.yaml exported files named ..._256 that take 64x64."""
+    recipe = ROOT / "recipes" / "portrait_unet_mnv3min_s2_256.yaml"
+    assert load_recipe(recipe).name == "portrait_unet_mnv3min_s2_256"
+    assert load_recipe(recipe, ["data.input_size=[64,64]"]).name == "portrait_unet_mnv3min_s2_64"
+    assert load_recipe(recipe, ["data.input_size=[256,192]"]).name == "portrait_unet_mnv3min_s2_256x192"
+    assert load_recipe(recipe, ["name=mine", "data.input_size=[64,64]"]).name == "mine"  # a name given is kept
+    # a trailing number that is not the file's input size is left alone
+    (tmp_path / "run_2.yaml").write_text("data:\n  input_size: [64, 64]\n")
+    assert load_recipe(tmp_path / "run_2.yaml", ["data.input_size=[32,32]"]).name == "run_2"
