@@ -12,9 +12,8 @@ what to train; the accuracy of a candidate is a training question this script do
 
 Candidates (``--only`` picks some): the packaged default's architecture (``default``), the previous
 default (``previous``, the speed reference: "int8 TFLite / ref fp32 TFLite"), and MobileNetV3-Small-
-Minimal / MobileNetV4-Conv-Small U-Nets at other widths and head strides (``_sN``: logits at stride N).
-MobileNetV4-Conv-Small at channel multipliers 0.625 and 0.75 is not in the zoo (timm publishes 0.35, 0.5 and 1.0);
-it is built with timm's own MobileNetV4 generator.
+Minimal / MobileNetV4-Conv-Small U-Nets at other widths and head strides (``_sN``: logits at stride N;
+MobileNetV4-Conv-Small at 0.625 and 0.75 comes from timm's generator, without ImageNet weights).
 """
 from __future__ import annotations
 
@@ -31,18 +30,18 @@ MEAN, STD = [114.0] * 3, [58.0] * 3  # the packaged default's: int8 TFLite folds
 SIZE = (256, 256)
 PICKS = (("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
 
-# name -> (zoo architecture or "mnv4_multiplier", options)
+# name -> (zoo architecture, options)
 CANDIDATES = {
     "previous": ("unet_mobilenet_v3_small", {"width": 0.75, "decoder_channels": [48, 32, 24, 16]}),
     "default": ("unet_mobilenet_v3_small_minimal", {"width": 1.0, "decoder_channels": [48, 32, 24, 16]}),
     "v3min_s4": ("unet_mobilenet_v3_small_minimal", {"width": 1.0, "decoder_channels": [48, 32, 24]}),
     "v4s050_s4": ("unet_mobilenetv4_conv_small", {"width": 0.5, "decoder_channels": [64, 48, 32]}),
     "v4s050_s8": ("unet_mobilenetv4_conv_small", {"width": 0.5, "decoder_channels": [64, 48]}),
-    "v4s0625_s2": ("mnv4_multiplier", {"width": 0.625, "decoder_channels": [64, 48, 32, 16]}),
-    "v4s0625_s4": ("mnv4_multiplier", {"width": 0.625, "decoder_channels": [64, 48, 32]}),
-    "v4s0625_s8": ("mnv4_multiplier", {"width": 0.625, "decoder_channels": [64, 48]}),
-    "v4s075_s4": ("mnv4_multiplier", {"width": 0.75, "decoder_channels": [64, 48, 32]}),
-    "v4s075_s8": ("mnv4_multiplier", {"width": 0.75, "decoder_channels": [64, 48]}),
+    "v4s0625_s2": ("unet_mobilenetv4_conv_small", {"width": 0.625, "decoder_channels": [64, 48, 32, 16]}),
+    "v4s0625_s4": ("unet_mobilenetv4_conv_small", {"width": 0.625, "decoder_channels": [64, 48, 32]}),
+    "v4s0625_s8": ("unet_mobilenetv4_conv_small", {"width": 0.625, "decoder_channels": [64, 48]}),
+    "v4s075_s4": ("unet_mobilenetv4_conv_small", {"width": 0.75, "decoder_channels": [64, 48, 32]}),
+    "v4s075_s8": ("unet_mobilenetv4_conv_small", {"width": 0.75, "decoder_channels": [64, 48]}),
     "v4s100_s4": ("unet_mobilenetv4_conv_small", {"width": 1.0, "decoder_channels": [64, 48, 32]}),
     "v4s100_s8": ("unet_mobilenetv4_conv_small", {"width": 1.0, "decoder_channels": [64, 48]}),
 }
@@ -53,16 +52,9 @@ def build(arch: str, options: dict, seed: int):
     import torch
 
     from edgeseg.models.registry import build_model
-    from edgeseg.models.unet import UNetSegmenter
 
     torch.manual_seed(seed)
-    if arch == "mnv4_multiplier":
-        from timm.models.mobilenetv3 import _gen_mobilenet_v4  # timm's generator: any channel multiplier
-
-        encoder = _gen_mobilenet_v4("mobilenetv4_conv_small", options["width"], pretrained=False, features_only=True)
-        model = UNetSegmenter(encoder, encoder.feature_info.channels(), tuple(options["decoder_channels"]), 2)
-    else:
-        model = build_model(arch, num_classes=2, input_size=SIZE, **options)
+    model = build_model(arch, num_classes=2, input_size=SIZE, **options)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

@@ -378,3 +378,23 @@ def test_fold_input_normalization_keeps_the_model_and_gives_it_one_integer_mean(
     assert agree > 0.99
     with pytest.raises(SystemExit, match="integer in 0..255"):
         fold(str(tmp_path / "m.pt"), 127.5, 127.5, str(tmp_path / "bad.pt"))
+
+
+def test_mobilenetv4_conv_small_at_the_widths_timm_publishes_no_model_for():
+    """0.625 and 0.75 come from timm's MobileNetV4 generator (where ONNX Runtime's int8 starts to pay);
+    they have no ImageNet weights, and other widths are still refused."""
+    from edgeseg.models.profile import count_params
+    from edgeseg.models.zoo import timm_imagenet
+
+    params = {}
+    for width in (0.5, 0.625, 0.75, 1.0):
+        model = registry.build_model("unet_mobilenetv4_conv_small", num_classes=2, input_size=(64, 64), width=width,
+                                     decoder_channels=[64, 48, 32]).eval()
+        with torch.no_grad():
+            assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+        params[width] = count_params(model)
+    assert params[0.5] < params[0.625] < params[0.75] < params[1.0]
+    with pytest.raises(RecipeError, match=r"timm publishes no mobilenetv4_conv_small weights at model.width 0.625"):
+        timm_imagenet("mobilenetv4_conv_small", {"width": 0.625})
+    with pytest.raises(RecipeError, match=r"model.width 0.6 is not available .* \(or 0.625, 0.75, without ImageNet"):
+        registry.build_model("unet_mobilenetv4_conv_small", num_classes=2, width=0.6, decoder_channels=[64, 48, 32])

@@ -15,25 +15,43 @@ _TIMM_WIDTHS = {
     "mobilenetv4_conv_small": {0.35: "mobilenetv4_conv_small_035", 0.5: "mobilenetv4_conv_small_050", 1.0: "mobilenetv4_conv_small"},
     "mobilenetv3_small_minimal": {1.0: "tf_mobilenetv3_small_minimal_100"},
 }
+# widths timm publishes no model for, built with timm's own generator at that channel multiplier (no
+# ImageNet weights): MobileNetV4-Conv-Small between 0.5 and 1.0, where ONNX Runtime's int8 starts to pay
+# on x86 (benchmarks/results/speed_map_x86_64-2core.md)
+_GENERATED_WIDTHS = {"mobilenetv4_conv_small": (0.625, 0.75)}
 # extra timm create_model arguments per family: the TF-ported minimal model defaults to TF "same"
 # padding (asymmetric, computed per input); symmetric padding like every other encoder here
 _TIMM_KWARGS = {"mobilenetv3_small_minimal": {"pad_type": ""}}
 
 
 def timm_encoder_name(family: str, width: float) -> str:
-    """The timm model name for an encoder family at a width multiplier."""
+    """The timm model name for an encoder family at a width multiplier timm publishes (ImageNet weights)."""
     widths = _TIMM_WIDTHS[family]
+    generated = _GENERATED_WIDTHS.get(family, ())
+    if width in generated:
+        raise RecipeError(f"timm publishes no {family} weights at model.width {width} (only at {sorted(widths)}); "
+                          "train it from scratch (model.weights null), or choose one of those widths")
     if width not in widths:
-        raise RecipeError(f"model.width {width} is not available for {family}; choose one of {sorted(widths)}")
+        extra = f" (or {', '.join(map(str, generated))}, without ImageNet weights)" if generated else ""
+        raise RecipeError(f"model.width {width} is not available for {family}; choose one of {sorted(widths)}{extra}")
     return widths[width]
+
+
+def _encoder(family: str, width: float):
+    """A timm features_only encoder: a published variant, or timm's generator at a ``_GENERATED_WIDTHS`` width."""
+    import timm
+
+    if width in _GENERATED_WIDTHS.get(family, ()):
+        from timm.models import mobilenetv3  # the generator behind timm's mobilenetv4_conv_small_* models
+
+        return mobilenetv3._gen_mobilenet_v4(family, width, pretrained=False, features_only=True)
+    return timm.create_model(timm_encoder_name(family, width), pretrained=False, features_only=True,
+                             **_TIMM_KWARGS.get(family, {}))
 
 
 def build_unet(family: str, *, num_classes: int, width: float, decoder_channels) -> UNetSegmenter:
     """U-Net decoder over a timm features_only encoder (random init; weights load from a file)."""
-    import timm
-
-    encoder = timm.create_model(timm_encoder_name(family, width), pretrained=False, features_only=True,
-                                **_TIMM_KWARGS.get(family, {}))
+    encoder = _encoder(family, width)
     return UNetSegmenter(encoder, encoder.feature_info.channels(), tuple(decoder_channels), num_classes)
 
 
