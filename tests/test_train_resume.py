@@ -71,3 +71,24 @@ def test_a_run_that_cannot_write_its_checkpoints_leaves_nothing(tmp_path, cli):
         r = cli("train", "--recipe", recipe, "--out", full / "run")
         assert r.exit_code == 2 and "No space left on device" in one_line_error(r.stderr), r.output
         assert list(full.iterdir()) == []  # so a rerun into the same --out is not refused as holding a run
+
+
+def test_a_run_from_before_runs_recorded_their_data_resumes_on_the_data_given_now(tmp_path, cli):
+    """Such a last.pt stores data.root None even when the run trained on --data: resuming it with the README's
+    command was refused ('data.root=... (the run has None)'), and without --data it went on with the built-in set."""
+    from edgeseg.models.checkpoint import save_checkpoint
+
+    assert cli("data", "synth", tmp_path / "ds", "--count", "6", "--size", "64").exit_code == 0
+    recipe = write_recipe(tmp_path / "r.yaml")
+    out = tmp_path / "run"
+    sets = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=2", "data.val_fraction=0.5"]
+    train(load_recipe(recipe, sets), out_dir=out, data_root=str(tmp_path / "ds"), progress=False, overrides=sets)
+    ckpt = load_checkpoint(out / "last.pt")
+    state = {k: v for k, v in ckpt.train_state.items() if k != "data_root_recorded"}
+    old = {**ckpt.recipe, "data": {**ckpt.recipe["data"], "root": None}}
+    save_checkpoint(out / "last.pt", ckpt.model(), ckpt.info, recipe=old, metrics=ckpt.metrics, train_state=state)
+    result = train(load_recipe(recipe, ["train.epochs=2"]), out_dir=out, data_root=str(tmp_path / "ds"), resume=True,
+                   progress=False, overrides=["train.epochs=2"])
+    resumed = load_checkpoint(out / "last.pt")
+    assert result.steps == 4 and resumed.recipe["data"]["root"] == str(tmp_path / "ds")
+    assert resumed.train_state["data_root_recorded"] is True

@@ -29,7 +29,7 @@ from edgeseg.recipe import Recipe, recipe_with
 from edgeseg.evaluation.accumulate import evaluate
 from edgeseg.runtime.torch_runner import TorchRunner
 from edgeseg.train.losses import SegLoss
-from edgeseg.train.resume import given_keys, resume_point, resumed_recipe
+from edgeseg.train.resume import DATA_ROOT_RECORDED, given_keys, resume_point, resumed_recipe
 from edgeseg.train.setup import build_for_training, model_info, open_splits
 
 
@@ -276,7 +276,7 @@ def _end_epoch(run: _Run, epoch: int, losses: list[float], bar) -> dict:
     improved = metrics["miou"] > run.best["miou"]
     best = dict(metrics) if improved else run.best
     state = {"optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "epoch": epoch + 1,
-             "step": run.step, "best": best}
+             "step": run.step, "best": best, DATA_ROOT_RECORDED: True}
     # An epoch's files replace the previous ones all together or not at all: each is written under a temporary
     # name first, and renamed into place only once all are written (a full disk leaves the previous epoch's
     # run, or for the first epoch nothing); last.pt, where a resume starts, is renamed last. The run folder

@@ -18,6 +18,9 @@ from edgeseg.recipe import Recipe, parse_override, recipe_fields, recipe_with
 #: cosine schedule stretched to the new length), where it runs (train.device, train.workers), and where its
 #: data folder lives now (data.root, i.e. --data: a moved or copied dataset; not from or to the built-in set)
 RESUME_MAY_CHANGE = ("train.epochs", "train.device", "train.workers", "data.root")
+#: train_state key of a last.pt whose stored recipe names the run's data folder (data.root None: the built-in set);
+#: runs from before it stored data.root None whatever they trained on
+DATA_ROOT_RECORDED = "data_root_recorded"
 
 
 def resume_point(path: Path) -> Checkpoint:
@@ -54,9 +57,15 @@ def resumed_recipe(ckpt: Checkpoint, given: Recipe, keys: tuple[str, ...] | None
     values.pop("model.weights", None)
     if values.get("data.root") is None:  # not given: the run's own data folder
         values.pop("data.root", None)
-    stored_root = ckpt.recipe.get("data", {}).get("root")
-    changes = [(k, v) for k, v in values.items()
-               if k in RESUME_MAY_CHANGE and not (k == "data.root" and stored_root is None)]
+    data = ckpt.recipe.get("data")
+    stored_root = data.get("root") if isinstance(data, dict) else None
+    if ckpt.train_state.get(DATA_ROOT_RECORDED):
+        changes = [(k, v) for k, v in values.items()
+                   if k in RESUME_MAY_CHANGE and not (k == "data.root" and stored_root is None)]
+    else:  # an older run: its data is what this command names (--data, the recipe file's data.root, else the
+        # built-in set), as resuming took it before runs recorded their data
+        values.pop("data.root", None)
+        changes = [(k, v) for k, v in values.items() if k in RESUME_MAY_CHANGE] + [("data.root", given.data.root)]
     try:
         run = recipe_with(ckpt.recipe, changes)
     except RecipeError as exc:
