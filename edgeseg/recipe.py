@@ -370,6 +370,13 @@ def recipe_from_dict(values: dict, overrides: list[str] | tuple[str, ...] = ()) 
     return recipe_with(values, (parse_override(text) for text in overrides))
 
 
+def val_fraction_or_default(value: object) -> float:
+    """A recorded ``data.val_fraction`` (a checkpoint's recipe, a manifest), or ``DataCfg``'s when it is missing
+    or unusable: read without trusting it, so eval, export and bench split a folder the way training did."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+    return float(value) if ok else DataCfg.val_fraction
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Load a YAML recipe file; errors name the file and the key."""
     path = Path(path)

@@ -51,6 +51,14 @@ def test_train_on_folder_dataset(tmp_path, cli, monkeypatch):
     from edgeseg.export.source import checkpoint_source
 
     assert ckpt.val_fraction == 0.25
+    section = checkpoint_source(ckpt).model_section()  # the manifest records it: bench and eval of exported files too
+    assert section["val_fraction"] == 0.25
+    from edgeseg.manifest import Artifact, Manifest
+    from edgeseg.runtime.loader import view_of_manifest
+
+    art = Artifact(format="onnx", precision="fp32", path="m.onnx", bytes=1, sha256="0" * 64, input={}, output={})
+    assert view_of_manifest(Manifest(model=section, tools={}), art).val_fraction == 0.25
+    assert view_of_manifest(Manifest(model={**section, "val_fraction": "x"}, tools={}), art).val_fraction == 0.1
     source, _ = parity_source(str(tmp_path / "ds"), "portrait", 2, (64, 64), ckpt.info.classes,
                               checkpoint_source(ckpt).val_fraction)
     assert len(source) == 2

@@ -34,6 +34,7 @@ from edgeseg.bench.stored_reference import load_reference
 from edgeseg.data.datasets import builtin_source, open_source
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra
 from edgeseg.manifest import MANIFEST_NAME, Artifact, Manifest, find_artifact_for_file, read_manifest
+from edgeseg.recipe import val_fraction_or_default
 from edgeseg.models.checkpoint import PACKAGED, load_checkpoint
 from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
@@ -233,7 +234,8 @@ def data_parity_set(plan: BenchPlan) -> ReferenceSet:
     """``--data``: the PyTorch model's outputs on the val split of the data folder, with their stress set."""
     req, m = plan.req, plan.pairs[0][0].model
     size = (m["input"]["height"], m["input"]["width"])
-    source = open_source(req.data_dir, "val", classes=tuple(m["classes"]))
+    source = open_source(req.data_dir, "val", classes=tuple(m["classes"]),
+                         val_fraction=val_fraction_or_default(m.get("val_fraction")))
     ref_runner = TorchRunner.from_checkpoint(plan.checkpoint)
     ref = reference_set(ref_runner, source, size, req.parity_images or DATA_PARITY_IMAGES, m["classes"],
                         f"{req.data_dir} (val)")

@@ -45,7 +45,8 @@ class ExportSource:
         return {"name": info.name, "architecture": info.arch, "options": info.to_dict()["options"],
                 "classes": list(info.classes), "task": self.task, "input": {"height": h, "width": w},
                 "mean": list(info.mean), "std": list(info.std), "params": count_params(self.model),
-                "macs": count_macs(self.model, h, w), "stabilizer": SmoothCfg().to_dict(), **self.origin}
+                "macs": count_macs(self.model, h, w), "stabilizer": SmoothCfg().to_dict(),
+                "val_fraction": self.val_fraction, **self.origin}
 
 
 def training_augment(ckpt: Checkpoint) -> AugmentCfg | None:

@@ -23,7 +23,7 @@ from edgeseg.fsutil import write_bytes_atomic
 from edgeseg.manifest import (MANIFEST_NAME, MODEL_NAME_RULE, channel_values, class_names, is_model_name, positive_int,
                               shown)
 from edgeseg.models.registry import build_model
-from edgeseg.recipe import DataCfg
+from edgeseg.recipe import val_fraction_or_default
 
 FORMAT = "edgeseg.checkpoint"
 FORMAT_VERSION = 1
@@ -169,9 +169,8 @@ class Checkpoint:
         """The share of a split-less dataset folder its training run held out for validation (the recipe's
         ``data.val_fraction``; edgeseg's default when the checkpoint carries none), so eval and export --data
         read the same 'val' split."""
-        value = (self.recipe.get("data") or {}).get("val_fraction") if isinstance(self.recipe, dict) else None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
-        return float(value) if ok else DataCfg.val_fraction
+        data = self.recipe.get("data") if isinstance(self.recipe, dict) else None
+        return val_fraction_or_default(data.get("val_fraction") if isinstance(data, dict) else None)
 
 
 def _few(keys) -> str:

@@ -13,7 +13,7 @@ import importlib
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra
 from edgeseg.manifest import FORMATS, MANIFEST_NAME, SUFFIXES, Artifact, Manifest, find_artifact_for_file, read_manifest
 from edgeseg.models.checkpoint import Checkpoint, is_packaged, resolve_checkpoint
-from edgeseg.recipe import DataCfg
+from edgeseg.recipe import DataCfg, val_fraction_or_default
 from edgeseg.runtime.base import Runner
 
 #: An export directory's files from the most faithful to the PyTorch model down (see ``ranked``).
@@ -79,7 +79,8 @@ def runner_class(fmt: str) -> type[Runner]:
 def view_of_manifest(manifest: Manifest, art: Artifact) -> ModelView:
     m = manifest.model
     return ModelView(m["name"], tuple(m["classes"]), (int(m["input"]["height"]), int(m["input"]["width"])),
-                     tuple(m["mean"]), tuple(m["std"]), str(art.file), art.format, art.precision, synth_task_for(m["classes"]))
+                     tuple(m["mean"]), tuple(m["std"]), str(art.file), art.format, art.precision, synth_task_for(m["classes"]),
+                     val_fraction_or_default(m.get("val_fraction")))
 
 
 def runner_for_artifact(art: Artifact, manifest: Manifest, threads: int | None = None, *, spin: bool = True) -> Runner:
