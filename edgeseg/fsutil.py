@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -26,7 +27,7 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _clean_dead_temporaries(dest.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{_TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=dest.parent))
     target = tmp / dest.name
     try:
         if is_dir:
@@ -45,14 +46,25 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-_TEMP_MARK = "edgeseg-"  # atomic_path's temporary folders: .NAME.edgeseg-<pid>-<random>.tmp
+# atomic_path's temporary folders: .edgeseg-<pid>-<random>.tmp (the file inside carries the name, so the
+# folder adds no length to it)
+_TEMP_MARK = ".edgeseg-"
+# how old a dead process's temporary folder must be before it is removed: a process id says nothing across
+# machines sharing the folder (NFS) or PID namespaces (containers), while no atomic write takes that long
+_TEMP_MAX_AGE_S = 3600
 
 
 def _clean_dead_temporaries(folder: Path) -> None:
-    """Remove ``atomic_path`` temporary folders in ``folder`` whose process no longer runs (a killed run's)."""
-    for p in folder.glob(f".*.{_TEMP_MARK}*-*.tmp"):
-        pid = p.name[:-len(".tmp")].rpartition(f".{_TEMP_MARK}")[2].partition("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and p.is_dir() and not p.is_symlink() and not _alive(int(pid)):
+    """Remove ``atomic_path`` temporary folders in ``folder`` of processes that no longer run (a killed run's),
+    once they are an hour old."""
+    now = time.time()
+    for p in folder.glob(f"{_TEMP_MARK}*-*.tmp"):
+        pid = p.name[len(_TEMP_MARK):].partition("-")[0]
+        try:
+            old = now - p.lstat().st_mtime > _TEMP_MAX_AGE_S
+        except OSError:
+            continue
+        if old and pid.isdigit() and int(pid) != os.getpid() and p.is_dir() and not p.is_symlink() and not _alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -5,6 +5,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -17,20 +18,25 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_a_killed_runs_temporary_folder_is_removed_by_the_next_atomic_write_there(tmp_path):
+def test_a_killed_runs_temporary_folder_is_removed_by_a_later_atomic_write_there(tmp_path):
     """atomic_path's temporary folders (.NAME.<random>.tmp) stayed forever after kill -9: nothing could tell
-    a dead run's from a live one's. They carry the pid now."""
-    dead = tmp_path / f".report.md.edgeseg-{_dead_pid()}-abc123.tmp"
-    live = tmp_path / f".report.md.edgeseg-{os.getppid()}-def456.tmp"  # pytest's parent: running
-    users = tmp_path / ".cache.tmp"
-    for folder in (dead, live, users):
+    a dead run's from a live one's. They carry the pid now, and a dead one's goes once it is an hour old (a pid
+    says nothing across machines sharing the folder)."""
+    dead, young = _dead_pid(), _dead_pid()
+    folders = {"dead": tmp_path / f".edgeseg-{dead}-abc123.tmp", "young": tmp_path / f".edgeseg-{young}-ghi789.tmp",
+               "live": tmp_path / f".edgeseg-{os.getppid()}-def456.tmp",  # pytest's parent: running
+               "users": tmp_path / ".cache.tmp"}
+    two_hours_ago = time.time() - 7200
+    for name, folder in folders.items():
         folder.mkdir()
         (folder / "report.md").write_text("half")
+        if name != "young":
+            os.utime(folder, (two_hours_ago, two_hours_ago))
     with atomic_path(tmp_path / "report.md") as tmp:
-        assert tmp.parent.name.startswith(f".report.md.edgeseg-{os.getpid()}-")
+        assert tmp.parent.name.startswith(f".edgeseg-{os.getpid()}-") and tmp.name == "report.md"
         tmp.write_text("done")
-    assert not dead.exists() and live.is_dir() and users.is_dir()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, users.name, "report.md"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [folders[k].name for k in ("young", "live", "users")] + ["report.md"])
 
 
 def test_a_failed_atomic_write_leaves_the_destination_and_no_temporary(tmp_path):
