@@ -168,6 +168,29 @@ def test_out_inside_an_input_folder_is_refused_and_every_input_is_read_elsewhere
         sorted([LEDGER_NAME, "a.png", "b.png", "trip", "trip/c.png"])
 
 
+def test_out_inside_an_input_folder_under_another_name_is_refused_too(photos, tmp_path):
+    """The check compared resolved paths, which a case-insensitive file system (macOS, Windows: PHOTOS/masks for
+    photos/) or a bind mount spells differently; it compares file identity now (a bind mount stands in here)."""
+    import os
+    import subprocess
+
+    from edgeseg.apply.predict import plan_predict
+    from edgeseg.errors import EdgesegError
+
+    folder = _folder(tmp_path / "photos", photos, "a.jpg")
+    alias = tmp_path / "PHOTOS"
+    alias.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(folder), str(alias)], capture_output=True).returncode:
+        pytest.skip("another name for the same folder needs a bind mount (root)")
+    try:
+        with pytest.raises(EdgesegError, match="is inside the input folder"):
+            plan_predict([folder], alias / "masks")
+        with pytest.raises(EdgesegError, match="is the input folder"):
+            plan_predict([folder], alias)
+    finally:
+        subprocess.run(["umount", str(alias)], capture_output=True)
+
+
 def test_a_full_disk_leaves_no_output_folder_and_no_temporary_file(cli, tmp_path, small_disk):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(tmp_path / "noise.png")  # ~640 KB as RGBA

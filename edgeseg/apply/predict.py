@@ -104,7 +104,15 @@ class PredictReport:
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+    """Whether ``path`` (resolved; it need not exist) is the existing ``folder`` or lies inside it, judged by file
+    identity, so a case-insensitive file system (macOS, Windows) cannot hide it behind other letter case."""
+    for p in (path, *path.parents):
+        try:
+            if os.path.samefile(p, folder):
+                return True
+        except OSError:  # not there (yet)
+            continue
+    return False
 
 
 def _folder_jobs(folder: Path) -> list[Job]:
@@ -146,10 +154,10 @@ def _refuse_out_in_input_folder(inputs, out_dir: Path) -> None:
     folder's images under ``--out`` would not be read now and its outputs would be read as photos later)."""
     out = out_dir.resolve()
     for item, folder in _input_folders(inputs):
-        if out == folder:
+        if out.exists() and os.path.samefile(out, folder):
             raise EdgesegError(f"--out {out_dir} is the input folder {item}; outputs never go among the inputs, "
                                "choose another --out folder")
-        if folder in out.parents:
+        if _inside(out, folder):
             raise EdgesegError(f"--out {out_dir} is inside the input folder {item} (whose sub-folders are inputs too); "
                                f"outputs never go among the inputs, choose an --out folder outside {item}")
 
@@ -160,7 +168,7 @@ def _refuse_outputs_in_input_folders(jobs: list[Job], inputs, out_dir: Path) -> 
     folders = _input_folders(inputs)
     for job in jobs:
         dest = (out_dir / job.name).resolve()
-        item = next((item for item, folder in folders if folder in dest.parents), None)
+        item = next((item for item, folder in folders if _inside(dest.parent, folder)), None)
         if item is not None:
             raise EdgesegError(f"--out {out_dir} would write {job.name} into the input folder {item}; outputs never "
                                "go among the inputs, choose an --out folder outside the input folders")
