@@ -148,3 +148,17 @@ def test_calibration_folder_and_recipe_without_photometric_steps_stay_as_they_ar
     plain = calibration_images(None, None, "portrait", 2, size, None)
     assert none.augment is None and "no colour or corruption step" in none.source
     assert all(np.array_equal(a, b) for a, b in zip(none.images, plain.images))
+
+
+def test_calibration_from_the_training_data_reads_pixels_only_whatever_the_classes(tmp_path):
+    """A checkpoint trained on 3+ classes could not be exported: calibration opened its data as two classes and
+    refused the masks ('mask value 2 is outside the class range 0..1'). A folder named masks above --calib counts
+    for nothing either (only masks/ inside it is left out)."""
+    from edgeseg.data.synth import write_dataset
+    from edgeseg.export.quant_images import calibration_images, images_in_folder
+
+    data = write_dataset(tmp_path / "parts", "parts", 4, 32, seed=0)  # five classes
+    calib = calibration_images(None, str(data), "parts", 2, (32, 32), None, 0.5)
+    assert len(calib.images) == 2 and calib.source.startswith(f"{data} (train split)")
+    nested = write_dataset(tmp_path / "masks" / "photos", "portrait", 3, 32, seed=0)
+    assert len(images_in_folder(nested, 10, (32, 32))) == 3  # images/ only, not masks/

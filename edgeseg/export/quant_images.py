@@ -9,7 +9,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from edgeseg.data.datasets import builtin_source, open_source
+from edgeseg.data.datasets import builtin_source, discover_pairs, open_source
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import photometric_steps, resize_pixels
 from edgeseg.errors import DataError
@@ -25,7 +25,8 @@ def images_in_folder(folder: str | Path, count: int, size: tuple[int, int]) -> l
         raise DataError(f"--calib {folder} is a file; it must be a folder of calibration images")
     if not folder.is_dir():
         raise DataError(f"calibration folder not found: {folder}; --calib must be a folder of images")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and "masks" not in p.parts)
+    files = sorted(p for p in folder.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and "masks" not in p.relative_to(folder).parts)
     if not files:
         raise DataError(f"{folder}: no images for calibration")
     picks = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)]
@@ -78,8 +79,9 @@ def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str
     if calib_dir:
         return CalibrationSet(images_in_folder(calib_dir, count, size), str(calib_dir))
     if recipe_root and Path(recipe_root).is_dir():
-        src = open_source(recipe_root, "train", need_masks=False, classes=("unused", "unused"), val_fraction=val_fraction)
-        images = [resize_pixels(src.get(i)[0], size) for i in range(min(count, len(src)))]
+        # the pixels only: its masks (any number of classes) are the training run's business
+        pairs = discover_pairs(recipe_root, "train", val_fraction=val_fraction, need_masks=False)
+        images = [resize_pixels(load_image(p.image), size) for p in pairs[:count]]
         source = f"{recipe_root} (train split)"
     else:
         src = builtin_source("calib", task or FALLBACK_TASK, count, size)
