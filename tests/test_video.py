@@ -317,3 +317,35 @@ def test_python_api_predicts_a_video_and_streams_frames_through_the_stabilizer(t
         assert np.array_equal(stream.predict(frames[0]), seg.predict(frames[0]))  # a new clip starts afresh
         raw = [seg.predict(f) for f in frames]
     assert smoothed[0].shape == (72, 96) and np.array_equal(smoothed[0], raw[0])  # the first frame is not blended
+
+
+def _write_mkv(path: Path, frames: int = 12, size=(96, 128)) -> Path:
+    """An H.264 Matroska file: the container keeps no frame count, only its duration."""
+    h, w = size
+    with av.open(str(path), mode="w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            image = np.full((h, w, 3), (i * 20) % 256, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("keep", [0.66, 0.85])
+def test_a_truncated_mkv_is_reported_exit_2_and_writes_nothing(cli, tmp_path, keep):
+    """MKV/WebM keep no frame count: a cut file wrote a short video (exit 0), or, with no frame left, failed
+    with a FileNotFoundError traceback (exit 1). It opens, so it fails as it is read: reported and skipped."""
+    whole = _write_mkv(tmp_path / "whole.mkv")
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    r = cli("predict", "default", cut, "--out", tmp_path / "out")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    skipped = next(line for line in r.output.splitlines() if line.startswith("skipped "))
+    assert f"{cut}: " in skipped and ("truncated: only" in skipped or "no frame could be decoded" in skipped), skipped
+    assert "1 of 1 inputs could not be read" in r.output
+    assert not (tmp_path / "out").exists()  # the folder predict made is gone with the half-written video
+    r = cli("predict", "default", whole, "--out", tmp_path / "ok")  # the whole file: all 12 frames
+    assert r.exit_code == 0, r.output
+    assert _video_facts(tmp_path / "ok" / "whole.mp4")[0] == 12

@@ -36,12 +36,14 @@ def is_video(path: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the container says about its first video stream (``frames`` 0 when it does not say)."""
+    """What the container says about its first video stream (``frames`` 0 when it does not say, as MKV and
+    WebM do not; ``duration_frames`` its duration times its rate then, 0 when that is unknown too)."""
 
     frames: int
     width: int
     height: int
     rate: Fraction
+    duration_frames: int = 0
 
 
 def _unreadable(path: Path, exc: BaseException) -> DataError:
@@ -61,17 +63,20 @@ def probe_video(path: str | Path) -> VideoInfo:
             if stream.codec_context is None or not stream.codec_context.width:
                 raise DataError(f"{path}: its video codec cannot be decoded here; re-encode it to H.264 MP4")
             rate = stream.average_rate or stream.guessed_rate or Fraction(30)
+            seconds = container.duration / av.time_base if container.duration else 0.0
             return VideoInfo(int(stream.frames or 0), stream.codec_context.width, stream.codec_context.height,
-                             Fraction(rate))
+                             Fraction(rate), int(seconds * float(rate)))
     except av.FFmpegError as exc:
         raise _unreadable(path, exc) from None
 
 
-def read_frames(path: str | Path, expected: int = 0) -> Iterator[np.ndarray]:
+def read_frames(path: str | Path, expected: int = 0, duration_frames: int = 0) -> Iterator[np.ndarray]:
     """Yield the video's frames in order as uint8 RGB [H, W, 3], one at a time.
 
-    DataError when decoding fails part-way or when fewer than ``expected`` frames (the container's
-    count) could be decoded: the file is truncated.
+    DataError when decoding fails part-way, when no frame at all could be decoded, or when the file is
+    truncated: fewer than ``expected`` frames (the container's count) could be decoded, or, where the
+    container keeps no count, fewer than half the ``duration_frames`` its duration promises (a variable
+    frame rate makes that an estimate).
     """
     av, path = _av(), Path(path)
     count = 0
@@ -82,9 +87,14 @@ def read_frames(path: str | Path, expected: int = 0) -> Iterator[np.ndarray]:
                 yield frame.to_ndarray(format="rgb24")
     except av.FFmpegError as exc:
         raise _unreadable(path, exc) from None
+    if count == 0:
+        raise DataError(f"{path}: no frame could be decoded (a damaged or truncated file); use a complete copy")
     if expected and count < expected:
         raise DataError(f"{path}: truncated: only {count} of its {expected} frames could be decoded; "
                         "use a complete copy of the file")
+    if not expected and count < duration_frames / 2:
+        raise DataError(f"{path}: truncated: only {count} frames could be decoded, of about {duration_frames} in its "
+                        "duration; use a complete copy of the file")
 
 
 class VideoWriter:
