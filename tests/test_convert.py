@@ -168,6 +168,17 @@ def test_labelme_polygon_and_rectangle_later_shape_wins(cli, tmp_path):
     assert open_source(out, "train", val_fraction=0.5).classes == ("background", "person", "dog")
 
 
+def test_labelme_files_in_sub_folders_are_not_read_and_the_summary_says_so(cli, tmp_path):
+    """They were dropped without a word."""
+    folder = _labelme(tmp_path / "lm")
+    (folder / "trip").mkdir()
+    (folder / "trip" / "c.json").write_text((folder / "a.json").read_text())
+    r = cli("data", "convert", "labelme", folder, "--out", tmp_path / "out", "--classes", "person,dog")
+    assert r.exit_code == 0, r.output
+    assert (f"warning: 1 .json file in sub-folders of {folder}: not read (only the folder's own files are; "
+            "convert each sub-folder on its own)") in r.stderr
+
+
 def test_labelme_unknown_class_exit_2_lists_labels(cli, tmp_path):
     folder = _labelme(tmp_path / "lm")
     line = assert_refused(cli, "data", "convert", "labelme", folder, "--out", tmp_path / "out", "--classes", "cat",

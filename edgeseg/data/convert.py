@@ -358,6 +358,10 @@ def plan_labelme(folder: str | os.PathLike, classes: Sequence[str], out: str | o
                        f"({kinds}): not drawn")
     if no_area:
         skipped.append(f"{no_area} polygon{'s' if no_area != 1 else ''} of named classes with fewer than 3 points: not drawn")
+    nested = sum(1 for p in folder.rglob("*.json") if p.parent != folder and p.is_file())
+    if nested:
+        skipped.append(f"{nested} .json file{'s' if nested != 1 else ''} in sub-folders of {folder}: not read (only the "
+                       "folder's own files are; convert each sub-folder on its own)")
     return Plan("labelme", folder, out, (BACKGROUND, *names), tuple(items), tuple(missing), tuple(skipped),
                 _render_labelme)
 
