@@ -88,6 +88,15 @@ def test_bench_of_a_folder_without_manifest_names_that_folder(cli, tmp_path, mon
     assert "give the folder 'edgeseg export' wrote" in line
 
 
+def test_exported_file_or_manifest_given_as_checkpoint_says_so(cli, tmp_path):
+    """'not a PyTorch checkpoint (could not unpickle: Unsupported operand 8)' for `edgeseg export X-int8.onnx`."""
+    for name in ("m-int8.onnx", "m-int8.tflite", "manifest.json"):
+        (tmp_path / name).write_bytes(b"\x08\x09 not a pickle")
+        line = assert_refused(cli, "export", tmp_path / name, "--out", tmp_path / "out", watch=[tmp_path],
+                              match=f"{tmp_path / name} is an ")
+        assert "not a checkpoint; this starts from a PyTorch .pt checkpoint" in line and "unpickle" not in line
+
+
 def test_export_dir_given_as_checkpoint_says_so(cli, tmp_path):
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "manifest.json").write_text("{}")

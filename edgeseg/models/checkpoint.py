@@ -20,8 +20,8 @@ import torch.nn as nn
 from edgeseg import __version__
 from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.fsutil import write_bytes_atomic
-from edgeseg.manifest import (MANIFEST_NAME, MODEL_NAME_RULE, channel_values, class_names, is_model_name, positive_int,
-                              shown)
+from edgeseg.manifest import (MANIFEST_NAME, MODEL_NAME_RULE, SUFFIXES, channel_values, class_names, is_model_name,
+                              positive_int, shown)
 from edgeseg.models.registry import build_model
 from edgeseg.recipe import val_fraction_or_default
 
@@ -310,6 +310,11 @@ def _read(path: Path) -> bytes:
             "either; pass a .pt checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    exported = next((fmt for fmt, suffix in SUFFIXES.items() if path.suffix.lower() == suffix), None)
+    if exported or path.name == MANIFEST_NAME:
+        what = f"an exported {exported} file" if exported else "an export's manifest"
+        raise CheckpointError(f"{path} is {what}, not a checkpoint; this starts from a PyTorch .pt checkpoint: the "
+                              "one it was exported from (its manifest's model.checkpoint.path), or 'default'")
     raw = path.read_bytes()
     if not raw:
         raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint; re-save or re-download it")
