@@ -39,6 +39,16 @@ class TinyNet(nn.Module):
         return F.interpolate(self.head(self.down(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class Branchy(TinyNet):
+    """A forward that branches on a tensor's value: runs in eager mode, but no exporter can capture it."""
+
+    def forward(self, x):
+        logits = super().forward(x)
+        if x.mean() > 0:
+            return logits * 2
+        return logits
+
+
 def photo(height: int = 75, width: int = 120, seed: int = 0) -> np.ndarray:
     """An RGB image of a size no model here runs at: smooth colours with a bright blob."""
     yy, xx = np.mgrid[:height, :width]
@@ -183,7 +193,9 @@ def test_export_module_of_a_custom_module_to_onnx_and_tflite(tmp_path):
     ({"module": "model.pt"}, "module of type str is not a torch.nn.Module"),
     ({"formats": "onnx,onnx"}, "--formats lists onnx more than once"),
     ({"parity_images": 0}, "parity_images=0: it must be an integer >= 1"),
-], ids=["channels", "mean", "std", "input_size", "classes", "shape", "not-a-module", "formats", "parity-images"])
+    ({"module": Branchy()}, "module Branchy cannot be exported: torch.export could not capture it ("),
+], ids=["channels", "mean", "std", "input_size", "classes", "shape", "not-a-module", "formats", "parity-images",
+        "data-dependent-branch"])
 def test_export_module_refuses_bad_arguments_before_any_work(tmp_path, change, message):
     args = {"module": TinyNet(), **PORTRAIT, **change}
     with pytest.raises(edgeseg.EdgesegError) as refused:

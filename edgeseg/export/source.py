@@ -8,8 +8,10 @@ user built, checked (arguments, then one dry run) before any heavy work.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import io
 from dataclasses import dataclass
 
 import torch
@@ -136,6 +138,21 @@ def _dry_run(model: nn.Module, kind: str, info: ModelInfo) -> None:
                if out.ndim == 4 and list(out.shape[2:]) == [h, w] and out.shape[1] != info.num_classes
                else f"it must return float logits {expected} at the input resolution")
         raise EdgesegError(f"module {kind} returned {what} for a [1, 3, {h}, {w}] input: {why}")
+    _check_traceable(model, kind, h, w)
+
+
+def _check_traceable(model: nn.Module, kind: str, h: int, w: int) -> None:
+    """EdgesegError unless ``torch.export`` can capture ``model`` (every exporter starts from that graph): found
+    before any file is written, in one line, not as pages of FX graph from deep inside an exporter (torch prints
+    the partial graph to stderr before it raises: kept out of the user's terminal)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            torch.export.export(model, (torch.zeros(1, 3, h, w),), strict=False)
+    except Exception as exc:  # the user's forward, traced: any failure means no exporter can take it
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)[:200]
+        raise EdgesegError(f"module {kind} cannot be exported: torch.export could not capture it ({first}); "
+                           "write forward without Python branches on tensor values (use torch.where) and "
+                           "without data-dependent shapes") from None
 
 
 def weights_sha256(model: nn.Module) -> str:
