@@ -26,6 +26,8 @@ Every call here is a thin layer over the library: ``runtime.loader`` opens model
 """
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -66,8 +68,11 @@ def load(spec: str | Path = "default", *, format: str | None = None, precision: 
     for value, allowed, what in ((format, FORMATS, "format"), (precision, PRECISION_ORDER, "precision")):
         if value is not None and value not in allowed:
             raise EdgesegError(f"{what}={value!r}: choose from {', '.join(allowed)}")
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        raise EdgesegError(f"spec={spec!r}: give 'default', 'parts', a checkpoint, an exported file or an export "
+                           "directory (a path)")
     pick = format if precision is None else f"{format or ''}:{precision}"
-    return Segmenter(load_model(spec, threads=threads, pick=pick))
+    return Segmenter(load_model(os.fspath(spec), threads=_count("threads", threads), pick=pick))
 
 
 class Segmenter:
@@ -188,7 +193,7 @@ class Segmenter:
         runs the frames through the video stabilizer); None: the built-in synthetic set of ``count``
         images (default 200). ``slices``: a CSV ``id,slice...`` for per-slice IoU.
         """
-        extra = {} if count is None else {"count": count}
+        extra = {} if count is None else {"count": _count("count", count)}
         return evaluate_runner(self._model.runner, self._model.view, data_root=_text(data), split=split,
                                slices_file=_text(slices), smooth=smooth, **extra)
 

@@ -221,3 +221,17 @@ def test_a_model_whose_classes_match_no_builtin_set_gets_agreement_only_parity_a
     assert "pass --data DIR" in str(refused.value)
     result = cli("eval", tmp_path / "net", "--count", 2)
     assert result.exit_code == 2 and "match no built-in synthetic set" in result.output
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: edgeseg.load(123), "spec=123: give 'default', 'parts', a checkpoint"),
+    (lambda: edgeseg.load(""), "spec='': give 'default'"),
+    (lambda: edgeseg.load("default", threads=0), "threads=0: it must be an integer >= 1"),
+    (lambda: edgeseg.load("default").evaluate(count=0), "count=0: it must be an integer >= 1"),
+], ids=["not-a-path", "empty", "threads", "count"])
+def test_load_and_evaluate_refuse_bad_arguments_in_one_line(call, message):
+    """They raised TypeError from pathlib, read '' as the current folder, accepted threads=0, and evaluate(count=0)
+    failed with 'need at least one array to stack'."""
+    with pytest.raises(edgeseg.EdgesegError) as refused:
+        call()
+    assert message in str(refused.value) and "\n" not in str(refused.value)
