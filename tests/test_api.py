@@ -194,8 +194,9 @@ def test_export_module_of_a_custom_module_to_onnx_and_tflite(tmp_path):
     ({"formats": "onnx,onnx"}, "--formats lists onnx more than once"),
     ({"parity_images": 0}, "parity_images=0: it must be an integer >= 1"),
     ({"module": Branchy()}, "module Branchy cannot be exported: torch.export could not capture it ("),
+    ({"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}, "look like 0-1 units; edgeseg takes them in 0-255"),
 ], ids=["channels", "mean", "std", "input_size", "classes", "shape", "not-a-module", "formats", "parity-images",
-        "data-dependent-branch"])
+        "data-dependent-branch", "0-1-units"])
 def test_export_module_refuses_bad_arguments_before_any_work(tmp_path, change, message):
     args = {"module": TinyNet(), **PORTRAIT, **change}
     with pytest.raises(edgeseg.EdgesegError) as refused:

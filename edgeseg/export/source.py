@@ -83,7 +83,8 @@ def module_source(module: nn.Module, *, classes, input_size, mean, std, name: st
 
     EdgesegError, one line naming the argument, when: ``module`` is not an ``nn.Module``; ``classes``,
     ``input_size`` ((height, width), or one int for a square), ``mean`` / ``std`` (three numbers in
-    0-255 pixel units) or ``name`` are not usable; or a dry run on one zero image fails or returns
+    0-255 pixel units; ImageNet's in 0-1 units are refused, as they would ship unnoticed) or ``name`` are not
+    usable; or a dry run on one zero image fails or returns
     anything but one [1, len(classes), H, W] tensor.
     """
     if not isinstance(module, nn.Module):
@@ -98,6 +99,10 @@ def module_source(module: nn.Module, *, classes, input_size, mean, std, name: st
         check, valid = INFO_RULES[key]
         if not check(value):
             raise EdgesegError(f"{key}={shown(value)}: it must be {valid}")
+    if all(abs(float(v)) <= 1 for v in given["mean"]) and all(float(v) < 1 for v in given["std"]):
+        raise EdgesegError(f"mean={shown(given['mean'])}, std={shown(given['std'])} look like 0-1 units; edgeseg takes "
+                           "them in 0-255 pixel units (ImageNet's: mean=(123.675, 116.28, 103.53), "
+                           "std=(58.395, 57.12, 57.375))")
     name = name if name is not None else (kind if is_model_name(kind) else "model")
     if not is_model_name(name):
         raise EdgesegError(f"name={shown(name)}: it must be {INFO_RULES['name'][1]}")
