@@ -113,6 +113,17 @@ def test_evaluate_returns_what_eval_json_writes(default, cli, tmp_path):
     assert written["miou"] == pytest.approx(result["miou"])
 
 
+def test_arrays_of_the_kinds_image_files_come_in_give_the_file_s_mask(default, tmp_path):
+    """[H, W, 1] and uint16 arrays were refused, though 16-bit image files work."""
+    rgb = photo(40, 52, seed=1)
+    gray = rgb.mean(axis=2).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    expected = default.predict(tmp_path / "g.png")
+    assert np.array_equal(default.predict(gray[..., None]), expected)
+    assert np.array_equal(default.predict(gray.astype(np.uint16) * 257), expected)  # 16-bit, scaled to 8
+    assert np.array_equal(default.predict(rgb.astype(np.uint16) * 257), default.predict(rgb))
+
+
 def test_bad_images_and_specs_raise_edgeseg_errors(default, tmp_path):
     with pytest.raises(edgeseg.DataError, match=r"float32 \[4, 4, 3\]; it must be uint8 RGB"):
         default.predict(np.zeros((4, 4, 3), np.float32))

@@ -84,9 +84,9 @@ def as_rgb_array(image) -> np.ndarray:
     """Any one image a caller may hold, as uint8 RGB [H, W, 3].
 
     ``image`` is a path (read with ``load_image``), a PIL image (any mode, ``to_rgb_array``) or a
-    uint8 array: [H, W, 3] RGB as it is, [H, W] gray repeated, [H, W, 4] RGBA without its alpha.
-    DataError, saying what was given, for anything else (float arrays included: scale them to 0-255
-    and cast to uint8 first).
+    uint8 or uint16 array (16-bit scaled to 8, as for 16-bit files): [H, W, 3] RGB as it is, [H, W] or
+    [H, W, 1] gray repeated, [H, W, 4] RGBA without its alpha. DataError, saying what was given, for
+    anything else (float arrays included: scale them to 0-255 and cast to uint8 first).
     """
     if isinstance(image, (str, Path)):
         return load_image(image)
@@ -96,8 +96,12 @@ def as_rgb_array(image) -> np.ndarray:
         raise DataError(f"image of type {type(image).__name__} is not an image; give a path, a PIL image or a uint8 RGB "
                         "array [H, W, 3]")
     shape = list(image.shape)
-    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+    if image.dtype not in (np.uint8, np.uint16) or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
         raise DataError(f"image array is {image.dtype} {shape}; it must be uint8 RGB [H, W, 3] (pixel values 0-255)")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise DataError(f"image array {shape} has no pixels")
     if image.ndim == 2:
