@@ -291,7 +291,9 @@ def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):
 @click.option("--json", "json_out", type=click.Path(dir_okay=False))
 @click.option("--slices", "slices_file", type=click.Path(dir_okay=False), help="CSV id,slice... for per-slice IoU.")
 @click.option("--smooth", is_flag=True, help="Clip datasets: run the frames through the video stabilizer.")
-def eval_cmd(model, data_root, split, count, json_out, slices_file, smooth):
+@click.option("--artifact", "pick", metavar="FORMAT[:PRECISION]",
+              help="Which file of an export directory to evaluate (e.g. tflite:int8, or int8) [the most faithful].")
+def eval_cmd(model, data_root, split, count, json_out, slices_file, smooth, pick):
     """Evaluate a checkpoint or exported model (default: the packaged portrait model; 'parts': the packaged
     parts model).
 
@@ -305,7 +307,10 @@ def eval_cmd(model, data_root, split, count, json_out, slices_file, smooth):
 
     if json_out:
         check_json_output(json_out)
-    with load(model or "default") as segmenter:
+    from edgeseg.runtime.loader import PRECISION_ORDER
+
+    fmt, _, precision = (f":{pick}" if pick in PRECISION_ORDER else pick or "").partition(":")
+    with load(model or "default", format=fmt or None, precision=precision or None) as segmenter:
         result = segmenter.evaluate(data_root, count, split=split, slices=slices_file, smooth=smooth)
     print_eval(result)
     write_json(json_out, result)

@@ -148,3 +148,13 @@ def test_a_slice_without_any_person_has_no_person_iou_and_is_not_the_worst():
                           ("background", "person"))["hair"]
     assert report["iou"] == {"a": 15 / 16, "b": 1.0, "none": None} and report["images"]["none"] == 1
     assert report["worst"] == "a" and report["gap"] == round(1 - 15 / 16, 6)
+
+
+def test_eval_of_an_export_directory_takes_artifact_like_predict(cli, shared_export, tmp_path):
+    """eval had no --artifact (an export folder always ran its fp32 ONNX), and a bare precision was refused."""
+    for pick, expected in (("int8", ("onnx", "int8")), ("tflite:int8", ("tflite", "int8")), (None, ("onnx", "fp32"))):
+        out = tmp_path / f"{pick}.json"
+        r = cli("eval", shared_export.dir, "--count", "2", "--json", out, *(("--artifact", pick) if pick else ()))
+        assert r.exit_code == 0, r.output
+        doc = json.loads(out.read_text())
+        assert (doc["format"], doc["precision"]) == expected

@@ -162,10 +162,11 @@ def _open_first(manifest: Manifest, candidates: list[Artifact], threads: int | N
 
 
 def _candidates(manifest: Manifest, pick: str | None) -> list[Artifact]:
-    """The files ``pick`` ('FORMAT[:PRECISION]', None = any) allows, in ``ranked`` order; EdgesegError if none."""
+    """The files ``pick`` ('FORMAT[:PRECISION]', ':PRECISION' or 'PRECISION'; None = any) allows, in ``ranked``
+    order; EdgesegError if none."""
     if not manifest.artifacts:
         raise ArtifactError(f"{manifest.root}: the manifest lists no artifacts")
-    fmt, _, prec = (pick or "").partition(":")
+    fmt, _, prec = (f":{pick}" if pick in PRECISION_ORDER else pick or "").partition(":")
     found = [a for a in manifest.artifacts if (not fmt or a.format == fmt) and (not prec or a.precision == prec)]
     if not found:
         raise EdgesegError(f"{manifest.root}: no artifact {pick!r}; have "
