@@ -481,8 +481,8 @@ def is_clip_dataset(root: str | Path) -> bool:
 def open_clips(root: str | Path, classes: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], list[Clip]]:
     """The classes and the clips (sorted by name) of a clip dataset folder.
 
-    Classes come from ``classes`` when given, else ``root/classes.txt``; both given and different
-    is a DataError naming both. Every clip must have a mask for each frame and at least 2 frames.
+    Classes come from ``classes`` (a model's, as every caller gives) when given, else ``root/classes.txt``;
+    both given and different is a DataError naming both. Every clip must have a mask for each frame and at least 2 frames.
     """
     root = Path(root)
     if not root.is_dir():
@@ -497,8 +497,8 @@ def open_clips(root: str | Path, classes: tuple[str, ...] | None = None) -> tupl
 def _clip_classes(root: Path, classes: tuple[str, ...] | None) -> tuple[str, ...]:
     listed = read_classes(root)
     if classes is not None and listed is not None and tuple(classes) != listed:
-        raise DataError(f"{root / 'classes.txt'} lists classes {', '.join(listed)} but {', '.join(classes)} "
-                        "were given; make them agree (or give none to use the file's)")
+        raise DataError(f"{root / 'classes.txt'} lists classes {', '.join(listed)} but the model's are "
+                        f"{', '.join(classes)}; use clips labelled with the model's classes, or a model trained on these")
     names = classes or listed
     if names is None:
         raise DataError(f"{root}: no classes.txt; add one (one class name per line, background first) "
