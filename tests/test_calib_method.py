@@ -162,3 +162,12 @@ def test_calibration_from_the_training_data_reads_pixels_only_whatever_the_class
     assert len(calib.images) == 2 and calib.source.startswith(f"{data} (train split)")
     nested = write_dataset(tmp_path / "masks" / "photos", "portrait", 3, 32, seed=0)
     assert len(images_in_folder(nested, 10, (32, 32))) == 3  # images/ only, not masks/
+
+
+def test_calibration_says_when_the_checkpoints_training_data_is_not_here(tmp_path):
+    """A checkpoint trained on a folder of another machine silently calibrated on the built-in set."""
+    from edgeseg.export.quant_images import calibration_images
+
+    calib = calibration_images(None, str(tmp_path / "elsewhere"), "portrait", 2, (32, 32))
+    assert calib.source.startswith("built-in synthetic portrait calibration set")
+    assert f"the checkpoint's training data {tmp_path / 'elsewhere'} is not on this machine; pass --calib DIR" in calib.source

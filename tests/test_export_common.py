@@ -47,6 +47,7 @@ def test_manifest_has_design_fields(shared_export, tiny_checkpoint):
 def test_export_prints_table(shared_export):
     assert "agreement mIoU" in shared_export.stdout and "PASS" in shared_export.stdout
     assert "max |Δlogit|" in shared_export.stdout
+    assert "int8 calibration: built-in synthetic portrait calibration set" in shared_export.stdout
 
 
 def test_new_export_folder_gets_a_normal_mode(shared_export):

@@ -89,6 +89,9 @@ def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str
         source = (f"built-in synthetic {task} calibration set" if task else
                   f"built-in synthetic {FALLBACK_TASK} images (no built-in set has the model's classes; "
                   "pass --calib DIR with images like the ones it will see)")
+        if recipe_root:  # trained on a folder that is not here (another machine, moved): say so, with the fix
+            source += (f" (the checkpoint's training data {recipe_root} is not on this machine; pass --calib DIR "
+                       "with images like it)")
     if augment is None:
         return CalibrationSet(images, f"{source}, not augmented (the model carries no training recipe)")
     if not photometric_steps(color=augment.color, corrupt=augment.corrupt):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from edgeseg.errors import EdgesegError
+from edgeseg.export.base import CALIBRATED_PRECISION
 from edgeseg.ui import console, print_table
 
 
@@ -61,3 +62,6 @@ def export_table(manifest) -> None:
     data = (manifest.parity_reference or {}).get("data")
     if data:
         console.print(f"parity images: {data}")
+    calibration = (manifest.model.get("calibration") or {}).get("source")
+    if calibration and any(a.precision == CALIBRATED_PRECISION for a in manifest.artifacts):
+        console.print(f"int8 calibration: {calibration}")
