@@ -307,9 +307,9 @@ def eval_cmd(model, data_root, split, count, json_out, slices_file, smooth, pick
 
     if json_out:
         check_json_output(json_out)
-    from edgeseg.runtime.loader import PRECISION_ORDER
+    from edgeseg.runtime.loader import split_pick
 
-    fmt, _, precision = (f":{pick}" if pick in PRECISION_ORDER else pick or "").partition(":")
+    fmt, precision = split_pick(pick)
     with load(model or "default", format=fmt or None, precision=precision or None) as segmenter:
         result = segmenter.evaluate(data_root, count, split=split, slices=slices_file, smooth=smooth)
     print_eval(result)

@@ -79,6 +79,14 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def file_holds(path: str | os.PathLike, sha256: str) -> bool:
+    """Whether ``path`` is a file (symlinks followed) whose bytes have this sha256; False when it cannot be read."""
+    try:
+        return Path(path).is_file() and sha256_file(path) == sha256
+    except OSError:
+        return False
+
+
 def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``dest`` atomically and return the path."""
     with atomic_path(dest) as tmp:

@@ -39,7 +39,7 @@ from edgeseg.apply.video import (OUTPUT_SUFFIX, VIDEO_SUFFIXES, VideoInfo, is_vi
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import resize_pixels
 from edgeseg.errors import DataError, EdgesegError
-from edgeseg.fsutil import check_output, folder_lock, is_staging, sha256_file, staging_dir
+from edgeseg.fsutil import check_output, file_holds, folder_lock, is_staging, sha256_file, staging_dir
 from edgeseg.bench.gate import parity_problem
 from edgeseg.runtime.loader import LoadedModel, load_model
 from edgeseg.runtime.stabilizer import SmoothCfg, frame_run, softmax
@@ -231,10 +231,7 @@ def read_ledger(out_dir: Path, *, force: bool = False) -> dict[str, str]:
 
 def _ours(path: Path, sha: str | None) -> bool:
     """Whether ``path`` holds exactly the bytes whose sha256 the ledger recorded."""
-    try:
-        return sha is not None and path.is_file() and sha256_file(path) == sha
-    except OSError:
-        return False
+    return sha is not None and file_holds(path, sha)
 
 
 def _refuse_foreign_files(jobs: list[Job], out_dir: Path, ledger: dict[str, str]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.fsutil import atomic_path, check_output, install_staged, sha256_file, staging_dir
+from edgeseg.fsutil import atomic_path, check_output, file_holds, install_staged, sha256_file, staging_dir
 from edgeseg.bench.temporal import COLUMNS as FLICKER_COLUMNS, flicker_rows
 
 COLUMNS = ["artifact", "runtime", "threads", "p50 ms", "p90 ms", "normalized p50", "speed-up vs PyTorch", "load ms",
@@ -394,11 +394,8 @@ def report_owned(out_dir: str | Path) -> set[str]:
 
 
 def _holds(path: Path, sha: str) -> bool:
-    """Whether ``path`` is a regular file with exactly the bytes of sha256 ``sha``."""
-    try:
-        return path.is_file() and not path.is_symlink() and sha256_file(path) == sha
-    except OSError:
-        return False
+    """Whether ``path`` is a regular file (not a symlink) with exactly the bytes of sha256 ``sha``."""
+    return not path.is_symlink() and file_holds(path, sha)
 
 
 def check_report_output(out_dir: str | Path) -> Path:

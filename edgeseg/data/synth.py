@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edgeseg.errors import DataError
-from edgeseg.fsutil import check_output, install_staged, is_staging, sha256_file, staging_dir
+from edgeseg.fsutil import check_output, file_holds, install_staged, is_staging, sha256_file, staging_dir
 
 PORTRAIT_CLASSES = ("background", "person")
 PARTS_CLASSES = ("background", "hair", "skin", "body", "clothes")
@@ -238,7 +238,7 @@ def _changed_files(out: Path, marker: str) -> list[str]:
     for rel, sha in recorded.items():
         parts = Path(rel).parts if isinstance(rel, str) else ("..",)
         path = out / rel if parts and ".." not in parts and not Path(rel).is_absolute() else None
-        if path is not None and path.is_file() and sha256_file(path) != sha:
+        if path is not None and path.is_file() and not file_holds(path, sha):
             changed.append(rel)
     return sorted(changed)
 

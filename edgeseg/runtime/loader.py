@@ -161,12 +161,18 @@ def _open_first(manifest: Manifest, candidates: list[Artifact], threads: int | N
     raise missing
 
 
+def split_pick(pick: str | None) -> tuple[str, str]:
+    """(format, precision) of an ``--artifact`` pick: 'FORMAT[:PRECISION]', ':PRECISION' or 'PRECISION' ('' = any)."""
+    fmt, _, prec = (f":{pick}" if pick in PRECISION_ORDER else pick or "").partition(":")
+    return fmt, prec
+
+
 def _candidates(manifest: Manifest, pick: str | None) -> list[Artifact]:
     """The files ``pick`` ('FORMAT[:PRECISION]', ':PRECISION' or 'PRECISION'; None = any) allows, in ``ranked``
     order; EdgesegError if none."""
     if not manifest.artifacts:
         raise ArtifactError(f"{manifest.root}: the manifest lists no artifacts")
-    fmt, _, prec = (f":{pick}" if pick in PRECISION_ORDER else pick or "").partition(":")
+    fmt, prec = split_pick(pick)
     found = [a for a in manifest.artifacts if (not fmt or a.format == fmt) and (not prec or a.precision == prec)]
     if not found:
         raise EdgesegError(f"{manifest.root}: no artifact {pick!r}; have "
