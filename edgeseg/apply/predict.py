@@ -537,7 +537,8 @@ def video_frame(mode: str, image: np.ndarray, pred: Prediction, background: np.n
 def _predict_video(job: Job, plan: PredictPlan, run, input_size, refine: bool, on_progress, place) -> None:
     """One video, frame by frame (memory independent of its length), written through ``place``."""
     info = job.video
-    with video_writer(plan.out_dir / job.name, info.width, info.height, info.rate, place=place) as writer:
+    with video_writer(plan.out_dir / job.name, info.width, info.height, info.rate, rotation=info.rotation,
+                      place=place) as writer:
         for image in read_frames(job.source, expected=info.frames, duration_frames=info.duration_frames):
             pred = predict_image(run, image, input_size, refine=refine)
             writer.write(video_frame(plan.output, image, pred, plan.background))

@@ -1,8 +1,10 @@
 """Video in and out for ``edgeseg predict`` through PyAV (FFmpeg's libraries; the ``video`` extra)
 (layer 3).
 
-Decoding streams one frame at a time, so memory does not grow with the clip's length. The output
-keeps the input's frame count, size and frame rate: H.264 (libx264, yuv420p; yuv444p when a side
+Decoding streams one frame at a time, so memory does not grow with the clip's length. Frames reach the
+model upright: a phone video stores its frames sideways with a display rotation (its display matrix),
+which is applied as they are decoded. The output keeps the input's frame count, stored size, display
+rotation and frame rate (so it plays, and lines up with its source, in whichever player shows both): H.264 (libx264, yuv420p; yuv444p when a side
 is odd, which 4:2:0 cannot hold) in an MP4 file, written beside its destination and renamed into
 place when complete. A file with no video stream, a codec FFmpeg cannot decode, or data that ends
 early (truncated) is a ``DataError``.
@@ -37,13 +39,27 @@ def is_video(path: str | Path) -> bool:
 @dataclass(frozen=True)
 class VideoInfo:
     """What the container says about its first video stream (``frames`` 0 when it does not say, as MKV and
-    WebM do not; ``duration_frames`` its duration times its rate then, 0 when that is unknown too)."""
+    WebM do not; ``duration_frames`` its duration times its rate then, 0 when that is unknown too).
+    ``width`` and ``height`` are the stored frames'; ``rotation`` the counter-clockwise display rotation
+    of its first frame, in degrees (0, 90, 180 or 270; a phone's portrait clip has 90 or 270)."""
 
     frames: int
     width: int
     height: int
     rate: Fraction
     duration_frames: int = 0
+    rotation: int = 0
+
+
+def _quarter_turns(degrees: float | None) -> int:
+    """A display rotation (counter-clockwise degrees, as ``VideoFrame.rotation`` gives it) in quarter turns
+    0-3; the nearest one for an angle that is not a multiple of 90 (mirroring is not applied)."""
+    return int(round((degrees or 0) / 90)) % 4
+
+
+def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
+    """A stored frame as it is displayed: turned ``rotation`` degrees counter-clockwise."""
+    return np.rot90(frame, _quarter_turns(rotation))
 
 
 def _unreadable(path: Path, exc: BaseException) -> DataError:
@@ -64,14 +80,17 @@ def probe_video(path: str | Path) -> VideoInfo:
                 raise DataError(f"{path}: its video codec cannot be decoded here; re-encode it to H.264 MP4")
             rate = stream.average_rate or stream.guessed_rate or Fraction(30)
             seconds = container.duration / av.time_base if container.duration else 0.0
+            first = next(container.decode(video=0), None)  # the display rotation travels with the frames
             return VideoInfo(int(stream.frames or 0), stream.codec_context.width, stream.codec_context.height,
-                             Fraction(rate), int(seconds * float(rate)))
+                             Fraction(rate), int(seconds * float(rate)),
+                             90 * _quarter_turns(first.rotation if first is not None else 0))
     except av.FFmpegError as exc:
         raise _unreadable(path, exc) from None
 
 
 def read_frames(path: str | Path, expected: int = 0, duration_frames: int = 0) -> Iterator[np.ndarray]:
-    """Yield the video's frames in order as uint8 RGB [H, W, 3], one at a time.
+    """Yield the video's frames in order as uint8 RGB [H, W, 3], one at a time, upright (each turned by
+    its display rotation).
 
     DataError when decoding fails part-way, when no frame at all could be decoded, or when the file is
     truncated: fewer than ``expected`` frames (the container's count) could be decoded, or, where the
@@ -84,7 +103,7 @@ def read_frames(path: str | Path, expected: int = 0, duration_frames: int = 0) -
         with av.open(str(path)) as container:
             for frame in container.decode(video=0):
                 count += 1
-                yield frame.to_ndarray(format="rgb24")
+                yield np.ascontiguousarray(upright(frame.to_ndarray(format="rgb24"), frame.rotation))
     except av.FFmpegError as exc:
         raise _unreadable(path, exc) from None
     if count == 0:
@@ -98,20 +117,28 @@ def read_frames(path: str | Path, expected: int = 0, duration_frames: int = 0) -
 
 
 class VideoWriter:
-    """Encodes RGB (or greyscale) uint8 frames of one size into an H.264 MP4 at a fixed frame rate."""
+    """Encodes RGB (or greyscale) uint8 frames of one size into an H.264 MP4 at a fixed frame rate.
 
-    def __init__(self, container, width: int, height: int, rate: Fraction):
+    ``width`` x ``height`` is the stored size; with a ``rotation`` (counter-clockwise degrees, a multiple of
+    90) the file carries it as its display rotation, and ``write`` takes frames as displayed (upright),
+    storing them turned back."""
+
+    def __init__(self, container, width: int, height: int, rate: Fraction, rotation: int = 0):
         self._av = _av()
         self._container = container
         stream = container.add_stream(CODEC, rate=rate)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         stream.options = {"crf": CRF}
+        self._turns = _quarter_turns(rotation)
+        if self._turns:
+            stream.set_display_rotation(90 * self._turns)
         self._stream = stream
 
     def write(self, frame: np.ndarray) -> None:
         fmt = "gray" if frame.ndim == 2 else "rgb24"
-        packets = self._stream.encode(self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=fmt))
+        stored = np.ascontiguousarray(np.rot90(frame, -self._turns))
+        packets = self._stream.encode(self._av.VideoFrame.from_ndarray(stored, format=fmt))
         self._container.mux(packets)
 
     def finish(self) -> None:
@@ -119,7 +146,7 @@ class VideoWriter:
 
 
 @contextmanager
-def video_writer(dest: str | Path, width: int, height: int, rate: Fraction, *,
+def video_writer(dest: str | Path, width: int, height: int, rate: Fraction, *, rotation: int = 0,
                  place: Callable[[Path], ContextManager[Path]] = atomic_path) -> Iterator[VideoWriter]:
     """A ``VideoWriter`` whose file appears at ``dest`` only when the block completes: it is written at the
     temporary path ``place(dest)`` yields, which becomes ``dest`` when that block ends (``atomic_path``, or
@@ -127,6 +154,6 @@ def video_writer(dest: str | Path, width: int, height: int, rate: Fraction, *,
     av = _av()
     with place(Path(dest)) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
-            writer = VideoWriter(container, width, height, rate)
+            writer = VideoWriter(container, width, height, rate, rotation)
             yield writer
             writer.finish()
