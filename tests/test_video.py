@@ -195,6 +195,58 @@ def test_a_phone_clip_stored_sideways_is_segmented_upright_and_keeps_its_display
         assert np.abs(a - b[..., 0]).mean() < 12
 
 
+def _write_clip_with_sound(path: Path, fmt: str, vcodec: str, acodec: str, frames: int = 10, rate: int = 8000) -> Path:
+    """A clip of ``frames`` frames at 25 fps (a synthetic portrait) and one second of a 440 Hz tone."""
+    base = render("portrait", (64, 48), 2).image
+    with av.open(str(path), "w", format=fmt) as c:
+        v = c.add_stream(vcodec, rate=Fraction(25))
+        v.width, v.height, v.pix_fmt = 48, 64, "yuv420p"
+        a = c.add_stream(acodec, rate=rate)
+        a.layout = "mono"
+        for _ in range(frames):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(base, format="rgb24")))
+        step, t = a.codec_context.frame_size or 800, 0
+        while t < rate:
+            tone = np.sin(np.arange(t, t + step) * 2 * np.pi * 440 / rate) * 0.5
+            planar = a.format.name.endswith("p") or a.format.name == "flt"
+            data = tone.astype(np.float32)[None] if planar else (tone * 30000).astype(np.int16)[None]
+            frame = av.AudioFrame.from_ndarray(data, format=a.format.name, layout="mono")
+            frame.sample_rate, frame.pts = rate, t
+            c.mux(a.encode(frame))
+            t += step
+        c.mux(a.encode(None))
+        c.mux(v.encode(None))
+    return path
+
+
+def _sound(path: Path) -> tuple[str, list[bytes], np.ndarray]:
+    """The first audio track: its codec, its packets' bytes and its samples as float (-1..1)."""
+    with av.open(str(path)) as c:
+        codec = c.streams.audio[0].codec_context.name
+        packets = [bytes(p) for p in c.demux(audio=0) if p.size]
+    with av.open(str(path)) as c:
+        parts = [f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]
+    samples = np.concatenate(parts).astype(np.float64)
+    return codec, packets, samples / 32768 if np.abs(samples).max() > 2 else samples
+
+
+def test_a_videos_sound_is_carried_over_as_it_is_or_re_encoded_where_mp4_cannot_hold_it(cli, tmp_path):
+    """Background blur of a recording keeps its sound: AAC is copied packet for packet; mu-law from an
+    AVI (which MP4 cannot hold) becomes AAC with the same length and loudness. Both used to be dropped."""
+    aac = _write_clip_with_sound(tmp_path / "talk.mp4", "mp4", "libx264", "aac", rate=44100)
+    mulaw = _write_clip_with_sound(tmp_path / "old.avi", "avi", "mpeg4", "pcm_mulaw")
+    r = cli("predict", "default", aac, mulaw, "--out", tmp_path / "out", "--output", "blur")
+    assert r.exit_code == 0, r.output
+    codec, packets, samples = _sound(aac)
+    assert _sound(tmp_path / "out" / "talk.mp4")[:2] == (codec, packets)
+    assert _video_facts(tmp_path / "out" / "talk.mp4")[0] == 10
+    _, _, before = _sound(mulaw)
+    codec, _, after = _sound(tmp_path / "out" / "old.mp4")
+    assert codec == "aac" and len(before) == 8000 and abs(len(after) - 8000) <= 1024
+    rms = lambda x: float(np.sqrt((x ** 2).mean()))  # noqa: E731
+    assert rms(after) == pytest.approx(rms(before), rel=0.05)
+
+
 def test_an_odd_sized_video_keeps_its_size(cli, tmp_path):
     clip = _write_clip(tmp_path / "odd.mp4", frames=3, size=(45, 61))
     r = cli("predict", "default", clip, "--out", tmp_path / "out")

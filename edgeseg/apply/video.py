@@ -4,14 +4,15 @@
 Decoding streams one frame at a time, so memory does not grow with the clip's length. Frames reach the
 model upright: a phone video stores its frames sideways with a display rotation (its display matrix),
 which is applied as they are decoded. The output keeps the input's frame count, stored size, display
-rotation and frame rate (so it plays, and lines up with its source, in whichever player shows both): H.264 (libx264, yuv420p; yuv444p when a side
-is odd, which 4:2:0 cannot hold) in an MP4 file, written beside its destination and renamed into
-place when complete. A file with no video stream, a codec FFmpeg cannot decode, or data that ends
-early (truncated) is a ``DataError``.
+rotation and frame rate (so it plays, and lines up with its source, in whichever player shows both),
+and its first audio track: H.264 (libx264, yuv420p; yuv444p when a side is odd, which 4:2:0 cannot
+hold) in an MP4 file, the audio copied as it is (re-encoded to AAC where MP4 cannot hold its codec),
+written beside its destination and renamed into place when complete. A file with no video stream, a
+codec FFmpeg cannot decode, or data that ends early (truncated) is a ``DataError``.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +27,7 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
 OUTPUT_SUFFIX = ".mp4"
 CODEC = "libx264"
 CRF = "18"  # visually lossless: a mask or matte stays crisp
+AUDIO_CODEC = "aac"  # for an audio track MP4 cannot hold as it is (e.g. mu-law or ADPCM from an AVI)
 
 
 def _av():
@@ -116,6 +118,79 @@ def read_frames(path: str | Path, expected: int = 0, duration_frames: int = 0) -
                         "duration; use a complete copy of the file")
 
 
+def _seconds(ts, time_base) -> float:
+    return float(ts * time_base) if ts is not None and time_base is not None else 0.0
+
+
+class _AudioTrack:
+    """The first audio track of ``source``, carried into ``output`` in step with the video written there:
+    its packets copied as they are, or decoded and re-encoded to AAC where MP4 cannot hold its codec.
+    Times are kept relative to the source's first video frame, which the output starts with."""
+
+    def __init__(self, output, source, origin: float):
+        self._av = _av()
+        self._output, self._origin = output, origin
+        self._src = source.streams.audio[0]
+        self._packets = source.demux(self._src)
+        self._pending = None
+        try:
+            self._out = output.add_stream_from_template(self._src)
+            self._encoder = None
+        except ValueError:  # "'mp4' format does not support '<codec>' codec"
+            ctx = self._src.codec_context
+            # the standard layout for 1 or 2 channels (an AVI's says "1 channels", which AAC refuses)
+            layout = {1: "mono", 2: "stereo"}.get(len(ctx.layout.channels), ctx.layout)
+            self._out = output.add_stream(AUDIO_CODEC, rate=ctx.sample_rate)
+            self._out.layout = layout
+            self._encoder = self._av.AudioResampler(format=self._out.format, layout=layout, rate=ctx.sample_rate)
+            self._samples: int | None = None  # the output's time of the next sound, in samples
+
+    def until(self, seconds: float | None) -> None:
+        """Write the track up to ``seconds`` (video time) of the output; all that is left for None."""
+        if self._packets is None:
+            return
+        while True:
+            packet = self._pending if self._pending is not None else next(self._packets, None)
+            self._pending = None
+            if packet is None:
+                break
+            if packet.dts is None and packet.size == 0:  # the demuxer's closing empty packet
+                continue
+            if seconds is not None and _seconds(packet.pts, packet.time_base) - self._origin > seconds:
+                self._pending = packet
+                return
+            self._write(packet)
+        self._packets = None
+        if self._encoder is not None:
+            self._encode(self._src.codec_context.decode(None))
+            self._mux_resampled(self._encoder.resample(None))
+            self._output.mux(self._out.encode(None))
+
+    def _write(self, packet) -> None:
+        if self._encoder is not None:
+            self._encode(self._src.codec_context.decode(packet))
+            return
+        shift = round(self._origin / packet.time_base) if packet.time_base else 0
+        if packet.pts is not None:
+            packet.pts -= shift
+        if packet.dts is not None:
+            packet.dts -= shift
+        packet.stream = self._out
+        self._output.mux(packet)
+
+    def _encode(self, frames) -> None:
+        for frame in frames:
+            if self._samples is None:  # the output's time of the first sound, in samples
+                self._samples = max(round((_seconds(frame.pts, frame.time_base) - self._origin) * frame.sample_rate), 0)
+            self._mux_resampled(self._encoder.resample(frame))
+
+    def _mux_resampled(self, chunks) -> None:
+        for chunk in chunks:
+            chunk.pts, chunk.time_base = self._samples or 0, Fraction(1, chunk.sample_rate)
+            self._samples = chunk.pts + chunk.samples
+            self._output.mux(self._out.encode(chunk))
+
+
 class VideoWriter:
     """Encodes RGB (or greyscale) uint8 frames of one size into an H.264 MP4 at a fixed frame rate.
 
@@ -123,9 +198,10 @@ class VideoWriter:
     90) the file carries it as its display rotation, and ``write`` takes frames as displayed (upright),
     storing them turned back."""
 
-    def __init__(self, container, width: int, height: int, rate: Fraction, rotation: int = 0):
+    def __init__(self, container, width: int, height: int, rate: Fraction, rotation: int = 0, audio=None):
         self._av = _av()
         self._container = container
+        self._rate, self._written = rate, 0
         stream = container.add_stream(CODEC, rate=rate)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
@@ -134,26 +210,42 @@ class VideoWriter:
         if self._turns:
             stream.set_display_rotation(90 * self._turns)
         self._stream = stream
+        self._audio: _AudioTrack | None = audio(container) if audio else None
 
     def write(self, frame: np.ndarray) -> None:
         fmt = "gray" if frame.ndim == 2 else "rgb24"
         stored = np.ascontiguousarray(np.rot90(frame, -self._turns))
         packets = self._stream.encode(self._av.VideoFrame.from_ndarray(stored, format=fmt))
         self._container.mux(packets)
+        self._written += 1
+        if self._audio:
+            self._audio.until(float(self._written / self._rate))
 
     def finish(self) -> None:
         self._container.mux(self._stream.encode(None))
+        if self._audio:
+            self._audio.until(None)
 
 
 @contextmanager
 def video_writer(dest: str | Path, width: int, height: int, rate: Fraction, *, rotation: int = 0,
+                 audio_from: str | Path | None = None,
                  place: Callable[[Path], ContextManager[Path]] = atomic_path) -> Iterator[VideoWriter]:
     """A ``VideoWriter`` whose file appears at ``dest`` only when the block completes: it is written at the
     temporary path ``place(dest)`` yields, which becomes ``dest`` when that block ends (``atomic_path``, or
-    ``edgeseg predict``'s own, which also lists it in the ledger)."""
+    ``edgeseg predict``'s own, which also lists it in the ledger). With ``audio_from`` (the source video),
+    its first audio track, if it has one, goes along."""
     av = _av()
-    with place(Path(dest)) as tmp:
+    with ExitStack() as stack:
+        audio = None
+        if audio_from is not None:
+            source = stack.enter_context(av.open(str(audio_from)))
+            if source.streams.audio:
+                first = source.streams.video[0] if source.streams.video else None
+                origin = _seconds(first.start_time, first.time_base) if first is not None else 0.0
+                audio = lambda output: _AudioTrack(output, source, origin)  # noqa: E731
+        tmp = stack.enter_context(place(Path(dest)))
         with av.open(str(tmp), mode="w", format="mp4") as container:
-            writer = VideoWriter(container, width, height, rate, rotation)
+            writer = VideoWriter(container, width, height, rate, rotation, audio)
             yield writer
             writer.finish()
