@@ -166,8 +166,8 @@ class Segmenter:
     def predict_video(self, video: str | Path, out: str | Path, *, output: str = "mask", smooth: bool = False,
                       background: str | Path | None = None, refine: bool = False, force: bool = False) -> Path:
         """Segment a video file into ``out/<name>.mp4`` (as ``edgeseg predict VIDEO --out OUT``): same frame
-        count, size, display rotation, frame rate and sound; ``output`` one of mask, alpha, cutout (alpha and cutout: a greyscale
-        matte), blur, replace (with ``background``), overlay. Returns the written path.
+        count, size, display rotation, frame times and sound; ``output`` one of mask, alpha, cutout (alpha and
+        cutout: a greyscale matte), blur, replace (with ``background``), overlay. Returns the written path.
 
         Needs the ``video`` extra (PyAV). The same checks as the CLI run first (nothing written on bad
         input); a video that cannot be decoded to its end raises DataError and leaves nothing behind.

@@ -399,7 +399,7 @@ def predict(model, inputs, out_dir, output, background, refine, threads, pick, f
     the packaged models).
 
     Each image is written as --out/<name>.png, each video (.mp4, .mov, .mkv, ...) as --out/<name>.mp4
-    with the same frame count, size, display rotation, frame rate and sound (alpha and cutout as a
+    with the same frame count, size, display rotation, frame times and sound (alpha and cutout as a
     greyscale matte video); a folder's sub-folders are mirrored (photos/sub/a.jpg -> OUT/sub/a.png). Refused before anything runs
     (exit 2): two inputs with one output name (a.jpg and a.png in one folder: rename one or use two --out
     folders), an output on an input, --out being an input folder or inside one, a video FFmpeg cannot

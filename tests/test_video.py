@@ -247,6 +247,29 @@ def test_a_videos_sound_is_carried_over_as_it_is_or_re_encoded_where_mp4_cannot_
     assert rms(after) == pytest.approx(rms(before), rel=0.05)
 
 
+def test_a_variable_frame_rate_clip_keeps_each_frames_time_and_its_pixel_aspect_ratio(cli, tmp_path):
+    """Phones record at a variable frame rate: each output frame is shown when its source frame is (they
+    were written at the average rate: here the frames after a pause came up to 0.2 s early, the sound off
+    the picture), and a declared pixel aspect ratio (4:3 here) is kept (it was lost: pictures squeezed)."""
+    times_ms = [0, 40, 80, 200, 240, 280, 500, 540]
+    image = render("portrait", (32, 48), 4).image
+    with av.open(str(tmp_path / "vfr.mp4"), "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=Fraction(25))
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
+        s.codec_context.time_base, s.codec_context.sample_aspect_ratio = Fraction(1, 1000), Fraction(4, 3)
+        for t in times_ms:
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    r = cli("predict", "default", tmp_path / "vfr.mp4", "--out", tmp_path / "out", "--output", "overlay")
+    assert r.exit_code == 0, r.output
+    with av.open(str(tmp_path / "out" / "vfr.mp4")) as c:
+        assert c.streams.video[0].sample_aspect_ratio == Fraction(4, 3)
+        shown = [round(f.time * 1000) for f in c.decode(video=0)]
+    assert shown == times_ms
+
+
 def test_an_odd_sized_video_keeps_its_size(cli, tmp_path):
     clip = _write_clip(tmp_path / "odd.mp4", frames=3, size=(45, 61))
     r = cli("predict", "default", clip, "--out", tmp_path / "out")

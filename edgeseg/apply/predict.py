@@ -538,10 +538,10 @@ def _predict_video(job: Job, plan: PredictPlan, run, input_size, refine: bool, o
     """One video, frame by frame (memory independent of its length), written through ``place``."""
     info = job.video
     with video_writer(plan.out_dir / job.name, info.width, info.height, info.rate, rotation=info.rotation,
-                      audio_from=job.source, place=place) as writer:
-        for image in read_frames(job.source, expected=info.frames, duration_frames=info.duration_frames):
+                      aspect=info.aspect, audio_from=job.source, place=place) as writer:
+        for seconds, image in read_frames(job.source, expected=info.frames, duration_frames=info.duration_frames):
             pred = predict_image(run, image, input_size, refine=refine)
-            writer.write(video_frame(plan.output, image, pred, plan.background))
+            writer.write(video_frame(plan.output, image, pred, plan.background), seconds)
             if on_progress:
                 on_progress(job.source)
 

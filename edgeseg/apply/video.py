@@ -3,12 +3,13 @@
 
 Decoding streams one frame at a time, so memory does not grow with the clip's length. Frames reach the
 model upright: a phone video stores its frames sideways with a display rotation (its display matrix),
-which is applied as they are decoded. The output keeps the input's frame count, stored size, display
-rotation and frame rate (so it plays, and lines up with its source, in whichever player shows both),
-and its first audio track: H.264 (libx264, yuv420p; yuv444p when a side is odd, which 4:2:0 cannot
-hold) in an MP4 file, the audio copied as it is (re-encoded to AAC where MP4 cannot hold its codec),
-written beside its destination and renamed into place when complete. A file with no video stream, a
-codec FFmpeg cannot decode, or data that ends early (truncated) is a ``DataError``.
+which is applied as they are decoded. The output is H.264 (libx264, yuv420p; yuv444p when a side is
+odd, which 4:2:0 cannot hold) in an MP4 file that keeps the input's frame count, stored size, display
+rotation, pixel aspect ratio and each frame's time (a phone's variable frame rate included), so it
+plays, and lines up with its source, in whichever player shows both; its first audio track goes along,
+copied as it is (re-encoded to AAC where MP4 cannot hold its codec). It is written beside its
+destination and renamed into place when complete. A file with no video stream, a codec FFmpeg cannot
+decode, or data that ends early (truncated) is a ``DataError``.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm")
 OUTPUT_SUFFIX = ".mp4"
 CODEC = "libx264"
 CRF = "18"  # visually lossless: a mask or matte stays crisp
+TIME_BASE = Fraction(1, 90000)  # the output's clock (MPEG's): any source's frame times fit it
 AUDIO_CODEC = "aac"  # for an audio track MP4 cannot hold as it is (e.g. mu-law or ADPCM from an AVI)
 
 
@@ -51,6 +53,7 @@ class VideoInfo:
     rate: Fraction
     duration_frames: int = 0
     rotation: int = 0
+    aspect: Fraction | None = None  # the pixel (sample) aspect ratio, when the file gives one other than 1:1
 
 
 def _quarter_turns(degrees: float | None) -> int:
@@ -62,6 +65,16 @@ def _quarter_turns(degrees: float | None) -> int:
 def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
     """A stored frame as it is displayed: turned ``rotation`` degrees counter-clockwise."""
     return np.rot90(frame, _quarter_turns(rotation))
+
+
+def _seconds(ts, time_base) -> float:
+    return float(ts * time_base) if ts is not None and time_base is not None else 0.0
+
+
+def _start(container) -> float:
+    """Where the first video stream starts, in seconds: the output's time 0 (video and sound)."""
+    first = container.streams.video[0] if container.streams.video else None
+    return _seconds(first.start_time, first.time_base) if first is not None else 0.0
 
 
 def _unreadable(path: Path, exc: BaseException) -> DataError:
@@ -82,17 +95,21 @@ def probe_video(path: str | Path) -> VideoInfo:
                 raise DataError(f"{path}: its video codec cannot be decoded here; re-encode it to H.264 MP4")
             rate = stream.average_rate or stream.guessed_rate or Fraction(30)
             seconds = container.duration / av.time_base if container.duration else 0.0
+            aspect = stream.sample_aspect_ratio
             first = next(container.decode(video=0), None)  # the display rotation travels with the frames
             return VideoInfo(int(stream.frames or 0), stream.codec_context.width, stream.codec_context.height,
                              Fraction(rate), int(seconds * float(rate)),
-                             90 * _quarter_turns(first.rotation if first is not None else 0))
+                             90 * _quarter_turns(first.rotation if first is not None else 0),
+                             Fraction(aspect) if aspect and aspect != 1 else None)
     except av.FFmpegError as exc:
         raise _unreadable(path, exc) from None
 
 
-def read_frames(path: str | Path, expected: int = 0, duration_frames: int = 0) -> Iterator[np.ndarray]:
-    """Yield the video's frames in order as uint8 RGB [H, W, 3], one at a time, upright (each turned by
-    its display rotation).
+def read_frames(path: str | Path, expected: int = 0,
+                duration_frames: int = 0) -> Iterator[tuple[float | None, np.ndarray]]:
+    """Yield the video's frames in order, one at a time: ``(seconds, image)``, its presentation time from
+    the start of the video stream (None when the file gives none) and the frame as uint8 RGB [H, W, 3],
+    upright (turned by its display rotation).
 
     DataError when decoding fails part-way, when no frame at all could be decoded, or when the file is
     truncated: fewer than ``expected`` frames (the container's count) could be decoded, or, where the
@@ -103,9 +120,11 @@ def read_frames(path: str | Path, expected: int = 0, duration_frames: int = 0) -
     count = 0
     try:
         with av.open(str(path)) as container:
+            origin = _start(container)
             for frame in container.decode(video=0):
                 count += 1
-                yield np.ascontiguousarray(upright(frame.to_ndarray(format="rgb24"), frame.rotation))
+                seconds = frame.time - origin if frame.time is not None else None
+                yield seconds, np.ascontiguousarray(upright(frame.to_ndarray(format="rgb24"), frame.rotation))
     except av.FFmpegError as exc:
         raise _unreadable(path, exc) from None
     if count == 0:
@@ -116,10 +135,6 @@ def read_frames(path: str | Path, expected: int = 0, duration_frames: int = 0) -
     if not expected and count < duration_frames / 2:
         raise DataError(f"{path}: truncated: only {count} frames could be decoded, of about {duration_frames} in its "
                         "duration; use a complete copy of the file")
-
-
-def _seconds(ts, time_base) -> float:
-    return float(ts * time_base) if ts is not None and time_base is not None else 0.0
 
 
 class _AudioTrack:
@@ -192,34 +207,43 @@ class _AudioTrack:
 
 
 class VideoWriter:
-    """Encodes RGB (or greyscale) uint8 frames of one size into an H.264 MP4 at a fixed frame rate.
+    """Encodes RGB (or greyscale) uint8 frames of one size into an H.264 MP4.
 
     ``width`` x ``height`` is the stored size; with a ``rotation`` (counter-clockwise degrees, a multiple of
     90) the file carries it as its display rotation, and ``write`` takes frames as displayed (upright),
-    storing them turned back."""
+    storing them turned back. Each frame is shown at the time ``write`` is given (its source's), else
+    at ``rate`` frames a second; ``aspect`` is the pixel aspect ratio the file declares."""
 
-    def __init__(self, container, width: int, height: int, rate: Fraction, rotation: int = 0, audio=None):
+    def __init__(self, container, width: int, height: int, rate: Fraction, rotation: int = 0,
+                 aspect: Fraction | None = None, audio=None):
         self._av = _av()
         self._container = container
-        self._rate, self._written = rate, 0
+        self._rate, self._written, self._pts = rate, 0, -1
         stream = container.add_stream(CODEC, rate=rate)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         stream.options = {"crf": CRF}
+        stream.codec_context.time_base = TIME_BASE
+        if aspect:
+            stream.codec_context.sample_aspect_ratio = aspect
         self._turns = _quarter_turns(rotation)
         if self._turns:
             stream.set_display_rotation(90 * self._turns)
         self._stream = stream
         self._audio: _AudioTrack | None = audio(container) if audio else None
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray, seconds: float | None = None) -> None:
+        """Encode one frame (as displayed), shown at ``seconds`` (None: the next frame at the fixed rate)."""
         fmt = "gray" if frame.ndim == 2 else "rgb24"
-        stored = np.ascontiguousarray(np.rot90(frame, -self._turns))
-        packets = self._stream.encode(self._av.VideoFrame.from_ndarray(stored, format=fmt))
-        self._container.mux(packets)
+        stored = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(frame, -self._turns)), format=fmt)
+        if seconds is None:
+            seconds = float(self._written / self._rate)
+        self._pts = max(round(seconds / TIME_BASE), self._pts + 1)  # strictly increasing, as H.264 needs
+        stored.pts, stored.time_base = self._pts, TIME_BASE
+        self._container.mux(self._stream.encode(stored))
         self._written += 1
         if self._audio:
-            self._audio.until(float(self._written / self._rate))
+            self._audio.until(seconds + float(1 / self._rate))
 
     def finish(self) -> None:
         self._container.mux(self._stream.encode(None))
@@ -229,7 +253,7 @@ class VideoWriter:
 
 @contextmanager
 def video_writer(dest: str | Path, width: int, height: int, rate: Fraction, *, rotation: int = 0,
-                 audio_from: str | Path | None = None,
+                 aspect: Fraction | None = None, audio_from: str | Path | None = None,
                  place: Callable[[Path], ContextManager[Path]] = atomic_path) -> Iterator[VideoWriter]:
     """A ``VideoWriter`` whose file appears at ``dest`` only when the block completes: it is written at the
     temporary path ``place(dest)`` yields, which becomes ``dest`` when that block ends (``atomic_path``, or
@@ -241,11 +265,10 @@ def video_writer(dest: str | Path, width: int, height: int, rate: Fraction, *, r
         if audio_from is not None:
             source = stack.enter_context(av.open(str(audio_from)))
             if source.streams.audio:
-                first = source.streams.video[0] if source.streams.video else None
-                origin = _seconds(first.start_time, first.time_base) if first is not None else 0.0
+                origin = _start(source)
                 audio = lambda output: _AudioTrack(output, source, origin)  # noqa: E731
         tmp = stack.enter_context(place(Path(dest)))
         with av.open(str(tmp), mode="w", format="mp4") as container:
-            writer = VideoWriter(container, width, height, rate, rotation, audio)
+            writer = VideoWriter(container, width, height, rate, rotation, aspect, audio)
             yield writer
             writer.finish()
