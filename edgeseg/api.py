@@ -7,6 +7,8 @@
     seg = edgeseg.load("default")        # or a checkpoint, an exported file, an export directory
     mask = seg.predict("photo.jpg")      # [H, W] uint8 class ids at the photo's own size
     proba = seg.predict_proba(rgb)       # [C, H, W] float32 class probabilities at the image's size
+    alpha = seg.matte(rgb, refine=True)  # [H, W] float32 foreground matte (edges refined)
+    picture = seg.render(rgb, "blur")    # a PIL image, as `edgeseg predict --output blur` writes it
     scores = seg.evaluate(count=50)      # the keys of `edgeseg eval --json`
     manifest = seg.export("out/default", formats=["onnx", "tflite"])
     manifest.artifacts[0].parity.agreement_miou
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.apply.predict import plan_predict, predict_image, predict_plan, predict_proba_image
+from edgeseg.apply.predict import OUTPUTS, plan_predict, predict_image, predict_plan, predict_proba_image, render
 from edgeseg.evaluation.run import evaluate_runner
 from edgeseg.data.images import as_rgb_array
 from edgeseg.errors import DataError, EdgesegError, ParityFailed
@@ -83,6 +85,8 @@ class Segmenter:
     """
 
     def __init__(self, loaded: LoadedModel):
+        if not isinstance(loaded, LoadedModel):
+            raise EdgesegError(f"Segmenter({loaded!r}): open a model with edgeseg.load({loaded!r})")
         self._loaded: LoadedModel | None = loaded
 
     # -- what the model is ------------------------------------------------------------------------
@@ -157,6 +161,18 @@ class Segmenter:
         """Class probabilities, float32 [C, H, W] (channels first, C = ``len(classes)``) at the image's
         own size: the softmax of the same upsampled logits ``predict`` takes the arg-max of."""
         return predict_proba_image(self._model.runner.run, as_rgb_array(image), self.input_size)
+
+    def matte(self, image, *, refine: bool = False) -> np.ndarray:
+        """The foreground matte, float32 [H, W] in 0-1 at the image's own size: 1 - the probability of class
+        0 (background), as ``edgeseg predict --output alpha`` writes it; ``refine``: edges refined on the
+        full-resolution image (``--refine``), a soft matte for compositing."""
+        return predict_image(self._model.runner.run, as_rgb_array(image), self.input_size, refine=refine).alpha
+
+    def render(self, image, output: str = "cutout", *, background=None, refine: bool = False):
+        """The picture ``edgeseg predict --output OUTPUT`` writes for one image, as a PIL image at the image's
+        size: ``mask`` (palette), ``alpha`` (greyscale matte), ``cutout`` (RGBA), ``blur`` (background
+        blurred), ``replace`` (over ``background``: a path, PIL image or array, scaled to cover), ``overlay``."""
+        return _render(self._model.runner.run, self.input_size, image, output, background, refine)
 
     def stream(self, *, smooth: bool = True) -> "FrameStream":
         """A ``FrameStream`` for the frames of one video or camera feed, given in order: with ``smooth``
@@ -235,11 +251,12 @@ class Segmenter:
 
 class FrameStream:
     """Segments the frames of one clip in order (``Segmenter.stream``); keeps the stabilizer's state between
-    calls. Call ``reset()`` before the frames of another clip."""
+    calls. One frame given to several calls (``predict`` then ``matte``) counts once: their results agree.
+    Call ``reset()`` before the frames of another clip."""
 
     def __init__(self, segmenter: Segmenter, smooth: bool = True):
         self._segmenter, self._smooth = segmenter, smooth
-        self._run = frame_run(segmenter._model.runner.run, smooth)
+        self._run = _OncePerFrame(frame_run(segmenter._model.runner.run, smooth))
 
     def predict(self, frame, *, refine: bool = False) -> np.ndarray:
         """Class ids, uint8 [H, W] at the frame's own size, as ``Segmenter.predict`` (stabilized)."""
@@ -249,9 +266,41 @@ class FrameStream:
         """Class probabilities, float32 [C, H, W] at the frame's own size (stabilized)."""
         return predict_proba_image(self._run, as_rgb_array(frame), self._segmenter.input_size)
 
+    def matte(self, frame, *, refine: bool = False) -> np.ndarray:
+        """The foreground matte, float32 [H, W], as ``Segmenter.matte`` (stabilized)."""
+        return predict_image(self._run, as_rgb_array(frame), self._segmenter.input_size, refine=refine).alpha
+
+    def render(self, frame, output: str = "cutout", *, background=None, refine: bool = False):
+        """One output picture, as ``Segmenter.render`` (stabilized)."""
+        return _render(self._run, self._segmenter.input_size, frame, output, background, refine)
+
     def reset(self) -> None:
         """Start a new clip: forget the previous frames."""
-        self._run = frame_run(self._segmenter._model.runner.run, self._smooth)
+        self._run = _OncePerFrame(frame_run(self._segmenter._model.runner.run, self._smooth))
+
+
+class _OncePerFrame:
+    """A stream's ``run``: the same model input again (one frame given to ``predict`` and then ``matte``)
+    returns the previous logits instead of stepping the stabilizer a second time."""
+
+    def __init__(self, run):
+        self._run, self._last_in, self._last_out = run, None, None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if self._last_in is None or not np.array_equal(images, self._last_in):
+            self._last_in, self._last_out = np.array(images), np.asarray(self._run(images))
+        return self._last_out.copy()
+
+
+def _render(run, input_size, image, output: str, background, refine: bool):
+    """``Segmenter.render`` / ``FrameStream.render`` with the model's ``run``."""
+    if output not in OUTPUTS:
+        raise EdgesegError(f"output={output!r}: choose from {', '.join(OUTPUTS)}")
+    if output == "replace" and background is None:
+        raise EdgesegError("output='replace' needs background= (an image: a path, a PIL image or an array)")
+    pixels = as_rgb_array(image)
+    behind = as_rgb_array(background) if output == "replace" else None
+    return render(output, pixels, predict_image(run, pixels, input_size, refine=refine), behind)
 
 
 def export_checkpoint(checkpoint: str | Path | None, out: str | Path, formats: str | Iterable[str] | None = None,
