@@ -103,6 +103,17 @@ def test_missing_file_names_the_file(cli, export_copy, out, images):
                    match=f"{export_copy / 'tiny-fp32.onnx'}: listed in")
 
 
+def test_a_folder_with_one_of_the_files_names_the_pick_that_opens_it(cli, export_copy, out, images):
+    """The README says to copy an exported file with its manifest: such a folder was refused with 're-export'
+    only, though --artifact naming the file that is there opens it."""
+    (export_copy / "tiny-fp32.onnx").unlink()
+    line = assert_refused(cli, *consumers(export_copy, export_copy / "tiny-fp32.onnx", out, images)["eval"],
+                          watch=[export_copy, out], match="open a file that is there: --artifact onnx:int8")
+    assert "listed in" in line
+    r = cli("eval", export_copy, "--artifact", "onnx:int8", "--count", "2")
+    assert r.exit_code == 0, r.output
+
+
 # ---------------------------------------------------------------------------------------------
 # Paths that leave the export directory
 

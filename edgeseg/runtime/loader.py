@@ -149,7 +149,9 @@ def _index(order: tuple[str, ...], value: str) -> int:
 
 
 def _open_first(manifest: Manifest, candidates: list[Artifact], threads: int | None) -> LoadedModel:
-    """The first candidate whose runtime is installed, opened; the first one's MissingExtra if none is."""
+    """The first candidate whose runtime is installed, opened; the first one's MissingExtra if none is. A listed
+    file that is absent is an ArtifactError that also names the files that are there (a folder holding one
+    exported file and its manifest opens with ``--artifact`` naming it)."""
     missing = None
     for art in candidates:
         try:
@@ -157,8 +159,18 @@ def _open_first(manifest: Manifest, candidates: list[Artifact], threads: int | N
         except MissingExtra as exc:
             missing = missing or exc
             continue
+        except ArtifactError as exc:
+            raise _with_present_files(exc, art, manifest) from None
         return LoadedModel(runner, view_of_manifest(manifest, art), manifest=manifest, artifact=art)
     raise missing
+
+
+def _with_present_files(exc: ArtifactError, art: Artifact, manifest: Manifest) -> ArtifactError:
+    present = [a for a in manifest.artifacts if a.file.is_file()]
+    if art.file.exists() or not present:
+        return exc
+    picks = " or ".join(f"--artifact {a.format}:{a.precision}" for a in present[:3])
+    return ArtifactError(f"{exc}, or open a file that is there: {picks} (Python: load(..., format=, precision=))")
 
 
 def split_pick(pick: str | None) -> tuple[str, str]:
