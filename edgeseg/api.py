@@ -298,6 +298,8 @@ def _render(run, input_size, image, output: str, background, refine: bool):
         raise EdgesegError(f"output={output!r}: choose from {', '.join(OUTPUTS)}")
     if output == "replace" and background is None:
         raise EdgesegError("output='replace' needs background= (an image: a path, a PIL image or an array)")
+    if output != "replace" and background is not None:
+        raise EdgesegError(f"background= is used only by output='replace', not {output!r}; drop it")
     pixels = as_rgb_array(image)
     behind = as_rgb_array(background) if output == "replace" else None
     return render(output, pixels, predict_image(run, pixels, input_size, refine=refine), behind)

@@ -291,3 +291,13 @@ def test_a_stream_counts_a_frame_given_to_several_calls_once(default):
         np.testing.assert_array_equal(proba.argmax(0), mask)
         np.testing.assert_allclose(proba, once.predict_proba(frame), atol=1e-6)
     assert np.allclose(both.matte(frames[-1]), 1 - proba[0], atol=1e-6)
+
+
+def test_an_exports_manifest_opens_the_export_and_its_other_files_are_named_for_what_they_are(tiny_export):
+    """load('exp/manifest.json') said 'this starts from a PyTorch .pt checkpoint'; the parity reference
+    (a .npz) said 'the PyTorch archive is truncated or corrupt; re-download it'."""
+    _, out = tiny_export
+    with edgeseg.load(out / "manifest.json") as seg:
+        assert seg.format == "onnx"
+    with pytest.raises(edgeseg.EdgesegError, match=f"is a file of the export in {out}, not a checkpoint or model"):
+        edgeseg.load(out / "parity-reference.npz")

@@ -110,7 +110,7 @@ def test_export_refuses_to_replace_a_file_no_export_listed(tiny_checkpoint, tmp_
     (out / "tiny-fp32.onnx").write_bytes(b"the user's own model")
     for force in ((), ("--force",)):
         assert_refused(cli, "export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32", *force,
-                       watch=[tmp_path], match="tiny-fp32.onnx would be replaced and edgeseg did not write them")
+                       watch=[tmp_path], match="this export would replace tiny-fp32.onnx, which edgeseg did not write; move or rename it")
 
 
 def test_export_force_never_replaces_a_users_manifest_or_folder(tiny_checkpoint, tmp_path, cli):

@@ -159,7 +159,7 @@ def test_export_never_replaces_a_users_file_named_like_the_reference(cli, tiny_c
     out.mkdir()
     (out / "parity-reference.npz").write_bytes(b"the user's")
     assert_refused(cli, "export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32", "--force",
-                   watch=[tmp_path], match="parity-reference.npz would be replaced and edgeseg did not write them")
+                   watch=[tmp_path], match="this export would replace parity-reference.npz, which edgeseg did not write")
 
 
 # ---------------------------------------------------------------------------------------------

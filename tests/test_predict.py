@@ -65,6 +65,7 @@ def test_corrupt_image_is_reported_and_the_rest_processed(cli, tiny_checkpoint, 
     res = cli("predict", tiny_checkpoint, folder, "--out", tmp_path / "o")
     assert res.exit_code == 2
     assert "skipped" in res.output and "broken.jpg" in res.output and "1 of 2 inputs" in res.output
+    assert res.output.count("broken.jpg") == 1  # the reason does not repeat the path the line starts with
     assert (tmp_path / "o" / "good.png").is_file() and not (tmp_path / "o" / "broken.png").exists()
 
 
@@ -96,6 +97,18 @@ def test_predict_with_a_file_that_failed_parity_at_export_warns(cli, shared_expo
 def test_replace_without_background_exits_2(cli, tiny_checkpoint, photos, tmp_path):
     res = cli("predict", tiny_checkpoint, photos / "odd.png", "--out", tmp_path / "o", "--output", "replace")
     assert res.exit_code == 2 and "--background" in one_line_error(res.output)
+
+
+def test_a_background_for_another_output_and_a_folder_without_images_are_refused_with_the_fix(cli, tiny_checkpoint,
+                                                                                                photos, tmp_path):
+    """--background was silently ignored by --output mask; 'no images found' did not say which files it reads."""
+    res = cli("predict", tiny_checkpoint, photos / "odd.png", "--out", tmp_path / "o", "--background", photos / "odd.png")
+    assert res.exit_code == 2 and "--background is used only by --output replace, not --output mask" in res.output
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.gif").write_bytes(b"GIF89a")
+    res = cli("predict", tiny_checkpoint, tmp_path / "notes", "--out", tmp_path / "o")
+    assert res.exit_code == 2 and ".jpg .jpeg .png" in one_line_error(res.output) and "GIF" in res.output
+    assert not (tmp_path / "o").exists()
 
 
 # ----------------------------------------------------------------------------------------------

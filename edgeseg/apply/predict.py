@@ -260,6 +260,9 @@ def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", backgroun
         raise EdgesegError(f"unknown output {output!r}; choose from {', '.join(OUTPUTS)}")
     if output == "replace" and not background:
         raise EdgesegError("--output replace needs --background IMAGE")
+    if background and output != "replace":
+        raise EdgesegError(f"--background is used only by --output replace, not --output {output}; drop it, or "
+                           "pass --output replace")
     missing = [str(p) for p in inputs if not Path(p).exists()]
     if missing:
         raise DataError(f"input not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check the path")
@@ -267,7 +270,8 @@ def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", backgroun
     _refuse_out_in_input_folder(inputs, out_dir)
     jobs = input_jobs(inputs)
     if not jobs:
-        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+        raise DataError(f"no images found in {', '.join(map(str, inputs))}; edgeseg predict reads "
+                        f"{' '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)} files (convert others, e.g. GIF or HEIC, to PNG)")
     _refuse_outputs_in_input_folders(jobs, inputs, out_dir)
     _refuse_collisions(jobs)
     _refuse_writing_inputs(jobs, out_dir, [background] if background else [])
@@ -506,7 +510,7 @@ def predict_plan(run: Callable[[np.ndarray], np.ndarray], input_size, plan: Pred
             try:
                 write(job, plan, step, input_size, refine, on_progress, placer.place)
             except DataError as exc:
-                report.failed.append((str(job.source), str(exc)))
+                report.failed.append((str(job.source), str(exc).removeprefix(f"{job.source}: ")))
             else:
                 report.written.append(plan.out_dir / job.name)
     finally:

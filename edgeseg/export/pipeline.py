@@ -326,8 +326,9 @@ def owned_by_earlier_export(dest: Path, names: set[str], force: bool) -> set[str
     foreign = sorted(p.name for p in dest.iterdir() if p.name not in owned and not is_staging(p))
     clash = sorted(n for n in foreign if n in names)
     if clash:
-        raise EdgesegError(f"--out {dest}: {_some(clash)} would be replaced and edgeseg did not write them; "
-                           "move or rename them, or choose another --out")
+        them = "it" if len(clash) == 1 else "them"
+        raise EdgesegError(f"--out {dest}: this export would replace {_some(clash)}, which edgeseg did not write; "
+                           f"move or rename {them}, or choose another --out")
     if foreign and not entries and not force:
         raise EdgesegError(f"--out {dest}: files there are not from an earlier edgeseg export ({_some(foreign)}); "
                            "choose an empty or new folder, or pass --force to write the export beside them")

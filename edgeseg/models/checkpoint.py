@@ -315,6 +315,9 @@ def _read(path: Path) -> bytes:
         what = f"an exported {exported} file" if exported else "an export's manifest"
         raise CheckpointError(f"{path} is {what}, not a checkpoint; this starts from a PyTorch .pt checkpoint: the "
                               "one it was exported from (its manifest's model.checkpoint.path), or 'default'")
+    if path.suffix.lower() != ".pt" and (path.parent / MANIFEST_NAME).is_file():
+        raise CheckpointError(f"{path} is a file of the export in {path.parent}, not a checkpoint or model file; pass a "
+                              f".pt checkpoint (to export it), or the folder {path.parent} (to run the export)")
     raw = path.read_bytes()
     if not raw:
         raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint; re-save or re-download it")

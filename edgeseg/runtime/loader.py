@@ -114,6 +114,8 @@ def load_model(spec: str | None, *, threads: int | None = None, pick: str | None
     runtime is installed is opened. For anything else ``pick`` is refused rather than ignored.
     """
     path = None if is_packaged(spec) else Path(spec)
+    if path is not None and path.name == MANIFEST_NAME and path.is_file():
+        path = path.parent  # an export's manifest: the export it describes
     if path is not None and path.is_dir() and (path / MANIFEST_NAME).is_file():
         manifest = read_manifest(path)
         return _open_first(manifest, _candidates(manifest, pick), threads)
