@@ -554,3 +554,27 @@ def test_one_model_is_traced_once_and_converted_once_per_compute_precision(model
         meta = read_coreml_info(dest)["metadata"]["user_defined"]
         assert meta["precision"] == precision and meta["quantized"] == read_coreml_info(alone)["metadata"]["user_defined"]["quantized"]
     assert set(cache) == {"exported", "FLOAT16", "FLOAT32"}
+
+
+# ----------------------------------------------------------------------------- opening a file quietly
+
+# What importing coremltools logs to stderr: its untested scikit-learn and torch versions, off macOS its missing
+# native library, and torch's notice about torchao's Enum (that import loads torchao). Nothing a user can act on.
+COREMLTOOLS_IMPORT_NOTICES = ("scikit-learn version", "has not been tested with coremltools", "Failed to load _ML",
+                              "KernelPreference")
+
+
+def test_opening_a_core_ml_file_prints_no_import_notices(tmp_path):
+    """``edgeseg.load`` and ``edgeseg predict`` of a Core ML file, each in a fresh process: coremltools logs these
+    on its first import only, which this module already did."""
+    from PIL import Image
+
+    from conftest import run_command, run_edgeseg
+    from edgeseg.bench.latency_reference import ASSETS
+
+    load = run_command([sys.executable, "-c", f"import edgeseg; edgeseg.load({str(ASSETS)!r}, format='coreml')"])
+    Image.fromarray(_images(1)[0]).save(tmp_path / "a.png")
+    predict = run_edgeseg("predict", ASSETS, tmp_path / "a.png", "--out", tmp_path / "out", "--artifact", "coreml")
+    for run in (load, predict):
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert [line for line in run.stderr.splitlines() if any(n in line for n in COREMLTOOLS_IMPORT_NOTICES)] == []

@@ -44,7 +44,8 @@ class Runner(ABC):
 
     @abstractmethod
     def run(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] RGB -> float32 logits [N, C, H, W]."""
+        """uint8 [N, H, W, 3] RGB -> float32 logits [N, C, H, W]. Safe to call from several threads at once:
+        a Runner whose runtime is not thread-safe serializes its calls with a lock."""
 
     def close(self) -> None:
         """Release native resources (idempotent)."""

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from edgeseg.compat import install_log_filters
 from edgeseg.errors import ArtifactError, EdgesegError, require
 
 WEIGHTS_SUBDIR = "Data/com.apple.CoreML/weights"
@@ -316,12 +319,27 @@ OPS: dict[str, Callable[[Args], Any]] = {
 # ----------------------------------------------------------------------------- program loading
 
 
+def import_coremltools(why: str):
+    """The ``coremltools`` module, imported without the notices its import logs to stderr: its untested
+    scikit-learn and torch versions (held back by its logger's level during this import only), the
+    native library missing off macOS and torch's notice about torchao (``install_log_filters``).
+    Errors still show. MissingExtra naming ``edgeseg[coreml]`` when it is not installed."""
+    install_log_filters()
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return require("coremltools", "coreml", why)
+    finally:
+        logger.setLevel(level)
+
+
 def load_program(path: str | Path):
     """Return ``(spec, main_function)`` of the ML Program package at ``path``, weights included.
 
     Raises ArtifactError when the path is not a readable ML Program package.
     """
-    ct = require("coremltools", "coreml", "reading a Core ML package")
+    ct = import_coremltools("reading a Core ML package")
     milproto = require("coremltools.converters.mil.frontend.milproto.load", "coreml", "reading a Core ML package")
     path = Path(path)
     if not (path / "Manifest.json").is_file():
@@ -355,6 +373,12 @@ def image_scale_bias(function, input_name: str) -> dict:
             found[op_type] = np.asarray(consumers[0].y.val, dtype=np.float64).ravel()
             var = consumers[0].outputs[0]
     return {"scale": float(np.ravel(found["mul"])[0]), "bias": np.broadcast_to(found["add"], (3,)).tolist()}
+
+
+# The BLAS limit is process-wide: one prediction at a time holds it, since two overlapping ones would
+# restore it out of order and leave BLAS at one thread for the rest of the process (threadpoolctl
+# before 3.8; 3.8 lets only one thread change OpenBLAS's limit).
+_BLAS_LOCK = threading.Lock()
 
 
 def _single_threaded_blas():
@@ -504,7 +528,7 @@ class CoreMLReferenceProgram:
                 f"Core ML reference expects uint8 images [N, {height}, {width}, {channels}], "
                 f"got {images.dtype} {list(images.shape)}"
             )
-        with _single_threaded_blas():
+        with _BLAS_LOCK, _single_threaded_blas():  # safe to call from several threads, one at a time
             return np.concatenate([self._run(image) for image in images])
 
     def _run(self, image: np.ndarray) -> np.ndarray:

@@ -10,14 +10,16 @@ import contextlib
 import platform
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from edgeseg.errors import ArtifactError, require
+from edgeseg.errors import ArtifactError
 from edgeseg.manifest import Artifact, Manifest
 from edgeseg.runtime.base import Runner, check_batch
+from edgeseg.runtime.coreml_reference import CoreMLReferenceProgram, import_coremltools
 
 
 def on_macos() -> bool:
@@ -62,7 +64,7 @@ class CoreMLRunner(Runner):
 
     def __init__(self, path: str, *, input_name: str, output_name: str, compute_units: str = "CPU_ONLY"):
         check_package(path)
-        ct = require("coremltools", "coreml", "running Core ML models")
+        ct = import_coremltools("running Core ML models")
         with contextlib.ExitStack() as stack:  # the copy lives as long as the model (Apple's runtime may read it later)
             copy = stack.enter_context(package_copy(path))
             self.model = ct.models.MLModel(str(copy), compute_units=getattr(ct.ComputeUnit, compute_units))
@@ -72,6 +74,7 @@ class CoreMLRunner(Runner):
         self.height, self.width = img.height, img.width
         self.input_name, self.output_name = input_name, output_name
         self.threads = None
+        self._lock = threading.Lock()  # Apple does not promise concurrent predictions on one MLModel
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -90,7 +93,8 @@ class CoreMLRunner(Runner):
         from PIL import Image
 
         images = check_batch(images, self.height, self.width)
-        outs = [self.model.predict({self.input_name: Image.fromarray(img)})[self.output_name] for img in images]
+        with self._lock:  # safe to call from several threads, one at a time
+            outs = [self.model.predict({self.input_name: Image.fromarray(img)})[self.output_name] for img in images]
         return np.concatenate([np.asarray(o, dtype=np.float32).reshape(1, *np.shape(o)[-3:]) for o in outs])
 
     def close(self) -> None:
@@ -107,9 +111,7 @@ class CoreMLReferenceRunner(Runner):
 
     def __init__(self, path: str):
         check_package(path)
-        require("coremltools", "coreml", "reading Core ML models")
-        from edgeseg.runtime.coreml_reference import CoreMLReferenceProgram
-
+        import_coremltools("reading Core ML models")
         with package_copy(path) as copy:  # the program holds its weights in memory once loaded
             self.program = CoreMLReferenceProgram.load(copy)
         self.threads = None

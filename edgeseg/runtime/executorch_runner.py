@@ -7,6 +7,8 @@ open ExecuTorch runner, and asking two open runners for different sizes is an er
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from edgeseg.compat import install_log_filters
@@ -26,6 +28,9 @@ class ExecuTorchRunner(Runner):
     process_thread_pool = True
 
     def __init__(self, path: str, *, input_size, mean, std, expects: str = "normalized", threads: int | None = None):
+        # A loaded method's planned memory is one buffer for every call: one execute at a time (executorch
+        # 1.5.1's binding holds the GIL through execute anyway; the runtime does not promise it will)
+        self._lock = threading.Lock()
         install_log_filters()  # before executorch imports torchao, whose Enum makes torch log a notice
         require(*self.requires, "running ExecuTorch programs")
         try:
@@ -50,13 +55,16 @@ class ExecuTorchRunner(Runner):
                    expects=art.input.get("expects", "normalized"), threads=threads)
 
     def run(self, images: np.ndarray) -> np.ndarray:
+        """Safe to call from several threads: one call at a time executes the method."""
         images = check_batch(images, self.height, self.width)
         x = float_input_nchw(images, self.expects, self.mean, self.std)
-        outs = [self.method.execute([self._torch.from_numpy(x[i:i + 1])])[0].numpy() for i in range(len(x))]
+        with self._lock:  # execute returns outputs that own their memory (measured with executorch 1.5.1)
+            outs = [self.method.execute([self._torch.from_numpy(x[i:i + 1])])[0].numpy() for i in range(len(x))]
         return np.ascontiguousarray(np.concatenate(outs), dtype=np.float32)
 
     def close(self) -> None:
-        self.method = None
+        with self._lock:  # after any run in progress
+            self.method = None
         if _OPEN.pop(id(self), "closed") != "closed" and not _OPEN:
             _torch_threads(restore=True)
 

@@ -1,6 +1,7 @@
 """LiteRT (TFLite) interpreter Runner, XNNPACK on CPU: NHWC in/out, uint8 or float input."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ class TFLiteRunner(Runner):
         if channels != 3:
             raise ArtifactError(f"{path}: input shape {list(self.inp['shape'])} is not NHWC RGB")
         self.mean, self.std, self.expects, self.threads = mean, std, expects, threads
+        self._lock = threading.Lock()  # one interpreter: set_tensor/invoke/get_tensor are not thread-safe
 
     def _feed(self, images: np.ndarray) -> np.ndarray:
         if self.inp["dtype"] == np.uint8:
@@ -49,14 +51,19 @@ class TFLiteRunner(Runner):
                    expects=art.input.get("expects", "normalized"), threads=threads)
 
     def run(self, images: np.ndarray) -> np.ndarray:
+        """Safe to call from several threads: one call at a time uses the interpreter."""
         images = check_batch(images, self.height, self.width)
         x = self._feed(images)
-        outs = []
-        for i in range(len(x)):
-            self.interp.set_tensor(self.inp["index"], x[i:i + 1])
-            self.interp.invoke()
-            outs.append(_dequantize(self.interp.get_tensor(self.out["index"]), self.out))
+        with self._lock:
+            outs = [self._invoke(x[i:i + 1]) for i in range(len(x))]
         return np.ascontiguousarray(np.concatenate(outs).transpose(0, 3, 1, 2), dtype=np.float32)
 
+    def _invoke(self, one: np.ndarray) -> np.ndarray:
+        """One image through the interpreter (hold ``_lock``); the output is a copy (``get_tensor``)."""
+        self.interp.set_tensor(self.inp["index"], one)
+        self.interp.invoke()
+        return _dequantize(self.interp.get_tensor(self.out["index"]), self.out)
+
     def close(self) -> None:
-        self.interp = None
+        with self._lock:  # after any run in progress
+            self.interp = None
