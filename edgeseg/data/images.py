@@ -5,16 +5,24 @@ raises DataError naming the file.
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from edgeseg.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Pillow converts premultiplied-alpha modes only to their straight-alpha twins, not to RGB
+_STRAIGHT_ALPHA = {"La": "LA", "RGBa": "RGBA"}
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name when empty), for a one-line error."""
+    return (str(exc).splitlines() or [""])[0][:120] or type(exc).__name__
 
 
 def _too_large(path: Path, pixels: str, limit: int) -> DataError:
@@ -49,11 +57,14 @@ def _open(path: Path) -> Image.Image:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         raise _too_large(path, found[1] if found else "too many", Image.MAX_IMAGE_PIXELS) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read image ({str(exc).splitlines()[0][:120] or exc.__class__.__name__})") from None
+        raise DataError(f"{path}: cannot read image ({_reason(exc)})") from None
 
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:
-    """uint8 RGB [H, W, 3] from any PIL mode: 16-bit and 32-bit gray are rescaled, alpha dropped."""
+    """uint8 RGB [H, W, 3] from any PIL mode: 16-bit and 32-bit gray are rescaled, alpha dropped
+    (premultiplied alpha undone first)."""
+    if img.mode in _STRAIGHT_ALPHA:
+        img = img.convert(_STRAIGHT_ALPHA[img.mode])
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.repeat((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)[..., None], 3, axis=2)
     if img.mode in ("I", "F"):
@@ -71,27 +82,47 @@ def load_image(path: str | Path) -> np.ndarray:
     ``PIL.Image.MAX_IMAGE_PIXELS`` (then nothing is decoded). Memory: the decoded image once
     plus the returned array; no further full-size copy.
     """
-    path = Path(path)
-    img = _open(path)
+    return to_rgb_array(_upright(_open(Path(path)), in_place=True))
+
+
+def _upright(img: Image.Image, *, in_place: bool) -> Image.Image:
+    """A decoded ``img`` turned by its EXIF orientation, as the photo is meant to be seen: ``img`` itself
+    (turned when ``in_place``), or a turned copy. Broken EXIF: ``img`` as stored."""
     try:
-        ImageOps.exif_transpose(img, in_place=True)
+        if img.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+            return img
+        turned = ImageOps.exif_transpose(img, in_place=in_place)
     except (OSError, ValueError, TypeError):
-        pass  # broken EXIF: keep the stored orientation
-    return to_rgb_array(img)
+        return img
+    return img if turned is None else turned
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """A caller's PIL image as uint8 RGB [H, W, 3], upright like a file (the image itself unchanged).
+
+    DataError when Pillow cannot read it (truncated file, closed image, a mode it cannot convert).
+    """
+    try:
+        img.load()  # a lazily opened file decodes here: its errors are the image's, not EXIF's
+        return to_rgb_array(_upright(img, in_place=False))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"the PIL image cannot be read ({_reason(exc)}); pass an open, complete image "
+                        "(or its pixels as a uint8 RGB array)") from None
 
 
 def as_rgb_array(image) -> np.ndarray:
     """Any one image a caller may hold, as uint8 RGB [H, W, 3].
 
-    ``image`` is a path (read with ``load_image``), a PIL image (any mode, ``to_rgb_array``) or a
-    uint8 or uint16 array (16-bit scaled to 8, as for 16-bit files): [H, W, 3] RGB as it is, [H, W] or
+    ``image`` is a path (``str`` or any ``os.PathLike``, read with ``load_image``), a PIL image (any
+    mode, turned upright by its EXIF orientation like a file; DataError when Pillow cannot read it) or
+    a uint8 or uint16 array (16-bit scaled to 8, as for 16-bit files): [H, W, 3] RGB as it is, [H, W] or
     [H, W, 1] gray repeated, [H, W, 4] RGBA without its alpha. DataError, saying what was given, for
     anything else (float arrays included: scale them to 0-255 and cast to uint8 first).
     """
-    if isinstance(image, (str, Path)):
-        return load_image(image)
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(os.fsdecode(image))
     if isinstance(image, Image.Image):
-        return to_rgb_array(image)
+        return _pil_to_rgb(image)
     if not isinstance(image, np.ndarray):
         raise DataError(f"image of type {type(image).__name__} is not an image; give a path, a PIL image or a uint8 RGB "
                         "array [H, W, 3]")
