@@ -81,3 +81,11 @@ def test_premultiplied_alpha_reads_like_straight_alpha(straight, premultiplied):
     img = Image.fromarray(rgba).convert(straight)
     got = as_rgb_array(img.convert(premultiplied)).astype(int)
     np.testing.assert_allclose(got, as_rgb_array(img).astype(int), atol=2)  # premultiplied values are rounded
+
+
+def test_a_folder_or_a_url_is_named_for_what_it_is(tmp_path):
+    """Both said 'file not found' (the URL with one slash dropped: 'http:/example.com/a.jpg')."""
+    with pytest.raises(DataError, match="is a folder, not an image"):
+        as_rgb_array(tmp_path)
+    with pytest.raises(DataError, match="http://example.com/a.jpg: edgeseg reads local files only"):
+        as_rgb_array("http://example.com/a.jpg")

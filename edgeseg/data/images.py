@@ -44,6 +44,9 @@ def _open(path: Path) -> Image.Image:
     Up to ``Image.MAX_IMAGE_PIXELS`` Pillow decodes; above it (where Pillow would warn, and
     above twice it raise) the file is refused before its pixels are decoded.
     """
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image; give one image file (edgeseg predict FOLDER --out DIR "
+                        "segments a folder)")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -120,7 +123,10 @@ def as_rgb_array(image) -> np.ndarray:
     anything else (float arrays included: scale them to 0-255 and cast to uint8 first).
     """
     if isinstance(image, (str, os.PathLike)):
-        return load_image(os.fsdecode(image))
+        name = os.fsdecode(image)
+        if "://" in name:
+            raise DataError(f"{name}: edgeseg reads local files only, it fetches nothing; download the image first")
+        return load_image(name)
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image)
     if not isinstance(image, np.ndarray):
