@@ -4,8 +4,13 @@ Only specific messages from specific loggers are dropped; nothing is silenced gl
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import platform
+import sys
+import tempfile
+from typing import Iterator
 
 # coremltools logs these at import on Linux, where its native prediction library does not
 # exist by design (edgeseg uses its own reference runner there). They would break the
@@ -41,3 +46,28 @@ def install_log_filters() -> None:
     _add_filter("torch.utils._pytree", _PYTREE_ENUM_NOTICE)
     if platform.system() != "Darwin":
         _add_filter("coremltools", _COREMLTOOLS_NATIVE)
+
+
+# LiteRT's C++ runtime prints this to stderr (once per process) when it makes its first interpreter; it
+# lands in the middle of edgeseg's tables and JSON-reading scripts' stderr.
+_LITERT_NOTICES = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+@contextlib.contextmanager
+def native_notices_dropped(notices: tuple[bytes, ...] = _LITERT_NOTICES) -> Iterator[None]:
+    """Within the block, what native code writes to file descriptor 2 is held back, then written to it
+    again without the lines that are exactly one of ``notices``: everything else (errors included) still
+    shows, after the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True) if line.rstrip(b"\r\n") not in notices]
+            if kept:
+                os.write(2, b"".join(kept))

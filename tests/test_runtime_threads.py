@@ -89,3 +89,19 @@ def test_pytorch_runner_with_its_own_thread_count_is_safe_to_share_between_threa
     net = calibration_net()
     _check_shared_by_threads(lambda: TorchRunner(net, input_size=INFO.input_size, mean=INFO.mean, std=INFO.std,
                                                  threads=1))
+
+
+def test_opening_a_tflite_file_prints_only_what_is_not_litert_s_delegate_notice(tmp_path):
+    """LiteRT's 'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.' landed on the stderr of predict,
+    bench and inspect; anything else native code writes meanwhile still shows."""
+    import subprocess
+    import sys
+
+    code = ("import os, edgeseg\n"
+            "from edgeseg.compat import native_notices_dropped\n"
+            f"edgeseg.load({str(ASSETS)!r}, format='tflite', precision='int8').close()\n"
+            "with native_notices_dropped():\n"
+            "    os.write(2, b'a native error\\n')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "XNNPACK" not in r.stderr and r.stderr.strip() == "a native error"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.compat import native_notices_dropped
 from edgeseg.errors import ArtifactError, require
 from edgeseg.manifest import Artifact, Manifest
 from edgeseg.runtime.base import Runner, check_batch, float_input
@@ -28,8 +29,9 @@ class TFLiteRunner(Runner):
         if Path(path).is_file() and Path(path).stat().st_size == 0:  # LiteRT would say no model was given
             raise ArtifactError(f"{path} is empty (0 bytes); re-export it")
         try:
-            self.interp = litert.Interpreter(model_path=str(path), num_threads=threads or 1)
-            self.interp.allocate_tensors()
+            with native_notices_dropped():
+                self.interp = litert.Interpreter(model_path=str(path), num_threads=threads or 1)
+                self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ArtifactError(f"{path}: LiteRT cannot load it ({str(exc).splitlines()[0][:160]})") from None
         self.inp = self.interp.get_input_details()[0]
