@@ -367,7 +367,7 @@ def _request(out, formats, precisions, options: dict, checkpoint: str | None = N
               "calib_dir": _text(given.get("calib")), "data_dir": _text(given.get("data")),
               "calib_count": _count("calib_count", given.get("calib_count")),
               "parity_images": _count("parity_images", given.get("parity_images")),
-              "calib_method": given.get("calib_method"), "stress": given.get("stress"),
+              "calib_method": _calib_method_text(given.get("calib_method")), "stress": given.get("stress"),
               "max_gt_drop": given.get("max_gt_drop"), "force": bool(given.get("force", False))}
     for key, option in (("thresholds", "--threshold"), ("stress_thresholds", "--stress-threshold")):
         if key in given:
@@ -396,6 +396,16 @@ def _threshold_items(value) -> list[str]:
     if isinstance(value, Mapping):
         return [f"{k}={v}" for k, v in value.items()]
     return [value] if isinstance(value, str) else list(value)
+
+
+def _calib_method_text(value) -> str | None:
+    """``calib_method`` as the CLI's text: "entropy", ["entropy", "tflite=minmax"] or {"onnx": "entropy"} ->
+    "entropy", "entropy,tflite=minmax", "onnx=entropy" (then checked by the pipeline)."""
+    if value is None or isinstance(value, str):
+        return value
+    items = ([f"{k}={v}" for k, v in value.items()] if isinstance(value, Mapping) else
+             list(value) if isinstance(value, (list, tuple)) else [value])
+    return ",".join(str(item) for item in items)
 
 
 def _text(value) -> str | None:

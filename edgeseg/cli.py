@@ -363,23 +363,25 @@ def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_
     """
     from edgeseg.api import export_checkpoint
     from edgeseg.errors import ParityFailed
-    from edgeseg.export.report import artifact_line, export_table
+    from edgeseg.export.quant_images import CalibrationWarning
+    from edgeseg.export.report import artifact_line, export_table, warning_lines
     from edgeseg.models.checkpoint import is_packaged
     from edgeseg.ui import folded_output
 
     if out_dir is None:
         out_dir = f"out/{checkpoint if is_packaged(checkpoint) and checkpoint else 'default'}"
-    try:
-        with folded_output(verbose, keep=(EdgesegError, GateFailed, KeyboardInterrupt)) as progress:
-            manifest = export_checkpoint(checkpoint, out_dir, formats, precisions, calib=calib_dir, data=data_dir,
-                                         calib_count=calib_count, calib_method=calib_method, parity_images=parity_images,
-                                         thresholds=thresholds, stress_thresholds=stress_thresholds, stress=stress,
-                                         force=force, on_artifact=lambda a: print(artifact_line(a), file=progress,
-                                                                                  flush=True))
-    except ParityFailed as exc:
-        export_table(exc.manifest)
-        raise
-    export_table(manifest)
+    with warning_lines(CalibrationWarning):
+        try:
+            with folded_output(verbose, keep=(EdgesegError, GateFailed, KeyboardInterrupt)) as progress:
+                manifest = export_checkpoint(checkpoint, out_dir, formats, precisions, calib=calib_dir, data=data_dir,
+                                             calib_count=calib_count, calib_method=calib_method,
+                                             parity_images=parity_images, thresholds=thresholds,
+                                             stress_thresholds=stress_thresholds, stress=stress, force=force,
+                                             on_artifact=lambda a: print(artifact_line(a), file=progress, flush=True))
+        except ParityFailed as exc:
+            export_table(exc.manifest)
+            raise
+        export_table(manifest)
 
 
 @main.command()

@@ -404,18 +404,25 @@ def damage_onnx_conv(path: Path) -> str:
     return conv.output[0]
 
 
-def damage_tflite_conv(path: Path) -> str:
-    """Multiply the filter scales of the first CONV_2D (the stem) of an int8 .tflite by 10 (flatbuffer edit); return
-    that op's output tensor name."""
+def damage_tflite_conv(path: Path, choose=None) -> str:
+    """Multiply the filter scales of a convolution of an int8 .tflite by 10 (flatbuffer edit): ``choose(names)``
+    picks it by the output tensor names of its CONV_2D and DEPTHWISE_CONV_2D ops (default: the first CONV_2D,
+    the stem); return that op's output tensor name."""
     from ai_edge_litert import schema_py_generated as schema
 
     from edgeseg.export.tflite_flatbuffer import _name, _pack, _unpack
 
     model = _unpack(path.read_bytes())
     graph, codes = model.subgraphs[0], model.operatorCodes
+    kinds = {schema.BuiltinOperator.CONV_2D: "CONV_2D", schema.BuiltinOperator.DEPTHWISE_CONV_2D: "DEPTHWISE_CONV_2D"}
     convs = [op for op in graph.operators if max(codes[op.opcodeIndex].builtinCode,
-                                                  codes[op.opcodeIndex].deprecatedBuiltinCode) == schema.BuiltinOperator.CONV_2D]
-    conv = convs[0]
+                                                  codes[op.opcodeIndex].deprecatedBuiltinCode) in kinds]
+    if choose is None:
+        conv = next(op for op in convs if max(codes[op.opcodeIndex].builtinCode, codes[op.opcodeIndex].deprecatedBuiltinCode)
+                    == schema.BuiltinOperator.CONV_2D)
+    else:
+        names = [_name(graph.tensors[op.outputs[0]]) for op in convs]
+        conv = convs[names.index(choose(names))]
     weights = graph.tensors[conv.inputs[1]]
     assert weights.type == schema.TensorType.INT8 and len(weights.quantization.scale) > 1  # per-channel int8
     weights.quantization.scale = [s * 10 for s in weights.quantization.scale]
@@ -471,7 +478,22 @@ def test_quant_error_onnx_ranks_the_damaged_conv_first(cli, exported, export_cop
     text = res.stdout
     assert "quantization error per layer" in text and top["layer"] in text and "SQNR lost" in text
     hint = next(line for line in text.splitlines() if line.startswith("hint: "))
-    assert top["layer"] in hint and "weights are the cause" in hint and "keep this op float" in hint
+    assert top["layer"] in hint and "weights are the cause" in hint and "--precisions fp16" in hint
+    assert "keep this op float" not in hint  # no option does that
+
+
+def test_quant_error_hint_names_only_the_calibration_methods_the_format_offers():
+    """TFLite offers only minmax (export refuses tflite=percentile): its hint must not suggest another method."""
+    from edgeseg.export.quant_error import NOTABLE_LOSS_DB, hint, other_calib_methods
+
+    assert other_calib_methods("tflite", "minmax") == []
+    assert other_calib_methods("onnx", "minmax") == ["entropy", "percentile"]
+    for loss in (NOTABLE_LOSS_DB / 2, NOTABLE_LOSS_DB * 2):  # nothing stands out; an activation range
+        layers = [{"layer": "decoder/x", "op": "CONV_2D", "sqnr_lost_db": loss, "weight_sqnr_db": 45.0}]
+        tflite = hint(layers, "tflite", other_calib_methods("tflite", "minmax"))
+        onnx = hint(layers, "onnx", other_calib_methods("onnx", "entropy"))
+        assert "--calib DIR" in tflite and "--calib-method" not in tflite and "keep this op float" not in tflite
+        assert "--calib-method onnx=minmax or onnx=percentile" in onnx and "entropy" not in onnx
 
 
 def test_quant_error_tflite_ranks_the_damaged_conv_first(cli, exported, export_copy):
@@ -493,6 +515,32 @@ def test_quant_error_tflite_ranks_the_damaged_conv_first(cli, exported, export_c
     assert top["layer"].startswith("encoder/") and f"_{top['layer'].rsplit('/', 1)[-1]};" in damaged, top["layer"]
     assert report["layers"][-1]["sqnr_lost_db"] < qe.NOTABLE_LOSS_DB  # the rest of the graph matched, layer by layer
     assert "input_normalization" in {r["layer"] for r in report["layers"]}
+    # TFLite offers only minmax calibration, and no option keeps an op float: the hint names neither
+    assert "weights are the cause" in report["hint"] and "--calib-method" not in report["hint"]
+    assert "keep this op float" not in report["hint"]
+
+
+def _stray_scope_conv(names: list[str]) -> str:
+    """The decoder depthwise conv whose fused tensor name ends with a scope of the encoder (the module that made its
+    input: the skip connection): named after that last scope, it passed for an encoder layer."""
+    return next(n for n in names if "_dw_skip/" in n.split(";")[0] and "_encoder/" in ";".join(n.split(";")[1:]))
+
+
+def test_quant_error_tflite_names_each_layer_by_the_module_that_writes_it(cli, exported, export_copy):
+    """litert-torch joins the scopes of fused ops and of the op's input with ';': the op's own module is the first.
+    A damaged decoder conv whose tensor name ends with an encoder scope is ranked first under its decoder name, and
+    no two rows share a name (a module writing two tensors, e.g. a squeeze-excite's MEAN and MUL, gets #2)."""
+    int8 = export_copy / "tiny-int8.tflite"
+    damaged = damage_tflite_conv(int8, _stray_scope_conv)
+    relist(export_copy, int8)
+    report = quant_error_json(cli, int8, "--count", "2")
+    top = report["layers"][0]
+    assert top["tensor"] == damaged and top["op"] == "DEPTHWISE_CONV_2D", report["layers"][:3]
+    assert top["layer"].startswith("decoder/UpBlock_") and "/dw_skip/" in top["layer"], top["layer"]
+    names = [r["layer"] for r in report["layers"]]
+    assert len(names) == len(set(names)) and any(n.endswith("#2") for n in names), names
+    intact = quant_error_json(cli, exported.find("tflite", "int8").file, "--count", "2")
+    assert sorted(r["layer"] for r in intact["layers"]) == sorted(names)  # the same names, damaged or not
 
 
 def test_quant_error_tflite_of_an_int8_file_whose_input_quantization_normalizes(cli, exported, export_copy):
@@ -572,7 +620,7 @@ def test_quant_error_refuses_what_it_cannot_compare(cli, export_copy, case):
 
 @pytest.mark.parametrize("args, expected", [
     (("--quant-error", "--data", "missing"), "missing: not a folder; it must be a folder of images"),
-    (("--quant-error", "--data", "empty"), "no images"),
+    (("--quant-error", "--data", "empty"), "--data {tmp}/empty: no images for --quant-error (reads .jpg"),
     (("--count", "3"), "--data and --count apply only with --quant-error"),
     (("--quant-error", "--json", "precious.json"), "is not a JSON report edgeseg wrote"),
 ])
@@ -580,7 +628,8 @@ def test_quant_error_bad_options_are_one_line_exit_2(cli, exported, tmp_path, ar
     (tmp_path / "empty").mkdir()
     (tmp_path / "precious.json").write_text('{"mine": true}')
     args = [str(tmp_path / a) if a in ("missing", "empty", "precious.json") else a for a in args]
-    assert_refused(cli, "inspect", exported.find("onnx", "int8").file, *args, watch=[tmp_path, exported.root], match=expected)
+    assert_refused(cli, "inspect", exported.find("onnx", "int8").file, *args, watch=[tmp_path, exported.root],
+                   match=expected.format(tmp=tmp_path))
 
 
 def test_quant_error_names_the_missing_extra(exported, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -298,7 +299,10 @@ def test_models_command_shows_the_committed_int8_audit(cli, tmp_path):
 
     archs = int8_audit()["architectures"]
     assert int8_label(archs[AUDIT_ARCH], "tflite") == "pure" and int8_verdict(archs[AUDIT_ARCH]).startswith("TFLite pure")
-    assert int8_verdict(archs["unet_mobilenet_v3_small"]) == "float" and int8_verdict(None) == NOT_MEASURED
+    assert int8_verdict(None) == NOT_MEASURED
+    # what is float, op and count, per format: 'ONNX float' alone read as if the whole int8 ONNX graph were float
+    assert int8_verdict(archs["unet_mobilenet_v3_small_minimal"]) == "TFLite pure; ONNX float: Resize x5"
+    assert int8_verdict(archs["unet_mobilenet_v3_small"]).startswith("TFLite float: HARD_SWISH x18; ONNX float: HardSigmoid x")
     hardswish_se = int8_label(archs["unet_mobilenet_v3_small"], "tflite")
     assert hardswish_se.startswith("float: HARD_SWISH x") and "Q/DQ hops" in hardswish_se
     assert "NNAPI rejects HardSigmoid" in int8_label(archs["unet_mobilenet_v3_small"], "onnx")
@@ -308,6 +312,10 @@ def test_models_command_shows_the_committed_int8_audit(cli, tmp_path):
     assert "int8 TFLite" in res.output and "int8 ONNX" in res.output and "pure" in res.output
     rows = json.loads((tmp_path / "models.json").read_text())["architectures"]
     assert {r["name"]: r["int8"] for r in rows} == archs
+    # the README's table shows what the tool prints
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name, entry in archs.items():
+        assert f"| `{name}` |" in readme and f" | {int8_verdict(entry)} | " in readme, name
 
 
 def _from_scripts(module: str):

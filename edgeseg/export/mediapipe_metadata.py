@@ -15,6 +15,7 @@ What MediaPipe Tasks (1.2.3) accepts, and so what ``add_segmenter_metadata`` enf
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import io
 import sys
@@ -29,6 +30,7 @@ _METADATA_NAME = b"TFLITE_METADATA"
 _SEGMENTER_OPTIONS_NAME = "SEGMENTER_METADATA"
 _VERSION_MODULE = "mediapipe.tasks.cc.metadata.python._pywrap_metadata_version"
 _WHY = "writing MediaPipe metadata"
+LABEL_FILE_DATE = (1980, 1, 1, 0, 0, 0)  # the zip format's first date: what reproducible builds stamp files with
 
 
 def add_segmenter_metadata(model: bytes, *, mean: list[float], std: list[float], labels: list[str],
@@ -54,7 +56,24 @@ def add_segmenter_metadata(model: bytes, *, mean: list[float], std: list[float],
         .add_segmentation_output(labels=metadata_writer.Labels().add(list(labels)))
     )
     data, _json = image_segmenter.MetadataWriter(writer).populate()
-    return bytes(data)
+    return _dated_label_files(bytes(data))
+
+
+def _dated_label_files(model: bytes) -> bytes:
+    """``model`` with the files MediaPipe's writer zipped after it (labels.txt) dated ``LABEL_FILE_DATE``:
+    its ``zipfile.writestr`` stamps them with the time of the export, so identical inputs gave files that
+    differed in those bytes. Same members, order and compression; only the dates change."""
+    with zipfile.ZipFile(io.BytesIO(model)) as archive:
+        members = [(info, archive.read(info)) for info in archive.infolist()]
+    start = min(info.header_offset for info, _ in members)
+    out = io.BytesIO(model[:start])
+    out.seek(0, io.SEEK_END)
+    with zipfile.ZipFile(out, "a") as archive:  # appended after the model, as MediaPipe's writer does
+        for info, content in members:
+            dated = copy.copy(info)
+            dated.date_time = LABEL_FILE_DATE
+            archive.writestr(dated, content)
+    return out.getvalue()
 
 
 def read_segmenter_metadata(model: bytes) -> dict | None:

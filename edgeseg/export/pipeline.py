@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,12 +26,12 @@ from edgeseg.bench.parity import cannot_run, check_parity, reference_set, skippe
 from edgeseg.bench.stored_reference import store_reference
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra, require
 from edgeseg.export.base import CALIBRATED_PRECISION, EXPORTERS, ExportJob, embedded_metadata
-from edgeseg.export.quant_images import calibration_images, parity_source
+from edgeseg.export.quant_images import CalibrationWarning, calibration_images, check_folder, parity_source
 from edgeseg.fsutil import check_output, install_staged, is_staging, staging_dir
 from edgeseg.manifest import MANIFEST_NAME, REFERENCE_NAME, SUFFIXES, Artifact, Manifest, file_digest
 from edgeseg.export.source import ExportSource, checkpoint_source
 from edgeseg.models.checkpoint import resolve_checkpoint
-from edgeseg.recipe import CALIB_METHODS, STRESS_MODES, ExportCfg
+from edgeseg.recipe import CALIB_METHODS, FORMATS, STRESS_MODES, ExportCfg
 from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
 
@@ -128,7 +129,7 @@ def calib_methods_for(spec: str, exporters: dict, precisions) -> dict[str, str]:
     items = [item.strip() for item in str(spec).split(",") if item.strip()]
     if not items:
         raise EdgesegError(f"--calib-method is empty; give a method ({', '.join(CALIB_METHODS)}) or FORMAT=METHOD")
-    calibrated = {f: e for f, e in exporters.items() if e.calib_methods and CALIBRATED_PRECISION in precisions}
+    calibrated = calibrated_exporters(exporters, precisions)
     overall, chosen = [], {}
     for item in items:
         fmt, named, method = (part.strip() for part in item.rpartition("="))
@@ -141,10 +142,10 @@ def calib_methods_for(spec: str, exporters: dict, precisions) -> dict[str, str]:
             raise EdgesegError(f"--calib-method {spec}: {fmt} is given more than once; give each format once")
         elif fmt not in calibrated:
             why = (f"unknown format {fmt!r}; choose from {', '.join(EXPORTERS)}" if fmt not in EXPORTERS else
-                   f"{fmt} is not in --formats" if fmt not in exporters else
-                   f"{fmt} files are never calibrated on images (their int8 compresses weights only)"
-                   if not exporters[fmt].calib_methods else
-                   f"--precisions has no {CALIBRATED_PRECISION}, the only calibrated precision")
+                   f"{fmt} files are never calibrated on images (their int8 compresses weights only); drop {item}"
+                   if not EXPORTERS[fmt].calib_methods else
+                   f"{fmt} is not in --formats; add {fmt} to --formats, or drop {item}" if fmt not in exporters else
+                   _no_calibrated_file(exporters, precisions, drop=item))
             raise EdgesegError(f"--calib-method {item}: {why}")
         else:
             chosen[fmt] = method
@@ -165,6 +166,40 @@ def calib_methods_for(spec: str, exporters: dict, precisions) -> dict[str, str]:
             raise EdgesegError(f"--calib-method {spec}: {fmt} {CALIBRATED_PRECISION} calibration offers only "
                                f"{', '.join(offered)}, not {method}; {fix}")
     return methods
+
+
+def _no_calibrated_file(exporters: dict, precisions, *, drop: str) -> str:
+    """Why no file of this export is calibrated on images, and the fix (add what would be, or ``drop``)."""
+    if CALIBRATED_PRECISION not in precisions:
+        return (f"--precisions has no {CALIBRATED_PRECISION}, the only calibrated precision; add {CALIBRATED_PRECISION} "
+                f"to --precisions, or drop {drop}")
+    calibrating = [f for f in FORMATS if f in EXPORTERS and EXPORTERS[f].calib_methods]
+    return (f"no format in --formats ({', '.join(exporters)}) calibrates its {CALIBRATED_PRECISION} file on images; "
+            f"add {' or '.join(calibrating)} to --formats, or drop {drop}")
+
+
+def calibrated_exporters(exporters: dict, precisions) -> dict:
+    """The exporters among ``exporters`` whose files this export calibrates on images (format -> exporter)."""
+    return {f: e for f, e in exporters.items() if e.calib_methods and CALIBRATED_PRECISION in precisions}
+
+
+def check_unused_options(given: ExportRequest, req: ExportRequest, exporters: dict) -> None:
+    """Refuse an option ``given`` (the request as the caller gave it, before the recipe's defaults) that this
+    export ``req`` would ignore: --calib when no file is calibrated, stress thresholds with the stress set off
+    (EdgesegError naming the option and the fix); --calib-count with no file calibrated is a CalibrationWarning."""
+    if not calibrated_exporters(exporters, req.precisions):
+        if given.calib_dir is not None:
+            check_folder(given.calib_dir)  # a file or a missing folder says so first
+            raise EdgesegError(f"--calib {given.calib_dir} would be unused: "
+                               f"{_no_calibrated_file(exporters, req.precisions, drop='--calib')}")
+        if given.calib_count is not None:  # a warning: scripts pass one --calib-count to every export they run
+            warnings.warn(CalibrationWarning(f"--calib-count {given.calib_count} is unused: "
+                                             f"{_no_calibrated_file(exporters, req.precisions, drop='--calib-count')}"),
+                          stacklevel=3)
+    if given.stress_thresholds and req.stress == "off":
+        shown = ",".join(f"{k}={v:g}" for k, v in given.stress_thresholds.items())
+        raise EdgesegError(f"--stress-threshold {shown}: stress parity is off (--stress off, or the recipe's "
+                           "export.stress), so no threshold applies; drop --stress-threshold, or use --stress gate or report")
 
 
 _EXTRA_MODULES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "tflite": ("litert_torch", "ai_edge_litert", "ai_edge_quantizer", "mediapipe"),
@@ -189,8 +224,9 @@ def run_export(req: ExportRequest, on_artifact=None, *, model_source: ExportSour
         raise EdgesegError(f"--stress must be one of {', '.join(STRESS_MODES)}, got {req.stress!r}")
     if model_source is None:
         model_source = checkpoint_source(resolve_checkpoint(req.checkpoint))
-    req = req.resolved(model_source.export)
+    given, req = req, req.resolved(model_source.export)
     exporters = load_exporters(req.formats, req.precisions)
+    check_unused_options(given, req, exporters)
     methods = calib_methods_for(req.calib_method, exporters, req.precisions)
     info, task, model = model_source.info, model_source.task, model_source.model
     names = {MANIFEST_NAME, REFERENCE_NAME} | {f"{info.name}-{p}{SUFFIXES[f]}" for f in exporters for p in req.precisions}

@@ -128,7 +128,14 @@ def quant_error(path: str | Path, *, data_dir: str | Path | None = None, count: 
         output_sqnr_db=output_sqnr(measured),
         metric="sqnr_lost_db = worst input SQNR - output SQNR against the float model (dB, each capped at "
                f"{HARMLESS_DB} dB); layers ranked by it, largest first",
-        layers=layers, hint=hint(layers))
+        layers=layers, hint=hint(layers, entry.format, other_calib_methods(entry.format, _calib_method(entry))))
+
+
+def _calib_method(entry: Artifact) -> str:
+    """The calibration method the int8 file was exported with (its manifest entry's record, else the default)."""
+    from edgeseg.recipe import ExportCfg
+
+    return entry.details.get("calibration") or ExportCfg.calib_method
 
 
 def _int8_entry(path: Path) -> tuple[Manifest, Artifact]:
@@ -161,7 +168,7 @@ def _images(manifest: Manifest, data_dir, count: int) -> tuple[list[np.ndarray],
     if data_dir is not None:
         if not Path(data_dir).is_dir():
             raise DataError(f"--data {data_dir}: not a folder; it must be a folder of images")
-        return images_in_folder(data_dir, count, size), str(data_dir)
+        return images_in_folder(data_dir, count, size, option="--data", purpose="--quant-error"), str(data_dir)
     task = manifest.model.get("task") or "portrait"
     src = builtin_source("eval", task, count, size)
     return [src.get(i)[0] for i in range(count)], f"built-in synthetic {task} eval set"
@@ -217,8 +224,19 @@ def rank_layers(measured: Measured) -> list[dict]:
         rows.append({"layer": op.layer, "op": op.op_type, "tensor": op.outputs[0],
                      "sqnr_lost_db": _round(s_in - min(min(out), HARMLESS_DB)), "sqnr_db": _round(min(out)),
                      "weight_sqnr_db": _round(min(weights)) if weights else None})
+    _unique_layer_names(rows)
     rows.sort(key=lambda r: -r["sqnr_lost_db"])
     return [{"rank": i + 1, **r} for i, r in enumerate(rows)]
+
+
+def _unique_layer_names(rows: list[dict]) -> None:
+    """Number the rows of a layer that writes several measured tensors (an op and the ops fused after it, e.g. a
+    squeeze-excite's MEAN and its MUL): the first keeps the layer's name, the next ones (in graph order) get #2, #3."""
+    seen: dict[str, int] = {}
+    for row in rows:
+        seen[row["layer"]] = seen.get(row["layer"], 0) + 1
+        if seen[row["layer"]] > 1:
+            row["layer"] = f"{row['layer']}#{seen[row['layer']]}"
 
 
 def output_sqnr(measured: Measured) -> float | None:
@@ -227,21 +245,32 @@ def output_sqnr(measured: Measured) -> float | None:
     return _round(min(out)) if out else None
 
 
-def hint(layers: list[dict]) -> str:
-    """One line on what to do about the worst layer."""
+def other_calib_methods(fmt: str, used: str) -> list[str]:
+    """The calibration methods ``fmt``'s int8 export offers besides ``used`` (its exporter's ``calib_methods``)."""
+    from edgeseg.export import onnx, tflite  # noqa: F401  (register the exporters)
+    from edgeseg.export.base import EXPORTERS
+
+    return [m for m in EXPORTERS[fmt].calib_methods if m != used]
+
+
+def hint(layers: list[dict], fmt: str, other_methods: list[str]) -> str:
+    """One line on what to do about the worst layer, naming only fixes edgeseg offers for ``fmt``'s int8 file
+    (``other_methods``: the --calib-method choices it has besides the one used)."""
     if not layers:
         return ""
     top = layers[0]
     where = f"{top['layer']} ({top['op']})"
+    methods = f" or with --calib-method {' or '.join(f'{fmt}={m}' for m in other_methods)}" if other_methods else ""
+    recalibrate = f"calibrate on more or more varied images (edgeseg export --calib DIR --calib-count N){methods}"
     if top["sqnr_lost_db"] < NOTABLE_LOSS_DB:
         return (f"no layer stands out (the largest loss is {top['sqnr_lost_db']:.1f} dB, at {where}): the error builds up "
-                "over the whole network; try another --calib-method or more, more varied calibration images, or ship fp16")
+                f"over the whole network; {recalibrate}, or ship fp16 instead (--precisions fp16)")
     if top["weight_sqnr_db"] is not None and top["weight_sqnr_db"] < WEIGHT_SUSPECT_DB:
         return (f"{where} loses the most ({top['sqnr_lost_db']:.1f} dB) and its int8 weights are the cause (weight SQNR "
-                f"{top['weight_sqnr_db']:.1f} dB): keep this op float, or look for outlier weights in it")
+                f"{top['weight_sqnr_db']:.1f} dB): look for outlier weights in it (calibration images cannot help), "
+                "or ship fp16 instead (--precisions fp16)")
     return (f"{where} loses the most ({top['sqnr_lost_db']:.1f} dB) while its weights quantize well: its activation range "
-            "is the likely cause; calibrate on more or more varied images (edgeseg export --calib DIR --calib-count N) "
-            "or with another --calib-method, or keep this op float")
+            f"is the likely cause; {recalibrate}, or ship fp16 instead (--precisions fp16)")
 
 
 def _round(v: float) -> float:
@@ -415,13 +444,15 @@ def _tflite_graph(model: bytes) -> tuple[list[Op], set[str]]:
 
 
 def _tflite_layer(tensor: str) -> str:
-    """litert-torch names a tensor by the module scopes that made it ("pkg.Class_attr/.../pkg.Conv2d_conv_dw;..."):
-    the last scope in it, without the export wrappers, each module as its attribute name, or as Class_index
-    inside a container ("encoder/Sequential_0/DepthwiseSeparableConv_0/conv_dw")."""
+    """litert-torch names a tensor by the module scopes that made it, ";"-joined ("pkg.Class_attr/.../pkg.ReLU_2;
+    .../pkg.BatchNorm2d_1;.../pkg.Conv2d_0;<scopes of its input>"): the first scope, the module whose output the op
+    writes (the later ones are the modules fused into it and, after them, whatever made its input), without the
+    export wrappers, each module as its attribute name, or as Class_index inside a container
+    ("decoder/UpBlock_3/dw_skip/ReLU_2")."""
     scopes = [s for s in tensor.split(";") if "/" in s]
     if not scopes:
         return tensor
-    segments = [s.rsplit(".", 1)[-1] for s in scopes[-1].split("/")[1:]]  # [0]: litert-torch's NHWC wrapper
+    segments = [s.rsplit(".", 1)[-1] for s in scopes[0].split("/")[1:]]  # [0]: litert-torch's NHWC wrapper
     while len(segments) > 1 and segments[0].rsplit("_", 1)[-1] in ("wrapped", "model"):
         segments.pop(0)
     named = [seg.split("_", 1) for seg in segments]

@@ -1,6 +1,7 @@
 """Calibration and parity image sets for export (layer 4)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from edgeseg.data.datasets import builtin_source, discover_pairs, open_source
+from edgeseg.data.datasets import builtin_source, detect_layout, discover_pairs, open_source, split_names
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import photometric_steps, resize_pixels
 from edgeseg.errors import DataError
@@ -18,19 +19,66 @@ from edgeseg.recipe import AugmentCfg, DataCfg
 AUGMENT_SEED = 0  # calibration augmentations come from their own seeded generator: every export sees the same pixels
 
 
-def images_in_folder(folder: str | Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
-    """Up to ``count`` images (evenly spaced over the sorted list) from any folder tree, resized."""
+# folders of label images (masks, palette PNGs) that a folder of photos may hold beside them: never calibrated on
+LABEL_FOLDERS = frozenset({"masks", "SegmentationClass", "SegmentationObject", "SegmentationClassAug", "labels"})
+
+
+def _photo_folders(folder: Path) -> list[Path]:
+    """Where the photos of ``folder`` are: the image folders of a dataset layout edgeseg reads (VOC
+    ``JPEGImages/``; ``images/`` and ``<split>/images/``), else ``folder`` itself."""
+    try:
+        layout = detect_layout(folder)
+    except DataError:  # not a dataset layout: any folder of images
+        return [folder]
+    if layout == "voc":
+        return [folder / "JPEGImages"]
+    candidates = [folder / "images", *(folder / split / "images" for split in split_names(folder))]
+    return [p for p in dict.fromkeys(candidates) if p.is_dir()]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The photos under ``folder``, sorted: a dataset layout's images only (not its masks), else every image in
+    the tree outside the label folders (``LABEL_FOLDERS``)."""
+    files = []
+    for root in _photo_folders(folder):
+        files += [p for p in root.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not LABEL_FOLDERS & set(p.relative_to(root).parts)]
+    return sorted(files)
+
+
+def check_folder(folder: str | Path, *, option: str = "--calib", purpose: str = "calibration") -> Path:
+    """``folder`` as a Path; DataError when it is missing or a file (``option``, ``purpose`` as in ``images_in_folder``)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise DataError(f"--calib {folder} is a file; it must be a folder of calibration images")
+        raise DataError(f"{option} {folder} is a file; it must be a folder of {purpose} images")
     if not folder.is_dir():
-        raise DataError(f"calibration folder not found: {folder}; --calib must be a folder of images")
-    files = sorted(p for p in folder.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and "masks" not in p.relative_to(folder).parts)
+        raise DataError(f"{purpose} folder not found: {folder}; {option} must be a folder of images")
+    return folder
+
+
+def images_in_folder(folder: str | Path, count: int, size: tuple[int, int], *, option: str = "--calib",
+                     purpose: str = "calibration") -> list[np.ndarray]:
+    """Up to ``count`` images (evenly spaced over the sorted list of ``image_files``), resized.
+
+    ``option`` names the flag the folder came from and ``purpose`` what the images are for, in the
+    DataError (exit 2) raised for a missing or empty folder or an unreadable image.
+    """
+    folder = check_folder(folder, option=option, purpose=purpose)
+    files = image_files(folder)
     if not files:
-        raise DataError(f"{folder}: no images for calibration")
+        raise DataError(f"{option} {folder}: no images for {purpose} (reads {', '.join(IMAGE_SUFFIXES)} files, in "
+                        "subfolders too, skipping masks/ and other label folders); put photos like the ones the model "
+                        "will see there, or pass another folder")
     picks = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)]
-    return [resize_pixels(load_image(p), size) for p in dict.fromkeys(picks)]
+    return [resize_pixels(_load(p, option, folder), size) for p in dict.fromkeys(picks)]
+
+
+def _load(path: Path, option: str, folder: Path) -> np.ndarray:
+    """``load_image``, its DataError saying what to do about the file."""
+    try:
+        return load_image(path)
+    except DataError as exc:
+        raise DataError(f"{exc}; re-save or remove that file, or move it out of {option} {folder}") from None
 
 
 @dataclass(frozen=True)
@@ -63,6 +111,21 @@ def augment_pixels(images: list[np.ndarray], augment: AugmentCfg, seed: int = AU
     return out
 
 
+class CalibrationWarning(UserWarning):
+    """Calibration images fewer than asked for, or a calibration option this export leaves unused (``edgeseg
+    export`` prints it as a ``warning:`` line)."""
+
+
+def _warn_if_few(images: list, count: int, folder: str) -> None:
+    """CalibrationWarning when --calib ``folder`` gave fewer images than ``count`` or only one."""
+    if len(images) >= count and len(images) > 1:
+        return
+    found = "only 1 image" if len(images) == 1 else f"{len(images)} images, fewer than --calib-count {count}"
+    warnings.warn(CalibrationWarning(
+        f"--calib {folder} has {found}: int8 activation ranges are calibrated on what these show and clip the rest; "
+        f"add more photos like the ones the model will see"), stacklevel=3)
+
+
 #: the built-in images used for a model whose classes match no built-in set: pixels only, never labels
 FALLBACK_TASK = "portrait"
 
@@ -77,7 +140,9 @@ def calibration_images(calib_dir: str | None, recipe_root: str | None, task: str
     (no built-in set has the model's classes): the built-in portrait pixels, and the source says so.
     """
     if calib_dir:
-        return CalibrationSet(images_in_folder(calib_dir, count, size), str(calib_dir))
+        images = images_in_folder(calib_dir, count, size)
+        _warn_if_few(images, count, calib_dir)
+        return CalibrationSet(images, str(Path(calib_dir).resolve()))  # absolute, as training stores data.root
     if recipe_root and Path(recipe_root).is_dir():
         # the pixels only: its masks (any number of classes) are the training run's business
         pairs = discover_pairs(recipe_root, "train", val_fraction=val_fraction, need_masks=False)

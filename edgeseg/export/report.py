@@ -1,7 +1,11 @@
 """The table ``edgeseg export`` prints, and its option parsing (layer 4)."""
 from __future__ import annotations
 
-from edgeseg.errors import EdgesegError
+import contextlib
+import sys
+import warnings
+
+from edgeseg.errors import EdgesegError, GateFailed
 from edgeseg.export.base import CALIBRATED_PRECISION
 from edgeseg.ui import console, print_table
 
@@ -62,6 +66,46 @@ def export_table(manifest) -> None:
     data = (manifest.parity_reference or {}).get("data")
     if data:
         console.print(f"parity images: {data}")
-    calibration = (manifest.model.get("calibration") or {}).get("source")
-    if calibration and any(a.precision == CALIBRATED_PRECISION for a in manifest.artifacts):
-        console.print(f"int8 calibration: {calibration}")
+    line = calibration_line(manifest.model.get("calibration") or {})
+    if line and any(a.precision == CALIBRATED_PRECISION for a in manifest.artifacts):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # one line, however long the path
+
+
+def calibration_line(calibration: dict) -> str:
+    """'int8 calibration: SOURCE; onnx minmax, tflite minmax; N images' from the manifest's calibration entry
+    ('' when it has no source)."""
+    if not calibration.get("source"):
+        return ""
+    methods = ", ".join(f"{fmt} {method}" for fmt, method in (calibration.get("methods") or {}).items())
+    images = calibration.get("images")
+    count = f"{images} image{'s' if images != 1 else ''}" if images is not None else ""
+    return "; ".join(part for part in (f"int8 calibration: {calibration['source']}", methods, count) if part)
+
+
+@contextlib.contextmanager
+def warning_lines(category: type[Warning]):
+    """Print the ``category`` warnings raised in the block as ``warning: ...`` lines on stderr at its end, each
+    once, unless it raises anything but a failed gate (bad input says one ``error:`` line, no more); other
+    warnings go where they would have gone (e.g. into ``ui.folded_output``)."""
+    caught: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", category)
+        passed_on = warnings.showwarning
+
+        def show(message, cat, *args, **kwargs):
+            if issubclass(cat, category):
+                caught.append(str(message))
+            else:
+                passed_on(message, cat, *args, **kwargs)
+        warnings.showwarning = show
+        try:
+            yield
+        except GateFailed:
+            _print_warnings(caught)
+            raise
+        _print_warnings(caught)
+
+
+def _print_warnings(lines: list[str]) -> None:
+    for line in dict.fromkeys(lines):
+        print(f"warning: {line}", file=sys.stderr, flush=True)

@@ -40,13 +40,24 @@ def model_table(num_classes: int = 2) -> list[dict]:
 
 
 def int8_verdict(entry: dict | None) -> str:
-    """One word or two for an architecture's int8 audit: 'pure', 'float', 'TFLite pure, ONNX float' or 'not measured'."""
+    """One cell for an architecture's int8 audit: 'pure', 'not measured', or per format what stays float, op and
+    count ('TFLite pure; ONNX float: Resize x5'), so a float op is never read as a float graph."""
     if not entry or "tflite" not in entry or "onnx" not in entry:
         return NOT_MEASURED
-    words = {fmt: "pure" if entry[fmt]["pure_integer"] else "float" for fmt in ("tflite", "onnx")}
-    if words["tflite"] == words["onnx"]:
-        return words["tflite"]
-    return f"TFLite {words['tflite']}, ONNX {words['onnx']}"
+    if all(entry[fmt]["pure_integer"] for fmt in ("tflite", "onnx")):
+        return "pure"
+    return "; ".join(f"{name} {_float_part(entry[fmt])}" for fmt, name in (("tflite", "TFLite"), ("onnx", "ONNX")))
+
+
+def _float_part(audit: dict) -> str:
+    """'pure', or 'float: OP xN, ...' (else the Q/DQ hops or the ops NNAPI rejects, whichever made it impure)."""
+    if audit["pure_integer"]:
+        return "pure"
+    if audit["float_ops"]:
+        return "float: " + ", ".join(f"{op} x{n}" for op, n in audit["float_ops"].items())
+    if audit["qdq"]["float"]:
+        return f"float: {audit['qdq']['float']} Q/DQ hops"
+    return "not integer on NNAPI: rejects " + ", ".join(audit.get("nnapi_rejects") or ["an op"])
 
 
 def int8_label(entry: dict | None, fmt: str) -> str:
