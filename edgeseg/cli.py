@@ -1,11 +1,15 @@
 """The ``edgeseg`` command line: thin click commands over the Python API and library calls (layer 6).
 
-Exit codes: 0 success, 1 a gate failed (parity or latency), 2 bad usage or bad input, 130 interrupted.
+Exit codes: 0 success, 1 a gate failed (parity or latency), 2 bad usage or bad input, 130 interrupted,
+141 stdout closed by its reader (``edgeseg models | head -1``).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -85,17 +89,51 @@ def handle_errors(fn):
     return wrapper
 
 
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a process killed by SIGPIPE
+
+
+@contextlib.contextmanager
+def quiet_broken_pipe():
+    """A reader that closed stdout early (``edgeseg models | head -1``) ends the command quietly with exit 141,
+    not 1 (a failed gate). stdout is pointed at os.devnull first, so the interpreter's last flush of what is
+    still buffered cannot fail again ("Exception ignored ... BrokenPipeError")."""
+    try:
+        yield
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # not a process's stdout (a test's buffer)
+            pass
+        sys.exit(SIGPIPE_EXIT)
+
+
 class Group(click.Group):
     def command(self, *args, **kwargs):
         decorator = super().command(*args, **kwargs)
         return lambda fn: decorator(handle_errors(fn))
 
+    def make_context(self, *args, **kwargs):
+        with quiet_broken_pipe():  # --help and --version print here; click itself would exit 1 on a broken pipe
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with quiet_broken_pipe():  # a command's output, and a subcommand's --help
+            return super().invoke(ctx)
+
     def main(self, *args, standalone_mode: bool = True, **kwargs):
-        """click's usage errors as one ``error:`` line too (exit 2), Ctrl-C anywhere as exit 130."""
+        """click's usage errors as one ``error:`` line too (exit 2), Ctrl-C anywhere as exit 130, a closed stdout
+        as a quiet exit 141 (``quiet_broken_pipe``)."""
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        with quiet_broken_pipe():
+            self._main(*args, **kwargs)
+
+    def _main(self, *args, **kwargs):
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
+            sys.stdout.flush()  # a broken pipe shows here, while quiet_broken_pipe can still end the process quietly
         except click.exceptions.NoArgsIsHelpError as exc:  # bare `edgeseg` or `edgeseg data`: the help, on stdout
             click.echo(exc.ctx.get_help())
             sys.exit(0)
@@ -466,7 +504,9 @@ def bench(**options):
     Parity is checked against the reference each export stored beside its files: no checkpoint
     needed, from any directory (the PyTorch row is timed only where the checkpoint is). A file
     whose parity cannot be checked fails the gate (exit 1), as does one below its threshold.
-    Options, output locations, every file's sha256 and the baseline are checked before any timing.
+    Options, output locations, every file's sha256 and the baseline are checked before any timing. Two
+    exports holding a file of the same format and precision (two exports of one model) are refused: bench
+    each in its own run, with its own --baseline.
     """
     from edgeseg.bench.command import BenchOptions, run_bench_command
 

@@ -2,27 +2,65 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import re
 import sys
 import tempfile
 from typing import IO, Iterator
 
+from rich.cells import cell_len
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
-# Pipes and CI logs get a wide console so tables are not folded into unreadable columns.
-_probe = Console()
-console = _probe if _probe.is_terminal else Console(width=160)
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """A reader closed stdout (``edgeseg models | head -1``): raise, so the CLI exits as a shell does for a
+        process killed by SIGPIPE (rich's default exits 1, the code of a failed gate)."""
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+# Pipes and CI logs: tables at their full width (a log scrolls or wraps long lines; a cut-off cell helps nobody).
+PIPE_WIDTH = 1000
+_probe = _Console()
+console = _probe if _probe.is_terminal else _Console(width=PIPE_WIDTH)
+
+_BREAK_AFTER = re.compile(r"[^-_./\s]*(?:[-_./\s]+|$)")
+
+
+class Cell:
+    """A table cell that a narrow column breaks after ``- _ . /`` or a space instead of cutting it off, so a
+    file name keeps its ``-int8.onnx`` readable; a part wider than the column folds. Plain text, no markup."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.parts = [p for p in _BREAK_AFTER.findall(text) if p] or [""]
+
+    def __rich_measure__(self, console: Console, options) -> Measurement:
+        return Measurement(max(map(cell_len, self.parts)), cell_len(self.text)).with_maximum(options.max_width)
+
+    def __rich_console__(self, console: Console, options):
+        lines = [""]
+        for part in self.parts:
+            if lines[-1] and cell_len(lines[-1] + part.rstrip()) > options.max_width:
+                lines.append("")
+            lines[-1] += part
+        yield Text("\n".join(line.rstrip() for line in lines), overflow="fold")
 
 
 def print_table(title: str, header: list[str], rows: list[list], console_: Console | None = None) -> None:
-    """Print rows as a rich table."""
+    """Print rows as a rich table. Nothing is cut off: where the console is too narrow, headers wrap and cells
+    break onto more lines (``Cell``)."""
     t = Table(title=title)
     for h in header:
-        t.add_column(h)
+        t.add_column(h, overflow="fold")
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+        t.add_row(*[Cell("" if v is None else str(v)) for v in r])
     (console_ or console).print(t)
 
 

@@ -552,7 +552,7 @@ def test_manifest_lists_the_stored_reference(moved_export):
     entry = read_manifest(moved_export).parity_reference
     assert (entry["bytes"], entry["sha256"]) == file_digest(moved_export / entry["path"])
     assert entry["path"] == "parity-reference.npz" and entry["images"] == 2 and entry["labels"] is True
-    assert entry["logits"] == "float16" and entry["stress_images"] == 2 * 2 + 16  # 2 corruptions each + real photos
+    assert entry["logits"] == "float16" and entry["stress_images"] == 2 * 2 + 2  # 2 corruptions each + 1 real photo each
     assert entry["thresholds"]["fp16"] == 0.995 and entry["stress_gated"] is True  # the default
 
 
@@ -571,7 +571,7 @@ def test_moved_export_is_checked_in_full_without_its_checkpoint(moved_export, mo
         assert parity["passed"] is True and parity["images"] == 2 and parity["reference_logits"] == "float16"
         assert parity["agreement_miou"] == pytest.approx(art.parity["agreement_miou"], abs=2e-3)
         assert parity["gt_miou"] == pytest.approx(art.parity["gt_miou"], abs=2e-3)
-        assert parity["stress"]["images"] == 20 and "skin_tone" in parity["slices"]
+        assert parity["stress"]["images"] == 2 * 2 + 2 and "skin_tone" in parity["slices"]
     assert doc["parity_data"] == "built-in synthetic portrait eval set" and parity_failures(doc["results"]) == []
 
 
@@ -616,3 +616,96 @@ def test_data_without_the_checkpoint_is_refused_before_timing(cli, moved_export,
                           match=f"--data {tmp_path}: parity on other images needs the PyTorch model, and its checkpoint "
                                 "ckpt/best.pt")
     assert line.endswith("drop --data to check parity against the reference stored in the export")
+
+
+# ---------------------------------------------------------------------------------------------
+# Two exports of one model in one run: their files could not be told apart, so they are refused
+
+
+@pytest.fixture(scope="module")
+def twin_exports(shared_export, tmp_path_factory):
+    """Two exports of the tiny model holding files of the same names (as two exports of one model with
+    different calibration do): copies of its ONNX fp32 + int8 files."""
+    root = tmp_path_factory.mktemp("twins")
+    keep = [("onnx", "fp32"), ("onnx", "int8")]
+    return tuple(copy_export(shared_export.dir, root / name, keep=keep) for name in ("e_def", "e_calib"))
+
+
+@pytest.mark.parametrize("mode", ["gate", "update"])
+def test_two_exports_with_files_of_the_same_names_are_refused_before_timing(cli, twin_exports, baseline, tmp_path,
+                                                                             no_timing, mode):
+    """Gating both against a baseline of one would gate only one file per name (the other never); recording them
+    would write a baseline that the next gate refuses. Refused, naming both files and the fix."""
+    e_def, e_calib = twin_exports
+    extra = ("--baseline", baseline, "--max-slowdown", "5") if mode == "gate" else (
+        "--baseline", tmp_path / "new.json", "--update-baseline")
+    line = assert_refused(cli, "bench", e_def, e_calib, "--threads", "1", "--runs", "3", "--sessions", "1",
+                          "--no-confirm", *extra, watch=[tmp_path, baseline, *twin_exports])
+    assert line == (f"error: {e_def / 'tiny-fp32.onnx'} and {e_calib / 'tiny-fp32.onnx'} are both onnx fp32 files: one "
+                    "run cannot tell their results apart (table, gate, baseline); bench each export folder in its own "
+                    "run, each with its own --baseline")
+
+
+def test_a_file_given_again_with_its_folder_is_benched_once(twin_exports):
+    from edgeseg.bench.harness import BenchRequest, plan_bench
+
+    e_def, _ = twin_exports
+    plan = plan_bench(BenchRequest((str(e_def), str(e_def / "tiny-int8.onnx"), str(e_def))))
+    assert [art.path for _, art in plan.pairs] == ["tiny-fp32.onnx", "tiny-int8.onnx"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The table: which file each row is stays readable at any console width
+
+DEFAULT_STEM = "portrait_unet_mnv3_small_minimal"  # file names as long as the default model's
+
+
+def long_names_doc() -> dict:
+    """A bench JSON of six files named like the default model's (ONNX and TFLite, fp32/fp16/int8)."""
+    results = []
+    for fmt, runtime in (("onnx", "onnxruntime"), ("tflite", "litert")):
+        for precision in ("fp32", "fp16", "int8"):
+            results.append({"artifact": f"{DEFAULT_STEM}-{precision}.{fmt}", "format": fmt, "precision": precision,
+                            "runtime": runtime, "threads": 1, "bytes": 2_000_000, "latency_ms": {"p50": 3.61, "p90": 3.8},
+                            "normalized_p50": 1.234, "load_ms": 45.0, "peak_rss_mb": 310.0,
+                            "parity": {"agreement_miou": 0.9967, "stress": {"agreement_miou": 0.9537}, "gt_miou": 0.91}})
+    return {"results": results}
+
+
+@pytest.mark.parametrize("width", [160, 200])
+def test_table_rows_show_each_files_format_and_precision_in_a_narrow_console(width):
+    """A terminal narrower than the table: the file names break after - _ . (never cut off with ...), so each
+    row still reads '-int8.' and 'onnx' or 'tflite' whole."""
+    import io
+
+    from rich.console import Console
+
+    from edgeseg.bench.report import COLUMNS, table_rows
+    from edgeseg.ui import print_table
+
+    doc = long_names_doc()
+    out = io.StringIO()
+    print_table("bench", COLUMNS, table_rows(doc), Console(file=out, width=width, color_system=None))
+    lines = out.getvalue().splitlines()
+    assert max(map(len, lines)) <= width
+    cells = [ln.split("\u2502")[1].strip() for ln in lines if ln.startswith("\u2502")]  # the file-name column
+    assert "".join(cells) == "".join(r["artifact"] for r in doc["results"])  # nothing cut off
+    for token, rows in (("fp32", 2), ("fp16", 2), ("int8", 2), ("onnx", 3), ("tflite", 3)):
+        assert sum(token in cell for cell in cells) == rows, (token, cells)
+
+
+def test_table_in_a_ci_log_keeps_each_file_name_on_its_row():
+    """stdout not a terminal (a CI log): the table is as wide as it needs, nothing folded or cut off."""
+    import sys
+
+    from conftest import run_command
+
+    code = ("import json, sys; from edgeseg.ui import print_table; from edgeseg.bench.report import COLUMNS, table_rows; "
+            "print_table('bench', COLUMNS, table_rows(json.loads(sys.argv[1])))")
+    doc = long_names_doc()
+    r = run_command([sys.executable, "-c", code, json.dumps(doc)], timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("\u2502")]
+    assert len(rows) == len(doc["results"])
+    for row, result in zip(rows, doc["results"]):
+        assert f"\u2502 {result['artifact']} " in row and f" {result['runtime']} " in row

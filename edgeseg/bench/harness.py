@@ -153,8 +153,28 @@ def collect_artifacts(paths) -> list[tuple[Manifest, Artifact]]:
             raise ArtifactError(f"not found: {p}")
     if not out:
         raise ArtifactError(f"no artifacts in {', '.join(map(str, paths))}")
+    out = distinct_files(out)
     for _, art in out:
         art.verified_file()
+    return out
+
+
+def distinct_files(pairs: list[tuple[Manifest, Artifact]]) -> list[tuple[Manifest, Artifact]]:
+    """``pairs`` with each file once (a folder and a file in it may both be given); ArtifactError naming both
+    files when two export folders hold a file of the same format and precision (two exports of one model hold
+    files of the same names). A run's results, its baseline rows (matched by format, precision, runtime and
+    threads), the int8/fp32 pairs and the table could not tell such files apart, so one would go ungated."""
+    seen: dict[tuple, Artifact] = {}
+    out = []
+    for man, art in pairs:
+        other = seen.setdefault((art.format, art.precision), art)
+        if other is not art and other.file.resolve() == art.file.resolve():
+            continue  # the same file given twice
+        if other is not art:
+            raise ArtifactError(f"{other.file} and {art.file} are both {art.format} {art.precision} files: one run "
+                                "cannot tell their results apart (table, gate, baseline); bench each export folder "
+                                "in its own run, each with its own --baseline")
+        out.append((man, art))
     return out
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edgeseg.data.corruptions import CORRUPTIONS, stress_images
+from edgeseg.data.corruptions import CORRUPTIONS, real_photo_count, real_photo_key, stress_images
 from edgeseg.metrics import SegMetrics, agreement_miou
 from edgeseg.recipe import ExportCfg
 from edgeseg.runtime.base import Runner
@@ -49,13 +49,13 @@ class ReferenceSet:
                        argmax=self.argmax[index], stress=None)
 
     def head(self, n: int) -> "ReferenceSet":
-        """The first ``n`` images (all when there are fewer), with the stress images made from them and the real photos."""
+        """The first ``n`` images (all when there are fewer), with the stress set an export of those ``n`` images
+        makes (``stress_subset``): the same make-up as the full set's."""
         if n >= len(self.images):
             return self
-        dropped = set(self.ids[n:])
         sub = self.take(range(n))
         if self.stress is not None:
-            sub.stress = self.stress.take(k for k, sid in enumerate(self.stress.ids) if _source_id(sid) not in dropped)
+            sub.stress = self.stress.take(stress_subset(self.stress.ids, self.ids, n))
         return sub
 
     def gt_miou(self, preds: np.ndarray) -> float | None:
@@ -83,6 +83,17 @@ def stress_set(reference: Runner, ref: ReferenceSet) -> ReferenceSet:
     images, ids = stress_images(ref.images, ref.ids, tuple(ref.images.shape[1:3]))
     logits = run_all(reference, images)
     return ReferenceSet(images, None, ids, logits, ref.classes, f"stress set of {ref.description}")
+
+
+def stress_subset(stress_ids: list[str], ids: list[str], n: int) -> list[int]:
+    """Positions in a stored stress set (of the parity images ``ids``) of the stress set of the first ``n``: the
+    images made from them, and the first ``real_photo_count(n)`` real photos in ``real_photo_key`` order, so it
+    holds the same share of real photos as the full set (what ``stress_images`` makes from ``n`` images)."""
+    kept, parity = set(ids[:n]), set(ids)
+    real = sorted((k for k, sid in enumerate(stress_ids) if _source_id(sid) not in parity),
+                  key=lambda k: real_photo_key(stress_ids[k]))
+    chosen = set(real[:real_photo_count(n)])
+    return [k for k, sid in enumerate(stress_ids) if _source_id(sid) in kept or k in chosen]
 
 
 def _source_id(stress_id: str) -> str:

@@ -112,8 +112,18 @@ def corrupt(img: np.ndarray, name: str, seed: int) -> np.ndarray:
     return CORRUPTIONS[name](np.ascontiguousarray(img, dtype=np.uint8), np.random.default_rng(seed))
 
 
+# How a photo is framed, in the order ``real_photo_crops`` makes them (and stress sets take them).
+FRAMINGS = ("full", "square", "top", "close")
+# Real-photo images per parity image: a stress set is one third real photos whatever the number of parity
+# images (16 of the 16 real-photo images at the default 16; all 16 from there on).
+REAL_PER_IMAGE = 1
+# The real photos' corruptions continue the cycle where the default 16 parity images x 2 corruptions leave
+# off, whatever the number of parity images: a smaller set's real photos are the first of the default set's.
+_REAL_SEED_BASE = 32
+
+
 def real_photo_crops(size: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
-    """(id, uint8 image at ``size``) for a few framings of each real photograph in ``REAL_PHOTOS``."""
+    """(id, uint8 image at ``size``) for a few framings (``FRAMINGS``) of each real photograph in ``REAL_PHOTOS``."""
     from matplotlib import cbook
 
     out = []
@@ -129,15 +139,44 @@ def real_photo_crops(size: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
             "top": ((pw - side) // 2, 0, (pw + side) // 2, side),
             "close": (pw // 6, ph // 8, pw - pw // 6, ph - ph // 3),
         }
-        for framing, box in boxes.items():
-            out.append((f"{name.rsplit('.', 1)[0]}:{framing}", np.asarray(photo.crop(box).resize((w, h), Image.BILINEAR))))
+        for framing in FRAMINGS:
+            crop_ = photo.crop(boxes[framing]).resize((w, h), Image.BILINEAR)
+            out.append((f"{name.rsplit('.', 1)[0]}:{framing}", np.asarray(crop_)))
     return out
+
+
+def real_photo_key(image_id: str) -> tuple[int, int, int]:
+    """Where a real-photo stress image (``grace_hopper:top``, ``grace_hopper:top:jpeg``) comes in the order
+    stress sets take them: framing by framing, clean before corrupted, the photos in turn, so the first few
+    cover every photo. Ids it does not know come last."""
+    stem, _, rest = image_id.partition(":")
+    framing, _, corruption = rest.partition(":")
+    stems = [name.rsplit(".", 1)[0] for name in REAL_PHOTOS]
+    return (FRAMINGS.index(framing) if framing in FRAMINGS else len(FRAMINGS), int(bool(corruption)),
+            stems.index(stem) if stem in stems else len(stems))
+
+
+def real_photo_count(images: int) -> int:
+    """How many real-photo images a stress set of ``images`` parity images holds (``REAL_PER_IMAGE`` each, at
+    most all of them), so that its share of real photos does not depend on the number of parity images."""
+    return min(images * REAL_PER_IMAGE, 2 * len(REAL_PHOTOS) * len(FRAMINGS))
+
+
+def real_photo_images(size: tuple[int, int], seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """(id, uint8 image) for every real-photo crop, clean and under one corruption, in ``real_photo_key`` order."""
+    names = list(CORRUPTIONS)
+    out = []
+    for j, (photo_id, photo) in enumerate(real_photo_crops(size)):
+        k = _REAL_SEED_BASE + j
+        name = names[k % len(names)]
+        out += [(photo_id, photo), (f"{photo_id}:{name}", corrupt(photo, name, seed * 1_000_003 + k))]
+    return sorted(out, key=lambda item: real_photo_key(item[0]))
 
 
 def stress_images(images: np.ndarray, ids: list[str], size: tuple[int, int], *, per_image: int = 2,
                   seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """The stress set: each image under ``per_image`` corruptions (cycling through all of them),
-    then the real-photo crops clean and under one corruption each. Returns (uint8 [N,H,W,3], ids)."""
+    """The stress set: each image under ``per_image`` corruptions (cycling through all of them), then the first
+    ``real_photo_count(len(images))`` real-photo images (``real_photo_images``). Returns (uint8 [N,H,W,3], ids)."""
     names = list(CORRUPTIONS)
     out, out_ids = [], []
     k = 0
@@ -147,9 +186,7 @@ def stress_images(images: np.ndarray, ids: list[str], size: tuple[int, int], *, 
             out.append(corrupt(img, name, seed * 1_000_003 + k))
             out_ids.append(f"{i}:{name}")
             k += 1
-    for photo_id, photo in real_photo_crops(size):
-        name = names[k % len(names)]
-        out += [photo, corrupt(photo, name, seed * 1_000_003 + k)]
-        out_ids += [photo_id, f"{photo_id}:{name}"]
-        k += 1
+    for photo_id, photo in real_photo_images(size, seed)[:real_photo_count(len(ids))]:
+        out.append(photo)
+        out_ids.append(photo_id)
     return np.stack(out), out_ids
