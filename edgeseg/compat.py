@@ -12,6 +12,8 @@ import sys
 import tempfile
 from typing import Iterator
 
+from edgeseg.errors import require
+
 # coremltools logs these at import on Linux, where its native prediction library does not
 # exist by design (edgeseg uses its own reference runner there). They would break the
 # one-line error contract of the CLI.
@@ -71,3 +73,18 @@ def native_notices_dropped(notices: tuple[bytes, ...] = _LITERT_NOTICES) -> Iter
             kept = [line for line in held.read().splitlines(keepends=True) if line.rstrip(b"\r\n") not in notices]
             if kept:
                 os.write(2, b"".join(kept))
+
+
+def import_coremltools(why: str):
+    """The ``coremltools`` module, imported without the notices its import logs to stderr: its untested
+    scikit-learn and torch versions (held back by its logger's level during this import only), the
+    native library missing off macOS and torch's notice about torchao (``install_log_filters``).
+    Errors still show. MissingExtra naming ``edgeseg[coreml]`` when it is not installed."""
+    install_log_filters()
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return require("coremltools", "coreml", why)
+    finally:
+        logger.setLevel(level)

@@ -565,7 +565,7 @@ COREMLTOOLS_IMPORT_NOTICES = ("scikit-learn version", "has not been tested with 
 
 
 def test_opening_a_core_ml_file_prints_no_import_notices(tmp_path):
-    """``edgeseg.load`` and ``edgeseg predict`` of a Core ML file, each in a fresh process: coremltools logs these
+    """``edgeseg.load``, ``edgeseg predict`` and ``edgeseg inspect`` of a Core ML file, each in a fresh process: coremltools logs these
     on its first import only, which this module already did."""
     from PIL import Image
 
@@ -575,6 +575,7 @@ def test_opening_a_core_ml_file_prints_no_import_notices(tmp_path):
     load = run_command([sys.executable, "-c", f"import edgeseg; edgeseg.load({str(ASSETS)!r}, format='coreml')"])
     Image.fromarray(_images(1)[0]).save(tmp_path / "a.png")
     predict = run_edgeseg("predict", ASSETS, tmp_path / "a.png", "--out", tmp_path / "out", "--artifact", "coreml")
-    for run in (load, predict):
+    inspect = run_edgeseg("inspect", next(ASSETS.glob("*.mlpackage")))
+    for run in (load, predict, inspect):
         assert run.returncode == 0, run.stderr[-3000:]
         assert [line for line in run.stderr.splitlines() if any(n in line for n in COREMLTOOLS_IMPORT_NOTICES)] == []

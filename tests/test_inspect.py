@@ -641,3 +641,13 @@ def test_quant_error_names_the_missing_extra(exported, tmp_path):
                         "--quant-error"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2 and r.stdout == ""
     assert "pip install 'edgeseg[tflite]'" in one_line_error(r.stderr)
+
+
+def test_inspect_of_a_tflite_file_prints_no_litert_delegate_notice(exported):
+    """'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.' from LiteRT's C++ runtime landed on stderr
+    (in a fresh process: LiteRT prints it once per process)."""
+    from conftest import run_edgeseg
+
+    r = run_edgeseg("inspect", exported.root / "tiny-int8.tflite")
+    assert r.returncode == 0, r.stderr
+    assert "XNNPACK delegate" not in r.stderr and "tiny-int8.tflite" in r.stdout

@@ -1,7 +1,7 @@
 """Core ML export: mlprogram .mlpackage with an RGB ImageType input (layer 4)."""
 from __future__ import annotations
 
-from edgeseg.errors import require
+from edgeseg.compat import import_coremltools
 from edgeseg.export.base import ExportJob, PerModelCache, artifact_for, check_precision, register_exporter
 from edgeseg.manifest import Artifact
 
@@ -18,7 +18,7 @@ class CoreMLExporter:
 
     def export(self, job: ExportJob) -> Artifact:
         check_precision(self, job.precision)
-        require("coremltools", "coreml", "Core ML export")
+        import_coremltools("Core ML export")
         from edgeseg.export.coreml_convert import convert_coreml
 
         h, w = job.info.input_size

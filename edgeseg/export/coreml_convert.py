@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from edgeseg import __version__
+from edgeseg.compat import import_coremltools
 from edgeseg.errors import EdgesegError, require
 from edgeseg.fsutil import atomic_path
 
@@ -170,7 +171,7 @@ def convert_coreml(
         "weight_threshold": weight_threshold,
     }
     user_metadata = _merge_metadata(facts, metadata or {})
-    require("coremltools", "coreml", "Core ML export")
+    import_coremltools("Core ML export")
     if model.training:
         raise EdgesegError("convert_coreml needs the model in eval mode (call model.eval())")
     net = model if factors is None else _channel_scaled(model, factors)
@@ -224,7 +225,7 @@ def _converted(net, cache: dict, *, height: int, width: int, scale: float, bias:
     before; the traced (``torch.export``) program is cached too, so each model is traced once."""
     if compute in cache:
         return cache[compute]
-    ct = require("coremltools", "coreml", "Core ML export")
+    ct = import_coremltools("Core ML export")
     torch = require("torch", "coreml")
     if "exported" not in cache:
         cache["exported"] = torch.export.export(net, (torch.zeros(1, 3, height, width),)).run_decompositions({})

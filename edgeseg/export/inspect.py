@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.compat import import_coremltools
 from edgeseg.errors import ArtifactError, require
 from edgeseg.export.inspect_pte import describe_pte, executorch_op_places, print_executorch_coverage
 from edgeseg.manifest import MANIFEST_NAME, Artifact, Manifest, file_digest, find_artifact_for_file
@@ -133,7 +134,7 @@ def _coreml(path: Path) -> dict:
     from edgeseg.runtime.coreml_runner import check_package, package_copy
 
     check_package(path)  # before coremltools: its import prints warnings and takes seconds
-    require("coremltools", "coreml", "inspecting Core ML files")
+    import_coremltools("inspecting Core ML files")
     from edgeseg.export.coreml_convert import read_coreml_info
 
     with package_copy(path) as copy:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseg.compat import native_notices_dropped
 from edgeseg.errors import ArtifactError, DataError, require
 from edgeseg.manifest import MANIFEST_NAME, Artifact, Manifest, find_artifact_for_file
 
@@ -116,7 +117,8 @@ def quant_error(path: str | Path, *, data_dir: str | Path | None = None, count: 
     manifest, entry = _int8_entry(Path(path))
     measure = {"onnx": _measure_onnx, "tflite": _measure_tflite}[entry.format]
     images, source = _images(manifest, data_dir, count)
-    measured = measure(manifest, entry, images)
+    with native_notices_dropped():  # LiteRT's delegate notice; what else native code says still shows
+        measured = measure(manifest, entry, images)
     layers = rank_layers(measured)
     ops = sum(op.op_type not in measured.quantizer_ops for op in measured.ops)
     if len(layers) < ops / 2:  # tensor names differ: not the graph this file was quantized from

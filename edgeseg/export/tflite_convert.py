@@ -20,6 +20,7 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 
+from edgeseg.compat import native_notices_dropped
 from edgeseg.errors import ArtifactError, EdgesegError, require
 from edgeseg.export.mediapipe_metadata import add_segmenter_metadata
 from edgeseg.export.tflite_flatbuffer import io_details, prepend_input_normalization, uint8_input_float_output
@@ -112,7 +113,8 @@ def xnnpack_partitions(model: bytes) -> tuple[int, list[str]]:
     """
     interpreter_mod = require("ai_edge_litert.interpreter", "tflite", "measuring XNNPACK delegation")
     interpreter = interpreter_mod.Interpreter(model_content=bytes(model), num_threads=1)
-    interpreter.allocate_tensors()
+    with native_notices_dropped():
+        interpreter.allocate_tensors()
     nodes = interpreter._get_ops_details()  # private, but the only view of the node list in 2.3.0
     delegates = [n for n in nodes if n["op_name"] == "DELEGATE"]
     producer = {int(t): n for n in nodes if n["op_name"] != "DELEGATE" for t in n["outputs"]}

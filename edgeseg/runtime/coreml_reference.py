@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from edgeseg.compat import install_log_filters
+from edgeseg.compat import import_coremltools
 from edgeseg.errors import ArtifactError, EdgesegError, require
 
 WEIGHTS_SUBDIR = "Data/com.apple.CoreML/weights"
@@ -317,21 +316,6 @@ OPS: dict[str, Callable[[Args], Any]] = {
 
 
 # ----------------------------------------------------------------------------- program loading
-
-
-def import_coremltools(why: str):
-    """The ``coremltools`` module, imported without the notices its import logs to stderr: its untested
-    scikit-learn and torch versions (held back by its logger's level during this import only), the
-    native library missing off macOS and torch's notice about torchao (``install_log_filters``).
-    Errors still show. MissingExtra naming ``edgeseg[coreml]`` when it is not installed."""
-    install_log_filters()
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        return require("coremltools", "coreml", why)
-    finally:
-        logger.setLevel(level)
 
 
 def load_program(path: str | Path):

@@ -19,7 +19,8 @@ import numpy as np
 from edgeseg.errors import ArtifactError
 from edgeseg.manifest import Artifact, Manifest
 from edgeseg.runtime.base import Runner, check_batch
-from edgeseg.runtime.coreml_reference import CoreMLReferenceProgram, import_coremltools
+from edgeseg.compat import import_coremltools
+from edgeseg.runtime.coreml_reference import CoreMLReferenceProgram
 
 
 def on_macos() -> bool:
