@@ -121,7 +121,7 @@ def test_export_force_never_replaces_a_users_manifest_or_folder(tiny_checkpoint,
     (out / "tiny-fp32.onnx" / "keep.txt").write_text("keep")
     (out / "manifest.json").write_text('{"name": "My PWA"}')
     assert_refused(cli, "export", tiny_checkpoint, "--out", out, "--formats", "onnx", "--precisions", "fp32", "--force",
-                   watch=[tmp_path], match="manifest.json, tiny-fp32.onnx would be replaced")
+                   watch=[tmp_path], match="this export would replace manifest.json, tiny-fp32.onnx, which edgeseg did not write")
 
 
 def test_export_force_writes_beside_the_users_files(tiny_checkpoint, tmp_path, cli):
