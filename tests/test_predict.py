@@ -387,3 +387,39 @@ def test_two_predicts_into_one_folder_at_once_keep_each_others_ledger_entries(tm
     assert sorted(ledger) == ["a.png", "b.png"]
     again = plan_predict([tmp_path / "b" / "b.png"], out)  # not refused: the ledger still lists b.png as ours
     assert [j.name for j in again.jobs] == ["b.png"]
+
+
+def test_a_run_killed_between_the_ledger_and_the_renames_leaves_a_folder_the_next_run_accepts(tmp_path, monkeypatch):
+    """The ledger lists a batch before its files are renamed into place. A run that died in between (kill -9,
+    power loss) left the ledger naming the new bytes while the old ones were still there, and every later run
+    refused the folder ('changed since') until --force. A replaced file is now listed with both sha256s."""
+    import os
+
+    from edgeseg.apply import predict as predict_mod
+    from edgeseg.apply.predict import plan_predict, run_predict
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(synth.render("portrait", 48, 1).image).save(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    run_predict("default", plan_predict([tmp_path / "in"], out))
+    before = (out / "a.png").read_bytes()
+
+    class Killed(BaseException):
+        pass
+
+    real = os.replace
+
+    def dies_after_the_ledger(src, dst):
+        real(src, dst)
+        if Path(dst).name == LEDGER_NAME:
+            raise Killed  # the ledger is installed; the process dies before the output's rename
+
+    monkeypatch.setattr(predict_mod.os, "replace", dies_after_the_ledger)
+    with pytest.raises(Killed):
+        run_predict("default", plan_predict([tmp_path / "in"], out, output="alpha"))
+    monkeypatch.setattr(predict_mod.os, "replace", real)
+    assert (out / "a.png").read_bytes() == before  # the old output, under a ledger that lists the new one too
+    entry = json.loads((out / LEDGER_NAME).read_text())["files"]["a.png"]
+    assert isinstance(entry, list) and len(entry) == 2
+    run_predict("default", plan_predict([tmp_path / "in"], out, output="alpha"))  # not refused
+    assert (out / "a.png").read_bytes() != before

@@ -14,7 +14,9 @@ among the inputs: an ``--out`` that is an input folder or lies inside one is ref
 Crash safety: each file is written in a staging folder inside its destination folder (``fsutil.staging_dir``:
 its name carries this process id, so the next run into that folder removes what a killed run left) and
 renamed into place after the ledger lists it; a folder this run created is removed again if it is left
-empty (every input failed, or the disk filled up).
+empty (every input failed, or the disk filled up). A file being replaced is listed with both sha256s, the
+bytes it held and the new ones (``[old, new]``), so a run killed between the ledger's update and the
+renames leaves a folder the next run still recognises as its own.
 
 Memory: full-resolution results are built a band of rows at a time (``compose.row_bands``), so a
 photo needs a few tens of bytes per pixel whatever its size and output mode.
@@ -39,7 +41,7 @@ from edgeseg.apply.video import (OUTPUT_SUFFIX, VIDEO_SUFFIXES, VideoInfo, is_vi
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import resize_pixels
 from edgeseg.errors import DataError, EdgesegError
-from edgeseg.fsutil import check_output, file_holds, folder_lock, is_staging, sha256_file, staging_dir
+from edgeseg.fsutil import check_output, folder_lock, is_staging, sha256_file, staging_dir
 from edgeseg.bench.gate import parity_problem
 from edgeseg.runtime.loader import LoadedModel, load_model
 from edgeseg.runtime.stabilizer import SmoothCfg, frame_run, softmax
@@ -80,7 +82,8 @@ class PredictPlan:
     jobs: list[Job]
     output: str = "mask"
     background: np.ndarray | None = None  # uint8 HxWx3 for --output replace
-    ledger: dict[str, str] = field(default_factory=dict)  # output name -> sha256 edgeseg wrote
+    ledger: dict[str, str | list[str]] = field(default_factory=dict)  # output name -> sha256(s) edgeseg wrote
+    held: dict[str, str] = field(default_factory=dict)  # output name -> sha256 of the file there now (ours)
 
     @property
     def units(self) -> int:
@@ -208,8 +211,9 @@ def _refuse_blocked_paths(jobs: list[Job], out_dir: Path) -> None:
                                "replaces a folder")
 
 
-def read_ledger(out_dir: Path, *, force: bool = False) -> dict[str, str]:
-    """The names and sha256 of the files edgeseg predict wrote in ``out_dir`` ({} when none).
+def read_ledger(out_dir: Path, *, force: bool = False) -> dict[str, str | list[str]]:
+    """The names and sha256 of the files edgeseg predict wrote in ``out_dir`` ({} when none): one sha256, or
+    a list of them when the file holds one of those (it was being replaced).
 
     A ledger file that is not ours is refused (it would be replaced) unless ``force``.
     """
@@ -219,7 +223,7 @@ def read_ledger(out_dir: Path, *, force: bool = False) -> dict[str, str]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         files = data["files"]
-        if data.get("schema_version") != LEDGER_SCHEMA or not all(isinstance(v, str) for v in files.values()):
+        if data.get("schema_version") != LEDGER_SCHEMA or not all(_is_entry(v) for v in files.values()):
             raise ValueError("unknown layout")
         return dict(files)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -229,15 +233,33 @@ def read_ledger(out_dir: Path, *, force: bool = False) -> dict[str, str]:
                            "move it away, or pass --force to replace it") from None
 
 
-def _ours(path: Path, sha: str | None) -> bool:
-    """Whether ``path`` holds exactly the bytes whose sha256 the ledger recorded."""
-    return sha is not None and file_holds(path, sha)
+def _is_entry(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value))
 
 
-def _refuse_foreign_files(jobs: list[Job], out_dir: Path, ledger: dict[str, str]) -> None:
-    """An existing output file may be replaced only when the ledger lists it with its current sha256."""
-    foreign = [out_dir / j.name for j in jobs
-               if (out_dir / j.name).exists() and not _ours(out_dir / j.name, ledger.get(j.name))]
+def _held(path: Path, entry: str | list[str] | None) -> str | None:
+    """The sha256 ``path`` holds when it is one the ledger's ``entry`` recorded (the file is ours), else None."""
+    if entry is None or not path.is_file():
+        return None
+    try:
+        sha = sha256_file(path)
+    except OSError:
+        return None
+    return sha if sha in ([entry] if isinstance(entry, str) else entry) else None
+
+
+def _refuse_foreign_files(jobs: list[Job], out_dir: Path, ledger: dict, held: dict[str, str]) -> None:
+    """An existing output file may be replaced only when the ledger lists it with its current sha256; the
+    sha256 of each one that is ours goes into ``held``."""
+    foreign = []
+    for j in jobs:
+        path = out_dir / j.name
+        if path.exists() or path.is_symlink():
+            sha = _held(path, ledger.get(j.name))
+            if sha is None:
+                foreign.append(path)
+            else:
+                held[j.name] = sha
     if foreign:
         raise EdgesegError(f"{len(foreign)} existing file(s) in --out {out_dir} were not written by edgeseg predict "
                            f"(or changed since): {_listing(foreign)}; pass --force to replace them")
@@ -276,12 +298,12 @@ def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", backgroun
     _refuse_collisions(jobs)
     _refuse_writing_inputs(jobs, out_dir, [background] if background else [])
     _refuse_blocked_paths(jobs, out_dir)
-    ledger = read_ledger(out_dir, force=force)
+    ledger, held = read_ledger(out_dir, force=force), {}
     if not force:
-        _refuse_foreign_files(jobs, out_dir, ledger)
+        _refuse_foreign_files(jobs, out_dir, ledger, held)
     bg = load_image(background) if output == "replace" else None
     jobs = [Job(j.source, j.name, probe_video(j.source)) if is_video(j.source) else j for j in jobs]
-    return PredictPlan(out_dir, jobs, output, bg, ledger)
+    return PredictPlan(out_dir, jobs, output, bg, ledger, held)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,7 +461,11 @@ class _Placer:
         if not pending:
             return
         plan = self.plan
-        names = {dest.relative_to(plan.out_dir).as_posix(): sha for _, dest, sha in pending}
+        names = {}
+        for _, dest, sha in pending:  # a replaced file: either sha256 until its rename is done
+            name = dest.relative_to(plan.out_dir).as_posix()
+            old = plan.held.get(name)
+            names[name] = [old, sha] if old not in (None, sha) else sha
         plan.ledger.update(names)
         with folder_lock(plan.out_dir):
             files = read_ledger(plan.out_dir, force=True)  # a ledger that is not ours was refused or --force'd at plan time
