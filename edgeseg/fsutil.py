@@ -7,6 +7,7 @@ swapping or removing the user's folder.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -256,6 +257,12 @@ def is_staging(path: str | os.PathLike) -> bool:
     return Path(path).name.startswith(STAGING_PREFIX)
 
 
+# What an install into a folder is putting in place (relative path -> sha256), written before the renames and
+# removed after them: a run killed in between leaves files that no record of their owner lists yet, and
+# ``being_installed`` tells the next run they are edgeseg's. Its name is a staging name: never a user's file.
+INSTALLING = f"{STAGING_PREFIX}installing.json"
+
+
 def install_staged(staging: Path, dest: Path, *, owned: Iterable[str] = (), last: str | None = None) -> None:
     """Move everything in ``staging`` into ``dest`` and remove ``staging``.
 
@@ -263,7 +270,8 @@ def install_staged(staging: Path, dest: Path, *, owned: Iterable[str] = (), last
     mode and every entry that is neither in ``staging`` nor in ``owned`` (names edgeseg wrote there
     before, e.g. the files an earlier manifest listed, which are removed when not written again).
     Each entry is replaced by a rename; ``last`` (e.g. the manifest) is moved after all others, so
-    a reader that trusts it never sees it before the files it describes.
+    a reader that trusts it never sees it before the files it describes. Into an existing ``dest``, the
+    files being installed are recorded first (``INSTALLING``, see ``being_installed``).
     """
     staging, dest = Path(staging), Path(dest)
     names = sorted(p.name for p in staging.iterdir())
@@ -272,6 +280,9 @@ def install_staged(staging: Path, dest: Path, *, owned: Iterable[str] = (), last
         os.replace(staging, dest)
         return
     dest.mkdir(parents=True, exist_ok=True)
+    record = dest / INSTALLING
+    files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+    write_bytes_atomic(record, json.dumps({"files": files}).encode())
     order = [n for n in names if n != last] + ([last] if last in names else [])
     for name in order:
         src, dst = staging / name, dest / name
@@ -280,7 +291,25 @@ def install_staged(staging: Path, dest: Path, *, owned: Iterable[str] = (), last
         os.replace(src, dst)
     for name in set(owned) - set(names):
         _remove(dest / name)
+    record.unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def being_installed(dest: str | os.PathLike, rel: str) -> bool:
+    """Whether ``dest / rel`` (a file, or a folder and every file in it) holds exactly what an install into
+    ``dest`` that did not finish was putting there (``INSTALLING``): edgeseg's, though no manifest, marker or
+    ledger lists it yet."""
+    try:
+        files = json.loads((Path(dest) / INSTALLING).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    path = Path(dest) / rel
+    if not isinstance(files, dict) or path.is_symlink():
+        return False
+    if path.is_file():
+        return file_holds(path, files.get(Path(rel).as_posix(), ""))
+    inside = [p for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() else []
+    return bool(inside) and all(file_holds(p, files.get(p.relative_to(dest).as_posix(), "")) for p in inside)
 
 
 def _remove(path: Path) -> None:

@@ -228,3 +228,29 @@ def test_module_imports_only_numpy_pillow_stdlib_and_edgeseg_basics():
     stdlib = sys.stdlib_module_names
     extra = {r for r in roots if r not in allowed and r.split(".")[0] not in stdlib}
     assert not extra, extra
+
+
+def test_data_synth_killed_while_installing_leaves_a_folder_the_next_run_replaces(tmp_path, cli, monkeypatch):
+    """A run killed between the renames of its install (images/ in place, masks/ and the marker not yet) left
+    files no marker listed: every later run refused the folder as the user's."""
+    from edgeseg import fsutil
+
+    out = tmp_path / "ds"
+    assert cli("data", "synth", out, "--count", "2", "--size", "32").exit_code == 0
+    real = os.replace
+
+    class Killed(BaseException):
+        pass
+
+    def dies_after_images(src, dst):
+        real(src, dst)
+        if Path(dst) == out / "images":
+            raise Killed
+
+    monkeypatch.setattr(fsutil.os, "replace", dies_after_images)
+    with pytest.raises(Killed):
+        synth.write_dataset(out, "portrait", 3, 32, seed=1)
+    monkeypatch.setattr(fsutil.os, "replace", real)
+    r = cli("data", "synth", out, "--count", "3", "--size", "32")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"synth_00000{i}.png" for i in range(3)]

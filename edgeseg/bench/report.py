@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.fsutil import atomic_path, check_output, file_holds, install_staged, sha256_file, staging_dir
+from edgeseg.fsutil import atomic_path, being_installed, check_output, file_holds, install_staged, sha256_file, staging_dir
 from edgeseg.bench.temporal import COLUMNS as FLICKER_COLUMNS, flicker_rows
 
 COLUMNS = ["artifact", "runtime", "threads", "p50 ms", "p90 ms", "normalized p50", "speed-up vs PyTorch", "load ms",
@@ -386,6 +386,7 @@ def report_owned(out_dir: str | Path) -> set[str]:
         owned = {REPORT_LEDGER} | {n for n, sha in ledger.items() if _holds(out / n, sha)}
     else:
         owned = _unledgered_report(out)
+    owned |= {n for n in REPORT_FILES if being_installed(out, n)}  # a report killed while it was being installed
     foreign = [n for n in (REPORT_LEDGER, *REPORT_FILES) if ((out / n).exists() or (out / n).is_symlink()) and n not in owned]
     if foreign:
         raise EdgesegError(f"--report {out_dir} holds {', '.join(foreign)}, not written by edgeseg bench (or changed since); "

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edgeseg.errors import DataError
-from edgeseg.fsutil import check_output, file_holds, install_staged, is_staging, sha256_file, staging_dir
+from edgeseg.fsutil import being_installed, check_output, file_holds, install_staged, is_staging, sha256_file, staging_dir
 
 PORTRAIT_CLASSES = ("background", "person")
 PARTS_CLASSES = ("background", "hair", "skin", "body", "clothes")
@@ -210,7 +210,8 @@ def _check_synth_target(out: Path, files_written: Callable[[Path], set[str]] | N
         return
     expected = (files_written or _files_written)(out)
     present = {str(p.relative_to(out)) for p in out.rglob("*") if not is_staging(p.relative_to(out).parts[0])}
-    foreign = sorted(present - expected) if expected else entries
+    unlisted = sorted(present - expected) if expected else entries
+    foreign = [p for p in unlisted if not being_installed(out, p)]  # those: a run killed while installing them
     if foreign:
         raise DataError(f"{out} is not empty ({_few(foreign)}) and was not written by 'edgeseg data synth'; "
                         "choose an empty or new folder")
@@ -238,7 +239,7 @@ def _changed_files(out: Path, marker: str) -> list[str]:
     for rel, sha in recorded.items():
         parts = Path(rel).parts if isinstance(rel, str) else ("..",)
         path = out / rel if parts and ".." not in parts and not Path(rel).is_absolute() else None
-        if path is not None and path.is_file() and not file_holds(path, sha):
+        if path is not None and path.is_file() and not (file_holds(path, sha) or being_installed(out, rel)):
             changed.append(rel)
     return sorted(changed)
 

@@ -27,7 +27,7 @@ from edgeseg.bench.stored_reference import store_reference
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra, require
 from edgeseg.export.base import CALIBRATED_PRECISION, EXPORTERS, ExportJob, embedded_metadata
 from edgeseg.export.quant_images import CalibrationWarning, calibration_images, check_folder, parity_source
-from edgeseg.fsutil import check_output, install_staged, is_staging, staging_dir
+from edgeseg.fsutil import being_installed, check_output, install_staged, is_staging, staging_dir
 from edgeseg.manifest import MANIFEST_NAME, REFERENCE_NAME, SUFFIXES, Artifact, Manifest, file_digest
 from edgeseg.export.source import ExportSource, checkpoint_source
 from edgeseg.models.checkpoint import resolve_checkpoint
@@ -331,11 +331,12 @@ def _earlier_export_entries(dest: Path) -> dict[str, object]:
 
 
 def _unchanged(path: Path, sha256: object) -> bool:
-    """Whether ``path`` still holds what the earlier manifest recorded (a missing entry counts as unchanged)."""
+    """Whether ``path`` still holds what the earlier manifest recorded (a missing entry counts as unchanged), or
+    what an export killed while installing was putting there (``being_installed``)."""
     if not (path.exists() or path.is_symlink()):
         return True
     try:
-        return not path.is_symlink() and file_digest(path)[1] == sha256
+        return not path.is_symlink() and (file_digest(path)[1] == sha256 or being_installed(path.parent, path.name))
     except OSError:
         return False
 
