@@ -88,3 +88,18 @@ def import_coremltools(why: str):
         return require("coremltools", "coreml", why)
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def loggers_quiet_below_error(*names: str) -> Iterator[None]:
+    """Within the block, the named loggers (and their children) pass only errors: e.g. huggingface_hub's
+    warning for each retry of a download that cannot succeed offline, printed before edgeseg's one-line error."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

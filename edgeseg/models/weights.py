@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 
+from edgeseg.compat import loggers_quiet_below_error
 from edgeseg.errors import CheckpointError, RecipeError
 from edgeseg.models.checkpoint import load_state_dict_file, state_mismatch, upgrade_state
 from edgeseg.models.spec import ArchSpec
@@ -172,7 +173,8 @@ def _timm_state(model_name: str, label: str) -> dict:
     check_hash = getattr(_builder, "_CHECK_HASH", False)
     set_pretrained_check_hash(True)  # timm leaves torch hub's hash check off for URL weights
     try:
-        model = timm.create_model(full, pretrained=True)
+        with loggers_quiet_below_error("huggingface_hub"):  # a warning per retry when the hub cannot be reached
+            model = timm.create_model(full, pretrained=True)
     except Exception as exc:
         raise _fetch_failed(exc, label, where, cache, how, hub=hub) from None
     finally:
