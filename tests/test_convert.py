@@ -208,3 +208,15 @@ def test_converted_coco_folder_trains(cli, tmp_path):
     r = run_edgeseg("train", "--recipe", recipe, "--out", tmp_path / "run")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_labelme_shapes_of_labels_not_in_classes_are_reported(cli, tmp_path):
+    """They were drawn as background without a word (a label with a stray space among them)."""
+    folder = _labelme(tmp_path / "lm")
+    doc = json.loads((folder / "a.json").read_text())
+    doc["shapes"].append({**doc["shapes"][0], "label": "person "})
+    (folder / "a.json").write_text(json.dumps(doc))
+    r = cli("data", "convert", "labelme", folder, "--out", tmp_path / "out", "--classes", "person,dog")
+    assert r.exit_code == 0, r.output
+    assert ('warning: 2 shapes with labels not in --classes ("person " x1, "tree" x1): drawn as background'
+            in r.stderr)

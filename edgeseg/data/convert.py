@@ -322,7 +322,7 @@ def plan_labelme(folder: str | os.PathLike, classes: Sequence[str], out: str | o
         raise EdgesegError(f"--classes: no shape in {folder} is labelled {_quoted(unknown, ' or ')}; labels present: "
                            f"{', '.join(present) or 'none'}")
 
-    items, missing, no_area, other = [], [], 0, {}
+    items, missing, no_area, other, unnamed = [], [], 0, {}, {}
     for file, doc in docs:
         image = file.parent / doc["imagePath"].replace("\\", "/")
         size = None
@@ -334,6 +334,7 @@ def plan_labelme(folder: str | os.PathLike, classes: Sequence[str], out: str | o
         shapes = []
         for i, shape in enumerate(doc["shapes"]):
             if shape["label"] not in names:
+                unnamed[shape["label"]] = unnamed.get(shape["label"], 0) + 1
                 continue
             kind = shape.get("shape_type") or "polygon"  # LabelMe before 3.0 wrote no shape_type
             if kind not in LABELME_SHAPES:
@@ -356,6 +357,10 @@ def plan_labelme(folder: str | os.PathLike, classes: Sequence[str], out: str | o
         n = sum(other.values())
         skipped.append(f"{n} shape{'s' if n != 1 else ''} of named classes not {'/'.join(LABELME_SHAPES)} "
                        f"({kinds}): not drawn")
+    if unnamed:
+        n = sum(unnamed.values())
+        labels = ", ".join(f'"{label}" x{c}' for label, c in sorted(unnamed.items()))
+        skipped.append(f"{n} shape{'s' if n != 1 else ''} with labels not in --classes ({labels}): drawn as background")
     if no_area:
         skipped.append(f"{no_area} polygon{'s' if no_area != 1 else ''} of named classes with fewer than 3 points: not drawn")
     nested = sum(1 for p in folder.rglob("*.json") if p.parent != folder and p.is_file())

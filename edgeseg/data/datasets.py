@@ -1,8 +1,8 @@
 """Dataset layouts and in-memory sources (layer 1).
 
 Layouts: (a) folder pairs ``images/<id>.<ext>`` + ``masks/<id>.png`` (optionally under
-``<split>/``), (b) Pascal VOC (``JPEGImages/``, ``SegmentationClass/``,
-``ImageSets/Segmentation/<split>.txt``). A *source* yields (image uint8 HWC, mask uint8 HW, id).
+``<split>/``; an id may hold sub-folders, ``trip/x``, mirrored in both), (b) Pascal VOC (``JPEGImages/``,
+``SegmentationClass/``, ``ImageSets/Segmentation/<split>.txt``). A *source* yields (image uint8 HWC, mask uint8 HW, id).
 """
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from typing import Protocol
 import numpy as np
 
 from edgeseg.data import synth
-from edgeseg.data.images import IMAGE_SUFFIXES, load_image, load_mask
+from edgeseg.data.images import IMAGE_SUFFIXES, ignore_is_filled, load_image, load_mask
 from edgeseg.errors import DataError
+
+# Masks read up front by ``check_not_0_255`` (evenly spaced over the split): bounded, whatever the dataset's size
+MASK_SAMPLE = 16
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -38,34 +41,61 @@ class Pair:
 
 
 def read_classes(root: Path) -> tuple[str, ...] | None:
-    """Class names from ``root/classes.txt`` (one per line), or None if absent."""
+    """Class names from ``root/classes.txt`` (one per line, a UTF-8 BOM allowed), or None if absent."""
     f = root / "classes.txt"
     if not f.is_file():
         return None
-    names = tuple(line.strip() for line in f.read_text().splitlines() if line.strip())
+    names = tuple(line.strip() for line in f.read_text(encoding="utf-8-sig").splitlines() if line.strip())
     if len(names) < 2:
         raise DataError(f"{f}: needs at least two class names, found {len(names)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"{f}: class {twice[0]!r} is listed twice; give each class one line, in class-id order")
     return names
 
 
-def _images_in(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+def _files_in(folder: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """(id -> file with one of ``suffixes``, id -> any other file) under ``folder``, sub-folders included.
+
+    An id is the path relative to ``folder`` without its suffix (``sub/x`` for ``sub/x.jpg``); hidden
+    files and folders are skipped. Two wanted files with one id (``x.jpg`` and ``x.png``) are an error.
+    """
+    wanted: dict[str, Path] = {}
+    other: dict[str, Path] = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if not p.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        key = rel.with_suffix("").as_posix()
+        if p.suffix.lower() not in suffixes:
+            other.setdefault(key, p)
+        elif key in wanted:
+            raise DataError(f"{wanted[key]} and {p}: two files named {key}.*, and only one can be used; rename or "
+                            "remove one")
+        else:
+            wanted[key] = p
+    return wanted, other
+
+
+def _no_mask(image: Path, masks_dir: Path, key: str, other: dict[str, Path]) -> DataError:
+    found = f" (found {other[key]}: masks must be PNG, class ids as pixel values)" if key in other else ""
+    return DataError(f"{image}: no mask {masks_dir / (key + '.png')}{found}")
 
 
 def _folder_pairs(base: Path, need_masks: bool) -> list[Pair]:
-    images = _images_in(base / "images")
+    images, _ = _files_in(base / "images", IMAGE_SUFFIXES)
     masks_dir = base / "masks"
-    masks = {p.stem: p for p in sorted(masks_dir.glob("*.png"))} if masks_dir.is_dir() else {}
+    masks, other = _files_in(masks_dir, (".png",)) if masks_dir.is_dir() else ({}, {})
     if need_masks:
         if not masks_dir.is_dir():
             raise DataError(f"{base}: has images/ but no masks/ folder")
-        for stem in images:
-            if stem not in masks:
-                raise DataError(f"{images[stem]}: no mask {masks_dir / (stem + '.png')}")
-        for stem in masks:
-            if stem not in images:
-                raise DataError(f"{masks[stem]}: no image named {stem}.* in {base / 'images'}")
-    return [Pair(s, images[s], masks.get(s)) for s in sorted(images)]
+        for key in images:
+            if key not in masks:
+                raise _no_mask(images[key], masks_dir, key, other)
+        for key in masks:
+            if key not in images:
+                raise DataError(f"{masks[key]}: no image named {key}.* in {base / 'images'}")
+    return [Pair(k, images[k], masks.get(k)) for k in sorted(images)]
 
 
 def _voc_pairs(root: Path, split: str) -> list[Pair]:
@@ -129,9 +159,20 @@ def discover_pairs(root: str | Path, split: str, *, val_fraction: float = 0.1, n
     else:
         raise DataError(f"{root}: no split '{split}' (no {root / split / 'images'}); {_choose(split_names(root))}")
     if not pairs:
-        raise DataError(f"{root}: split '{split}' is empty; add images, give it its own {split}/ folder, "
-                        "or raise data.val_fraction")
+        raise _empty_split(root, split)
     return pairs
+
+
+def _empty_split(root: Path, split: str) -> DataError:
+    """The error for a split with no pairs, with the advice that fits its layout."""
+    if detect_layout(root) == "voc":
+        listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        return DataError(f"{listing}: lists no ids; add the ids of split '{split}', one a line")
+    if (root / split / "images").is_dir():
+        return DataError(f"{root / split / 'images'}: split '{split}' has no images; add images (and their masks in "
+                         f"{root / split / 'masks'})")
+    return DataError(f"{root}: split '{split}' is empty; add images, give it its own {split}/ folder, "
+                     "or raise data.val_fraction")
 
 
 class FileSource:
@@ -206,4 +247,26 @@ def open_source(root: str | Path | None, split: str, *, classes: tuple[str, ...]
     names = classes or read_classes(root) or (VOC_CLASSES if detect_layout(root) == "voc" else None)
     if names is None:
         raise DataError(f"{root}: no classes.txt; list the class names in the recipe (data.classes)")
+    check_not_0_255(pairs, tuple(names))
     return FileSource(pairs, tuple(names))
+
+
+def check_not_0_255(pairs: list[Pair], classes: tuple[str, ...]) -> None:
+    """Refuse masks saved as 0/255 binary images (white = the object), which would train on 'ignore' alone.
+
+    Reads at most ``MASK_SAMPLE`` masks, evenly spaced. DataError when none of them holds a class id
+    other than 0 and one holds a solid 255 area (not only VOC-style thin outlines).
+    """
+    with_masks = [p for p in pairs if p.mask is not None]
+    step = max(1, len(with_masks) // MASK_SAMPLE)
+    suspect = None
+    for p in with_masks[::step][:MASK_SAMPLE]:
+        mask = load_mask(p.mask, len(classes))
+        if ((mask > 0) & (mask < 255)).any():
+            return
+        if suspect is None and ignore_is_filled(mask):
+            suspect = p.mask
+    if suspect is not None:
+        raise DataError(f"{suspect}: mask holds only 0 and 255; edgeseg reads 255 as 'ignore' and class ids as "
+                        f"0..{len(classes) - 1}: save {classes[1]} as 1, e.g. mask // 255")
+

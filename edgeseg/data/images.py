@@ -16,6 +16,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from edgeseg.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# JPEG-compressed (MPO: a camera's multi-picture JPEG): never a label mask, whatever the file's name
+LOSSY_FORMATS = ("JPEG", "MPO")
 # Pillow converts premultiplied-alpha modes only to their straight-alpha twins, not to RGB
 _STRAIGHT_ALPHA = {"La": "LA", "RGBa": "RGBA"}
 
@@ -149,10 +151,14 @@ def as_rgb_array(image) -> np.ndarray:
 def load_mask(path: str | Path, num_classes: int | None = None) -> np.ndarray:
     """Read a class-index mask [H, W] uint8 (palette or gray PNG; 255 = ignore).
 
-    Values outside 0..num_classes-1 (other than 255) raise DataError naming the file.
+    Values outside 0..num_classes-1 (other than 255) and JPEG-compressed files (whatever their name)
+    raise DataError naming the file.
     """
     path = Path(path)
     img = _open(path)
+    if img.format in LOSSY_FORMATS:
+        raise DataError(f"{path}: mask is stored as {img.format}, whose compression changes label values (bogus "
+                        "classes at every edge); save masks as PNG from the original label array")
     if img.mode in ("P", "L"):
         mask = np.asarray(img, dtype=np.uint8)
     elif img.mode in ("I", "I;16"):
@@ -167,3 +173,16 @@ def load_mask(path: str | Path, num_classes: int | None = None) -> np.ndarray:
         if bad.size:
             raise DataError(f"{path}: mask value {int(bad[0])} is outside the class range 0..{num_classes - 1} (255 = ignore)")
     return mask
+
+
+def ignore_is_filled(mask: np.ndarray, band: int = 4) -> bool:
+    """Whether the mask's 255 (ignore) pixels include a solid area, not only bands up to ``2 * band``
+    pixels wide (as Pascal VOC's void outlines around objects): some pixel has 255 all around it within ``band``."""
+    solid = mask == 255
+    for _ in range(band):  # erode by one pixel (4-neighbourhood) per step
+        if not solid.any():
+            return False
+        solid[1:-1, 1:-1] &= solid[:-2, 1:-1] & solid[2:, 1:-1] & solid[1:-1, :-2] & solid[1:-1, 2:]
+        solid[[0, -1], :] = False
+        solid[:, [0, -1]] = False
+    return bool(solid.any())
