@@ -300,7 +300,7 @@ def data_convert_labelme(folder, out_dir, classes):
 @click.option("--weights", type=click.Path(),
               help="Start from a weights file (torchvision/timm/edgeseg), or by name: 'imagenet' (the encoder's "
                    "ImageNet weights), timm:<model>[.<tag>] or torchvision:<Enum>.<member>, downloaded once into "
-                   "the library's cache (Hugging Face hub / torch hub).")
+                   "the library's cache (Hugging Face hub / torch hub); 'default' or 'parts' fine-tunes a packaged model.")
 @click.option("--resume", is_flag=True,
               help="Continue from <out>/last.pt with the settings the run was started with; only train.epochs "
                    "(to train further), train.device, train.workers and --data may differ.")
@@ -310,13 +310,16 @@ def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):
 
     An --out folder that already holds a run is refused unless --resume or --force.
     """
+    from edgeseg.export.report import warning_lines
     from edgeseg.recipe import load_recipe
     from edgeseg.train.loop import train as run_training
+    from edgeseg.train.setup import RenamedClassesWarning
 
     extra = (f"model.weights={weights}",) if weights else ()
     recipe = load_recipe(recipe_path, tuple(overrides) + extra)
-    result = run_training(recipe, out_dir=out_dir or Path("runs") / recipe.name, data_root=data_root, resume=resume,
-                          force=force, overrides=tuple(overrides) + extra)
+    with warning_lines(RenamedClassesWarning):
+        result = run_training(recipe, out_dir=out_dir or Path("runs") / recipe.name, data_root=data_root,
+                              resume=resume, force=force, overrides=tuple(overrides) + extra)
     click.echo(f"done: {result.steps} steps; best val mIoU {result.best.get('miou', float('nan')):.4f}; "
                f"checkpoints in {result.out_dir}")
 
@@ -347,8 +350,11 @@ def eval_cmd(model, data_root, split, count, json_out, slices_file, smooth, pick
         check_json_output(json_out)
     from edgeseg.runtime.loader import split_pick
 
+    from edgeseg.evaluation.slices import SliceWarning
+    from edgeseg.export.report import warning_lines
+
     fmt, precision = split_pick(pick)
-    with load(model or "default", format=fmt or None, precision=precision or None) as segmenter:
+    with warning_lines(SliceWarning), load(model or "default", format=fmt or None, precision=precision or None) as segmenter:
         result = segmenter.evaluate(data_root, count, split=split, slices=slices_file, smooth=smooth)
     print_eval(result)
     write_json(json_out, result)

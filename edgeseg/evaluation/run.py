@@ -1,7 +1,8 @@
 """``edgeseg eval``: metrics of any model on a dataset or the built-in synthetic set (layer 3)."""
 from __future__ import annotations
 
-from edgeseg.evaluation.slices import read_slices, slice_report
+from edgeseg.evaluation.class_check import check_data_classes
+from edgeseg.evaluation.slices import check_slice_ids, read_slices, slice_report
 from edgeseg.data.clips import is_clip_dataset, open_clips
 from edgeseg.data.datasets import builtin_source, open_source
 from edgeseg.errors import DataError
@@ -60,8 +61,11 @@ def _evaluate(runner: Runner, view: ModelView, data_root: str | None, split: str
         source = builtin_source("eval", view.task, count, view.input_size)
         slices = given if given is not None else {source.get(i)[2]: source.attrs(i) for i in range(len(source))}
     else:
+        check_data_classes(data_root, view.classes, view.source)
         source = open_source(data_root, split or "val", classes=view.classes, val_fraction=view.val_fraction)
         slices = given or {}
+    if given is not None:
+        check_slice_ids(given, _ids(source))
     preds, masks, ids, _ = predict_source(runner.run, source, view.input_size)
     if masks is None:
         raise DataError(f"{data_root}: split '{split}' has images without masks; cannot evaluate")
@@ -72,6 +76,12 @@ def _evaluate(runner: Runner, view: ModelView, data_root: str | None, split: str
     if slices:
         result["slices"] = slice_report(preds, masks, ids, slices, view.classes)
     return result
+
+
+def _ids(source) -> list[str]:
+    """The image ids of ``source``, in order (a dataset folder's without reading its images)."""
+    pairs = getattr(source, "pairs", None)
+    return [p.id for p in pairs] if pairs is not None else [source.get(i)[2] for i in range(len(source))]
 
 
 def _evaluate_clips(runner: Runner, view: ModelView, data_root: str, smooth: SmoothCfg | bool) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,24 @@ def _slice_rows(reader: csv.DictReader, path: Path) -> dict[str, dict[str, str]]
                             f"than the header's {len(reader.fieldnames)}")
         rows[row["id"]] = {k: v for k, v in row.items() if k != "id"}
     return rows
+
+
+class SliceWarning(UserWarning):
+    """Images of the evaluated set that the --slices CSV has no row for (``edgeseg eval`` prints a ``warning:`` line)."""
+
+
+def check_slice_ids(slices: dict[str, dict[str, str]], ids: list[str]) -> None:
+    """DataError (exit 2) when no id of ``slices`` is one of the image ``ids`` (the slice table would be empty);
+    SliceWarning with the count when only some images have a row."""
+    missing = [i for i in ids if i not in slices]
+    if ids and len(missing) == len(ids):
+        example = f"e.g. {next(iter(slices))!r}" if slices else "no rows"
+        raise DataError(f"--slices: no id in the CSV matches an image (the CSV has {example}, the images e.g. "
+                        f"{ids[0]!r}); ids are file stems: the image's file name without its extension")
+    if missing:
+        warnings.warn(SliceWarning(f"--slices: {len(missing)} of {len(ids)} images have no row in the CSV (e.g. "
+                                   f"{missing[0]!r}) and are left out of the slice table; ids are file stems"),
+                      stacklevel=2)
 
 
 def slice_report(preds: np.ndarray, masks: np.ndarray, ids: list[str], slices: dict[str, dict[str, str]],

@@ -10,10 +10,12 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from edgeseg.data.clips import is_clip_dataset
 from edgeseg.data.datasets import builtin_source, detect_layout, discover_pairs, open_source, split_names
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import photometric_steps, resize_pixels
 from edgeseg.errors import DataError
+from edgeseg.evaluation.class_check import check_data_classes
 from edgeseg.recipe import AugmentCfg, DataCfg
 
 AUGMENT_SEED = 0  # calibration augmentations come from their own seeded generator: every export sees the same pixels
@@ -176,12 +178,23 @@ def parity_source(data_dir: str | None, task: str | None, count: int, size: tupl
     their labels, so parity is agreement with PyTorch only, and the description says so.
     """
     if data_dir:
+        check_still_images(data_dir, classes)
         return open_source(data_dir, "val", classes=tuple(classes), val_fraction=val_fraction), f"{data_dir} (val split)"
     if task is None:
         return (Unlabelled(builtin_source("eval", FALLBACK_TASK, count, size)),
                 f"built-in synthetic {FALLBACK_TASK} images, agreement only: no built-in set has the model's classes "
                 f"({', '.join(classes)}); pass --data DIR with labelled images for accuracy numbers")
     return builtin_source("eval", task, count, size), f"built-in synthetic {task} eval set"
+
+
+def check_still_images(data_dir: str, classes) -> None:
+    """DataError (exit 2) when --data ``data_dir`` is a clip dataset (parity runs on still images) or lists
+    classes other than the model's ``classes``."""
+    if is_clip_dataset(data_dir):
+        raise DataError(f"--data {data_dir} is a clip dataset (one folder of frames and masks per clip); export checks "
+                        "parity on still images: pass a dataset folder with images/ and masks/, and evaluate the clips "
+                        f"with edgeseg eval MODEL --data {data_dir}")
+    check_data_classes(data_dir, classes, "the model")
 
 
 class Unlabelled:

@@ -372,9 +372,13 @@ def load_state_dict_file(path: str | Path) -> dict:
 def resolve_checkpoint(spec: str | Path | None) -> Checkpoint:
     """``None`` or 'default' -> the packaged default portrait model, 'parts' -> the packaged parts model
     (``PACKAGED``); else a checkpoint path."""
-    if is_packaged(spec):
-        path = PACKAGED[spec or "default"]
-        if not path.is_file():
-            raise CheckpointError(f"the packaged {spec or 'default'} model is missing ({path}); reinstall edgeseg")
-        return load_checkpoint(path)
-    return load_checkpoint(spec)
+    return load_checkpoint(packaged_path(spec) if is_packaged(spec) else spec)
+
+
+def packaged_path(spec: str | None) -> Path:
+    """The file of the packaged model ``spec`` names (``is_packaged``: None or 'default', 'parts');
+    CheckpointError when the installation lacks it."""
+    path = PACKAGED[spec or "default"]
+    if not path.is_file():
+        raise CheckpointError(f"the packaged {spec or 'default'} model is missing ({path}); reinstall edgeseg")
+    return path

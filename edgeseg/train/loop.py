@@ -27,6 +27,7 @@ from edgeseg.fsutil import atomic_path, check_output
 from edgeseg.models.checkpoint import Checkpoint, ModelInfo, checkpoint_bytes, load_fitting, upgrade_state
 from edgeseg.recipe import Recipe, recipe_with
 from edgeseg.evaluation.accumulate import evaluate
+from edgeseg.evaluation.class_check import shown
 from edgeseg.runtime.torch_runner import TorchRunner
 from edgeseg.train.losses import SegLoss
 from edgeseg.train.resume import DATA_ROOT_RECORDED, given_keys, resume_point, resumed_recipe
@@ -199,6 +200,8 @@ def _setup(recipe: Recipe, out_dir: Path, resume: Checkpoint | None) -> _Run:
     device, rank, world = _placement(t.device)
     train_src, val_src = open_splits(recipe)
     info = model_info(recipe, train_src.classes)
+    if resume is not None:
+        check_resumed_classes(resume, info.classes)
     torch.manual_seed(t.seed)
     # a resumed run's weights come from last.pt: the recipe's starting weights are not read (nor downloaded)
     model = build_for_training(info, None if resume is not None else recipe.model.weights).to(device)
@@ -306,6 +309,16 @@ def _loader(ds, t, epoch: int, steps: int, world: int, rank: int) -> DataLoader:
         sampler = RandomSampler(ds, replacement=True, num_samples=steps * t.batch_size, generator=g)
     return DataLoader(ds, batch_size=t.batch_size, sampler=sampler, num_workers=t.workers, drop_last=True,
                       generator=g, persistent_workers=False)
+
+
+def check_resumed_classes(ckpt: Checkpoint, classes: tuple[str, ...]) -> None:
+    """CheckpointError (exit 2) when the data's ``classes`` differ from those the run in last.pt trained on, in
+    names or order: going on would give its outputs other meanings."""
+    if tuple(ckpt.info.classes) != tuple(classes):
+        raise CheckpointError(f"--resume: the run in {ckpt.path.parent} trains the classes {shown(ckpt.info.classes)} "
+                              f"but its data now lists {shown(classes)}; resume with data labelled as the run's "
+                              "(classes in that order), or train into a fresh --out (--weights "
+                              f"{ckpt.path} to start from its weights)")
 
 
 def _restore(ckpt: Checkpoint, model, opt, sched) -> tuple[int, int, dict]:

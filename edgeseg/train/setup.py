@@ -1,11 +1,15 @@
 """Turn a Recipe into model, data and preprocessing (layer 3)."""
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 from edgeseg.data.datasets import FileSource, open_source
-from edgeseg.errors import RecipeError
-from edgeseg.models.checkpoint import ModelInfo
+from edgeseg.errors import CheckpointError, RecipeError
+from edgeseg.evaluation.class_check import shown
+from edgeseg.models.checkpoint import ModelInfo, is_packaged, load_checkpoint, packaged_path
 from edgeseg.models.registry import check_input_size, get_spec
-from edgeseg.models.weights import load_arch_weights
+from edgeseg.models.weights import is_weights_name, load_arch_weights
 from edgeseg.recipe import Recipe
 
 
@@ -42,9 +46,14 @@ def model_info(recipe: Recipe, classes: tuple[str, ...]) -> ModelInfo:
     )
 
 
+class RenamedClassesWarning(UserWarning):
+    """Fine-tuning a checkpoint onto data whose classes have other names (``edgeseg train`` prints a ``warning:`` line)."""
+
+
 def build_for_training(info: ModelInfo, weights: str | None):
-    """The model for ``info``, with ``weights`` loaded when given: a local file, or a name the libraries
-    resolve and cache (``imagenet``, ``timm:<model>[.<tag>]``, ``torchvision:<Enum>.<member>``).
+    """The model for ``info``, with ``weights`` loaded when given: a local file, a packaged model ('default',
+    'parts'; ``starting_weights``), or a name the libraries resolve and cache (``imagenet``,
+    ``timm:<model>[.<tag>]``, ``torchvision:<Enum>.<member>``).
 
     An architecture's own option check (e.g. how many decoder_channels it needs) is a RecipeError.
     """
@@ -53,5 +62,24 @@ def build_for_training(info: ModelInfo, weights: str | None):
     except ValueError as exc:
         raise RecipeError(f"model options {info.options} do not fit {info.arch}: {exc}") from None
     if weights:
-        load_arch_weights(model, weights, get_spec(info.arch), info.options)
+        load_arch_weights(model, starting_weights(weights, info.classes), get_spec(info.arch), info.options)
     return model
+
+
+def starting_weights(weights: str, classes: tuple[str, ...]) -> str | Path:
+    """Where ``weights`` are read from: a packaged model's name is its file. Fine-tuning an edgeseg checkpoint
+    whose classes are as many as ``classes`` but named otherwise (or ordered otherwise) is legitimate (new
+    classes for its outputs), and said with a RenamedClassesWarning; another count fails in the weight check."""
+    if is_weights_name(weights):
+        return weights
+    path = packaged_path(weights) if is_packaged(weights) else Path(weights)
+    try:
+        before = load_checkpoint(path).info.classes
+    except CheckpointError:  # not an edgeseg checkpoint (a plain state dict): its classes are unknown
+        return path
+    if len(before) == len(classes) and tuple(before) != tuple(classes):
+        warnings.warn(RenamedClassesWarning(
+            f"--weights {weights}: its outputs were the classes {shown(before)}; fine-tuning makes them "
+            f"{shown(classes)} (the data's, in that order); if the data means the same classes, relabel it in the "
+            "checkpoint's order instead"), stacklevel=2)
+    return path
