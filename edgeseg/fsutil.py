@@ -317,3 +317,15 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (it need not exist) is the existing ``folder`` or lies inside it, judged by file identity,
+    so a case-insensitive file system (macOS, Windows) or a bind mount cannot hide it behind another name."""
+    for p in (Path(path), *Path(path).parents):
+        try:
+            if os.path.samefile(p, folder):
+                return True
+        except OSError:  # not there (yet)
+            continue
+    return False

@@ -102,6 +102,15 @@ def test_coco_unknown_class_exit_2_lists_categories(cli, coco, tmp_path):
     assert "'horse' is not a category" in line and "categories present: cat, dog, person" in line
 
 
+def test_an_out_folder_inside_the_image_folder_is_refused(cli, coco, tmp_path):
+    """data convert coco --out imgs/conv was allowed: its images and masks then sat among the photos it read
+    (predict refuses the same)."""
+    ann, images = coco
+    line = assert_refused(cli, "data", "convert", "coco", ann, "--images", images, "--out", images / "conv",
+                          "--classes", "person", watch=(tmp_path,))
+    assert f"is inside {images}, the folder being converted" in line
+
+
 @pytest.mark.parametrize("kind", ["coco", "labelme"])
 def test_existing_non_empty_out_is_refused_and_untouched(cli, coco, tmp_path, kind):
     ann, images = coco

@@ -41,7 +41,7 @@ from edgeseg.apply.video import (OUTPUT_SUFFIX, VIDEO_SUFFIXES, VideoInfo, is_vi
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import resize_pixels
 from edgeseg.errors import DataError, EdgesegError
-from edgeseg.fsutil import check_output, folder_lock, is_staging, sha256_file, staging_dir
+from edgeseg.fsutil import check_output, folder_lock, is_inside, is_staging, sha256_file, staging_dir
 from edgeseg.bench.gate import parity_problem
 from edgeseg.runtime.loader import LoadedModel, load_model
 from edgeseg.runtime.stabilizer import SmoothCfg, frame_run, softmax
@@ -107,18 +107,6 @@ class PredictReport:
 # ----------------------------------------------------------------------------------------------
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` (resolved; it need not exist) is the existing ``folder`` or lies inside it, judged by file
-    identity, so a case-insensitive file system (macOS, Windows) cannot hide it behind other letter case."""
-    for p in (path, *path.parents):
-        try:
-            if os.path.samefile(p, folder):
-                return True
-        except OSError:  # not there (yet)
-            continue
-    return False
-
-
 def _folder_jobs(folder: Path) -> list[Job]:
     """Images and videos under ``folder`` and its sub-folders (sorted), named by their path in it; what lies in
     a staging folder (a killed edgeseg run's leftovers, ``fsutil.staging_dir``) is not an input."""
@@ -161,7 +149,7 @@ def _refuse_out_in_input_folder(inputs, out_dir: Path) -> None:
         if out.exists() and os.path.samefile(out, folder):
             raise EdgesegError(f"--out {out_dir} is the input folder {item}; outputs never go among the inputs, "
                                "choose another --out folder")
-        if _inside(out, folder):
+        if is_inside(out, folder):
             raise EdgesegError(f"--out {out_dir} is inside the input folder {item} (whose sub-folders are inputs too); "
                                f"outputs never go among the inputs, choose an --out folder outside {item}")
 
@@ -172,7 +160,7 @@ def _refuse_outputs_in_input_folders(jobs: list[Job], inputs, out_dir: Path) -> 
     folders = _input_folders(inputs)
     for job in jobs:
         dest = (out_dir / job.name).resolve()
-        item = next((item for item, folder in folders if _inside(dest.parent, folder)), None)
+        item = next((item for item, folder in folders if is_inside(dest.parent, folder)), None)
         if item is not None:
             raise EdgesegError(f"--out {out_dir} would write {job.name} into the input folder {item}; outputs never "
                                "go among the inputs, choose an --out folder outside the input folders")

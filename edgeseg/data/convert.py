@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from edgeseg.data.images import IMAGE_SUFFIXES
 from edgeseg.errors import DataError, EdgesegError
-from edgeseg.fsutil import check_output, install_staged, is_staging, staging_dir
+from edgeseg.fsutil import check_output, install_staged, is_inside, is_staging, staging_dir
 
 BACKGROUND = "background"
 IGNORE = 255
@@ -126,7 +126,7 @@ def plan_coco(annotations: str | os.PathLike, images: str | os.PathLike, classes
     (``Plan.missing``).
     """
     names = class_names(classes)
-    out = _check_target(out)
+    out = _check_target(out, Path(images) if Path(images).is_dir() else None)
     path, images = Path(annotations), Path(images)
     if not images.is_dir():
         raise DataError(f"--images {images}: folder not found")
@@ -300,7 +300,7 @@ def plan_labelme(folder: str | os.PathLike, classes: Sequence[str], out: str | o
     lists the labels present), and files none of whose images exist. Missing images are skipped.
     """
     names = class_names(classes)
-    out = _check_target(out)
+    out = _check_target(out, Path(folder) if Path(folder).is_dir() else None)
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"LabelMe folder not found: {folder}")
@@ -438,8 +438,13 @@ def split_note(images: int, val_fraction: float = 0.1) -> str:
     return note
 
 
-def _check_target(out: str | os.PathLike) -> Path:
+def _check_target(out: str | os.PathLike, source: Path | None = None) -> Path:
+    """``out`` checked for a conversion: a new or empty folder, not inside the ``source`` folder it reads (its
+    images and masks would be read back as photos there)."""
     out = check_output(out, is_dir=True, what="--out")
+    if source is not None and is_inside(out, source):
+        raise EdgesegError(f"--out {out} is inside {source}, the folder being converted; choose a folder outside it "
+                           "(its images and masks would be read back as inputs)")
     if out.is_dir():
         entries = sorted(p.name for p in out.iterdir() if not is_staging(p))
         if entries:
