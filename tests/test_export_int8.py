@@ -147,11 +147,14 @@ def test_an_unused_calib_count_is_a_warning(tmp_path):
     ("coreml method", ("--calib-method", "coreml=entropy"),
      ["coreml files are never calibrated on images", "drop coreml=entropy"]),
     ("format not exported", ("--calib-method", "tflite=minmax"), ["tflite is not in --formats; add tflite to --formats"]),
+    ("a label folder", ("--calib", "{masks}"), ["--calib {masks} is a label folder (its images are masks)"]),
 ])
 def test_bad_calibration_input_names_the_problem_and_the_fix(cli, tmp_path, case, args, expected):
-    folders = {"empty": tmp_path / "empty", "text": tmp_path / "text", "corrupt": tmp_path / "corrupt"}
+    folders = {"empty": tmp_path / "empty", "text": tmp_path / "text", "corrupt": tmp_path / "corrupt",
+               "masks": tmp_path / "data" / "masks"}  # a label folder given itself: calibrated on masks
     for folder in folders.values():
-        folder.mkdir()
+        folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folders["masks"] / "m.png")
     (folders["text"] / "notes.txt").write_text("not an image")
     (folders["corrupt"] / "a.jpg").write_bytes(b"not a jpeg")
     args = [a.format(**folders) for a in args]

@@ -55,6 +55,9 @@ def check_folder(folder: str | Path, *, option: str = "--calib", purpose: str = 
         raise DataError(f"{option} {folder} is a file; it must be a folder of {purpose} images")
     if not folder.is_dir():
         raise DataError(f"{purpose} folder not found: {folder}; {option} must be a folder of images")
+    if folder.resolve().name in LABEL_FOLDERS:
+        raise DataError(f"{option} {folder} is a label folder (its images are masks); pass the folder of photos "
+                        f"(e.g. {folder.resolve().parent / 'images'}), or the dataset folder itself")
     return folder
 
 
