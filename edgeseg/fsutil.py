@@ -282,7 +282,8 @@ def install_staged(staging: Path, dest: Path, *, owned: Iterable[str] = (), last
     dest.mkdir(parents=True, exist_ok=True)
     record = dest / INSTALLING
     files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-    write_bytes_atomic(record, json.dumps({"files": files}).encode())
+    # an earlier killed install's entries stay listed until one install finishes (its files may still be there)
+    write_bytes_atomic(record, json.dumps({"files": {**_installing(dest), **files}}).encode())
     order = [n for n in names if n != last] + ([last] if last in names else [])
     for name in order:
         src, dst = staging / name, dest / name
@@ -295,16 +296,22 @@ def install_staged(staging: Path, dest: Path, *, owned: Iterable[str] = (), last
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def _installing(dest: str | os.PathLike) -> dict:
+    """The ``INSTALLING`` record in ``dest`` (relative path -> sha256); {} when there is none or it is unreadable."""
+    try:
+        files = json.loads((Path(dest) / INSTALLING).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(files, dict) else {}
+
+
 def being_installed(dest: str | os.PathLike, rel: str) -> bool:
     """Whether ``dest / rel`` (a file, or a folder and every file in it) holds exactly what an install into
     ``dest`` that did not finish was putting there (``INSTALLING``): edgeseg's, though no manifest, marker or
     ledger lists it yet."""
-    try:
-        files = json.loads((Path(dest) / INSTALLING).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    files = _installing(dest)
     path = Path(dest) / rel
-    if not isinstance(files, dict) or path.is_symlink():
+    if not files or path.is_symlink():
         return False
     if path.is_file():
         return file_holds(path, files.get(Path(rel).as_posix(), ""))

@@ -122,8 +122,14 @@ def test_an_export_killed_while_installing_is_replaced_by_the_next_export_and_so
     stage = staging_dir(dest)
     (stage / "m-fp32.onnx").write_bytes(b"new model")
     (stage / "manifest.json").write_text("{}")
+    (stage / "m-int8.onnx").write_bytes(b"an added precision")
     _install_killed_after_first_rename(monkeypatch, stage, dest, last="manifest.json")
-    assert "m-fp32.onnx" in owned_by_earlier_export(dest, {"m-fp32.onnx", "manifest.json"}, force=False)
+    assert "m-fp32.onnx" in owned_by_earlier_export(dest, {"m-fp32.onnx", "m-int8.onnx", "manifest.json"}, force=False)
+    stage = staging_dir(dest)  # killed again, now after the file no manifest lists yet (renamed after m-fp32)
+    (stage / "m-int8.onnx").write_bytes(b"an added precision")
+    (stage / "manifest.json").write_text("{}")
+    _install_killed_after_first_rename(monkeypatch, stage, dest, last="manifest.json")
+    assert "m-int8.onnx" in owned_by_earlier_export(dest, {"m-fp32.onnx", "m-int8.onnx", "manifest.json"}, force=False)
 
     report = tmp_path / "report"
     report.mkdir()

@@ -360,6 +360,8 @@ def owned_by_earlier_export(dest: Path, names: set[str], force: bool) -> set[str
         raise EdgesegError(f"--out {dest}: {_some(clash)} changed since edgeseg exported it (its sha256 no longer "
                            "matches the manifest) and would be replaced; move or rename it, or choose another --out")
     owned = set(entries) - set(changed)
+    # what an export killed while installing had put there (a file no manifest lists yet) is edgeseg's too
+    owned |= {p.name for p in dest.iterdir() if p.name not in owned and not is_staging(p) and being_installed(dest, p.name)}
     foreign = sorted(p.name for p in dest.iterdir() if p.name not in owned and not is_staging(p))
     clash = sorted(n for n in foreign if n in names)
     if clash:
