@@ -43,7 +43,7 @@ from edgeseg.manifest import FORMATS, Artifact, Manifest
 from edgeseg.runtime.loader import PRECISION_ORDER, LoadedModel, load_model
 from edgeseg.runtime.stabilizer import frame_run
 
-__all__ = ["load", "Segmenter", "FrameStream", "export_checkpoint", "export_module", "EXPORT_OPTIONS"]
+__all__ = ["load", "Segmenter", "FrameStream", "StreamFrame", "export_checkpoint", "export_module", "EXPORT_OPTIONS"]
 
 #: Keyword options of ``Segmenter.export``, ``export_checkpoint`` and ``export_module``, named after
 #: ``edgeseg export``'s flags: calib (--calib folder), calib_method, calib_count, data (--data folder),
@@ -251,45 +251,65 @@ class Segmenter:
 
 class FrameStream:
     """Segments the frames of one clip in order (``Segmenter.stream``); keeps the stabilizer's state between
-    calls. One frame given to several calls (``predict`` then ``matte``) counts once: their results agree.
-    Call ``reset()`` before the frames of another clip."""
+    calls: each call is one step of the clip. For several outputs of one frame (its mask and its matte),
+    ``step(frame)`` once and read them from the result. Call ``reset()`` before the frames of another clip."""
 
     def __init__(self, segmenter: Segmenter, smooth: bool = True):
         self._segmenter, self._smooth = segmenter, smooth
-        self._run = _OncePerFrame(frame_run(segmenter._model.runner.run, smooth))
+        self._run = frame_run(segmenter._model.runner.run, smooth)
+
+    def step(self, frame) -> "StreamFrame":
+        """The next frame through the stabilizer, once; its ``mask()``, ``proba()``, ``matte()`` and ``render()``
+        all come from that one step."""
+        return StreamFrame(_Once(self._run), as_rgb_array(frame), self._segmenter.input_size)
 
     def predict(self, frame, *, refine: bool = False) -> np.ndarray:
-        """Class ids, uint8 [H, W] at the frame's own size, as ``Segmenter.predict`` (stabilized)."""
-        return predict_image(self._run, as_rgb_array(frame), self._segmenter.input_size, refine=refine).classes
+        """Class ids, uint8 [H, W] at the frame's own size, as ``Segmenter.predict`` (stabilized): ``step(frame).mask()``."""
+        return self.step(frame).mask(refine=refine)
 
     def predict_proba(self, frame) -> np.ndarray:
-        """Class probabilities, float32 [C, H, W] at the frame's own size (stabilized)."""
-        return predict_proba_image(self._run, as_rgb_array(frame), self._segmenter.input_size)
-
-    def matte(self, frame, *, refine: bool = False) -> np.ndarray:
-        """The foreground matte, float32 [H, W], as ``Segmenter.matte`` (stabilized)."""
-        return predict_image(self._run, as_rgb_array(frame), self._segmenter.input_size, refine=refine).alpha
-
-    def render(self, frame, output: str = "cutout", *, background=None, refine: bool = False):
-        """One output picture, as ``Segmenter.render`` (stabilized)."""
-        return _render(self._run, self._segmenter.input_size, frame, output, background, refine)
+        """Class probabilities, float32 [C, H, W] at the frame's own size (stabilized): ``step(frame).proba()``."""
+        return self.step(frame).proba()
 
     def reset(self) -> None:
         """Start a new clip: forget the previous frames."""
-        self._run = _OncePerFrame(frame_run(self._segmenter._model.runner.run, self._smooth))
+        self._run = frame_run(self._segmenter._model.runner.run, self._smooth)
 
 
-class _OncePerFrame:
-    """A stream's ``run``: the same model input again (one frame given to ``predict`` and then ``matte``)
-    returns the previous logits instead of stepping the stabilizer a second time."""
+class StreamFrame:
+    """One frame of a ``FrameStream``, stepped once: its outputs at the frame's own size."""
+
+    def __init__(self, run, pixels: np.ndarray, input_size):
+        self._run, self._pixels, self._size = run, pixels, input_size
+
+    def mask(self, *, refine: bool = False) -> np.ndarray:
+        """Class ids, uint8 [H, W] (as ``Segmenter.predict``)."""
+        return predict_image(self._run, self._pixels, self._size, refine=refine).classes
+
+    def proba(self) -> np.ndarray:
+        """Class probabilities, float32 [C, H, W] (as ``Segmenter.predict_proba``)."""
+        return predict_proba_image(self._run, self._pixels, self._size)
+
+    def matte(self, *, refine: bool = False) -> np.ndarray:
+        """The foreground matte, float32 [H, W] (as ``Segmenter.matte``)."""
+        return predict_image(self._run, self._pixels, self._size, refine=refine).alpha
+
+    def render(self, output: str = "cutout", *, background=None, refine: bool = False):
+        """One output picture (as ``Segmenter.render``)."""
+        return _render(self._run, self._size, self._pixels, output, background, refine)
+
+
+class _Once:
+    """One frame's ``run``: the first call steps the stream's model (and stabilizer); the frame's other outputs
+    reuse its logits (every call of one ``StreamFrame`` gives the model the same input)."""
 
     def __init__(self, run):
-        self._run, self._last_in, self._last_out = run, None, None
+        self._run, self._out = run, None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        if self._last_in is None or not np.array_equal(images, self._last_in):
-            self._last_in, self._last_out = np.array(images), np.asarray(self._run(images))
-        return self._last_out.copy()
+        if self._out is None:
+            self._out = np.asarray(self._run(images))
+        return self._out.copy()
 
 
 def _render(run, input_size, image, output: str, background, refine: bool):

@@ -278,19 +278,26 @@ def test_render_refuses_unknown_outputs_and_replace_without_background(default):
         edgeseg.Segmenter("default")
 
 
-def test_a_stream_counts_a_frame_given_to_several_calls_once(default):
-    """predict then predict_proba of one frame stepped the stabilizer twice: the two disagreed (0.5-1.2% of
-    the pixels) and every later frame was smoothed differently from a stream that made one call per frame."""
+def test_a_stream_frame_gives_several_outputs_from_one_step_and_each_call_is_a_step(default):
+    """predict then predict_proba of one frame stepped the stabilizer twice with no way to get both from one step:
+    the two disagreed (0.5-1.2% of the pixels). step(frame) gives every output of one step; and each call is one
+    step, repeated frames included (a frozen camera converges as --smooth does)."""
+    from edgeseg.runtime.stabilizer import frame_run
+    from edgeseg.apply.predict import predict_proba_image
+
     rng = np.random.default_rng(0)
     base = photo(48, 40, seed=4).astype(int)
-    frames = [np.clip(base + rng.integers(-40, 40, base.shape), 0, 255).astype(np.uint8) for _ in range(5)]
-    both, once = default.stream(), default.stream()
+    frames = [np.clip(base + rng.integers(-40, 40, base.shape), 0, 255).astype(np.uint8) for _ in range(3)]
+    frames += [frames[-1]] * 3  # the camera froze
+    stream = default.stream()
+    cli_run = frame_run(default._model.runner.run, True)  # what predict --smooth runs, frame after frame
     for frame in frames:
-        mask = both.predict(frame)
-        proba = both.predict_proba(frame)
-        np.testing.assert_array_equal(proba.argmax(0), mask)
-        np.testing.assert_allclose(proba, once.predict_proba(frame), atol=1e-6)
-    assert np.allclose(both.matte(frames[-1]), 1 - proba[0], atol=1e-6)
+        result = stream.step(frame)
+        proba = result.proba()
+        np.testing.assert_array_equal(proba.argmax(0), result.mask())
+        np.testing.assert_allclose(result.matte(), 1 - proba[0], atol=1e-6)
+        np.testing.assert_allclose(proba, predict_proba_image(cli_run, frame, default.input_size), atol=1e-6)
+    assert np.asarray(result.render(output="alpha")).shape == (48, 40)
 
 
 def test_an_exports_manifest_opens_the_export_and_its_other_files_are_named_for_what_they_are(tiny_export):
