@@ -458,3 +458,42 @@ def test_a_truncated_mkv_is_reported_exit_2_and_writes_nothing(cli, tmp_path, ke
     r = cli("predict", "default", whole, "--out", tmp_path / "ok")  # the whole file: all 12 frames
     assert r.exit_code == 0, r.output
     assert _video_facts(tmp_path / "ok" / "whole.mp4")[0] == 12
+
+
+def test_re_encoded_sound_that_starts_before_the_picture_stays_on_it(cli, tmp_path):
+    """A MOV whose mu-law sound starts 0.5 s before its first frame: the sound from before the picture was kept
+    and everything after it came 0.5 s late (1.5 s of sound under 1 s of video)."""
+    path = tmp_path / "early.mov"
+    image = render("portrait", (32, 32), 3).image
+    with av.open(str(path), "w", format="mov") as c:
+        v = c.add_stream("libx264", rate=Fraction(25))
+        v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
+        v.codec_context.time_base = Fraction(1, 25)
+        a = c.add_stream("pcm_mulaw", rate=8000)
+        a.layout = "mono"
+        for t in range(0, 12000, 800):  # 0 - 1.5 s
+            tone = (np.sin(np.arange(t, t + 800) * 2 * np.pi * 440 / 8000) * 15000).astype(np.int16)[None]
+            frame = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 8000, t
+            c.mux(a.encode(frame))
+        for i in range(12, 37):  # 0.5 - 1.5 s
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            c.mux(v.encode(frame))
+        c.mux(a.encode(None))
+        c.mux(v.encode(None))
+    r = cli("predict", "default", path, "--out", tmp_path / "out", "--output", "alpha")
+    assert r.exit_code == 0, r.output
+    codec, _, samples = _sound(tmp_path / "out" / "early.mp4")
+    assert codec == "aac" and abs(len(samples) - 8000) <= 1024  # 1 s of sound under 1 s of picture (AAC: whole frames)
+
+
+def test_a_frame_of_another_shape_is_a_data_error_and_nothing_is_written(tmp_path):
+    """A display rotation that changes part-way gave a frame of the other shape: PyAV stretched it silently."""
+    from edgeseg.errors import DataError
+
+    with pytest.raises(DataError, match="its size or display rotation changes part-way"):
+        with video_writer(tmp_path / "v.mp4", 64, 48, Fraction(25)) as writer:
+            writer.write(np.zeros((48, 64, 3), np.uint8))
+            writer.write(np.zeros((64, 48, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []

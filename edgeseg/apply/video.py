@@ -195,15 +195,30 @@ class _AudioTrack:
 
     def _encode(self, frames) -> None:
         for frame in frames:
-            if self._samples is None:  # the output's time of the first sound, in samples
-                self._samples = max(round((_seconds(frame.pts, frame.time_base) - self._origin) * frame.sample_rate), 0)
+            if self._samples is None:  # the output's time of the first sound, in samples (< 0: before the video)
+                self._samples = round((_seconds(frame.pts, frame.time_base) - self._origin) * frame.sample_rate)
             self._mux_resampled(self._encoder.resample(frame))
 
     def _mux_resampled(self, chunks) -> None:
         for chunk in chunks:
-            chunk.pts, chunk.time_base = self._samples or 0, Fraction(1, chunk.sample_rate)
-            self._samples = chunk.pts + chunk.samples
+            start = self._samples or 0
+            self._samples = start + chunk.samples
+            if start < 0:  # sound from before the video's first frame is left out, as the copied track's edit list does
+                if self._samples <= 0:
+                    continue
+                chunk = self._tail(chunk, -start)
+                start = 0
+            chunk.pts, chunk.time_base = start, Fraction(1, chunk.sample_rate)
             self._output.mux(self._out.encode(chunk))
+
+    def _tail(self, chunk, skip: int):
+        """``chunk`` without its first ``skip`` samples."""
+        data = chunk.to_ndarray()
+        channels = 1 if chunk.format.is_planar else len(chunk.layout.channels)
+        tail = self._av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, skip * channels:]), format=chunk.format.name,
+                                                layout=chunk.layout.name)
+        tail.sample_rate = chunk.sample_rate
+        return tail
 
 
 class VideoWriter:
@@ -227,6 +242,7 @@ class VideoWriter:
         if aspect:
             stream.codec_context.sample_aspect_ratio = aspect
         self._turns = _quarter_turns(rotation)
+        self._shown = (width, height) if self._turns % 2 else (height, width)  # a frame as displayed: rows, columns
         if self._turns:
             stream.set_display_rotation(90 * self._turns)
         self._stream = stream
@@ -234,6 +250,10 @@ class VideoWriter:
 
     def write(self, frame: np.ndarray, seconds: float | None = None) -> None:
         """Encode one frame (as displayed), shown at ``seconds`` (None: the next frame at the fixed rate)."""
+        if frame.shape[:2] != self._shown:
+            raise DataError(f"a frame of {frame.shape[1]}x{frame.shape[0]} where the video's first frame is "
+                            f"{self._shown[1]}x{self._shown[0]} (as displayed): its size or display rotation changes "
+                            "part-way; re-encode it to one size and rotation")
         fmt = "gray" if frame.ndim == 2 else "rgb24"
         stored = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(frame, -self._turns)), format=fmt)
         if seconds is None:
@@ -268,7 +288,11 @@ def video_writer(dest: str | Path, width: int, height: int, rate: Fraction, *, r
                 origin = _start(source)
                 audio = lambda output: _AudioTrack(output, source, origin)  # noqa: E731
         tmp = stack.enter_context(place(Path(dest)))
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            writer = VideoWriter(container, width, height, rate, rotation, aspect, audio)
-            yield writer
-            writer.finish()
+        try:
+            with av.open(str(tmp), mode="w", format="mp4") as container:
+                writer = VideoWriter(container, width, height, rate, rotation, aspect, audio)
+                yield writer
+                writer.finish()
+        except av.FFmpegError as exc:  # e.g. a sound track whose packets FFmpeg cannot put into MP4
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise DataError(f"cannot be written as MP4 ({reason}); re-encode it to H.264 MP4 with AAC sound") from None
