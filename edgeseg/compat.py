@@ -10,6 +10,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 from typing import Iterator
 
 from edgeseg.errors import require
@@ -55,11 +56,21 @@ def install_log_filters() -> None:
 _LITERT_NOTICES = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
 
+# File descriptor 2 belongs to the process: one thread at a time may point it elsewhere (two overlapping
+# blocks would restore it out of order and lose stderr for good).
+_FD2_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def native_notices_dropped(notices: tuple[bytes, ...] = _LITERT_NOTICES) -> Iterator[None]:
     """Within the block, what native code writes to file descriptor 2 is held back, then written to it
     again without the lines that are exactly one of ``notices``: everything else (errors included) still
-    shows, after the block."""
+    shows, after the block. Blocks in several threads run one at a time."""
+    with _FD2_LOCK:
+        yield from _notices_dropped(notices)
+
+
+def _notices_dropped(notices: tuple[bytes, ...]) -> Iterator[None]:
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:

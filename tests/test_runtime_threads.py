@@ -105,3 +105,21 @@ def test_opening_a_tflite_file_prints_only_what_is_not_litert_s_delegate_notice(
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "XNNPACK" not in r.stderr and r.stderr.strip() == "a native error"
+
+
+def test_notices_dropped_in_several_threads_at_once_lose_no_other_line():
+    """Two threads pointing file descriptor 2 elsewhere at once restored it out of order: later stderr vanished."""
+    import subprocess
+    import sys
+
+    code = ("import os, threading\n"
+            "from edgeseg.compat import native_notices_dropped\n"
+            "def write(i):\n"
+            "    with native_notices_dropped():\n"
+            "        os.write(2, b'line %d\\n' % i)\n"
+            "threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]\n"
+            "[t.start() for t in threads]\n"
+            "[t.join() for t in threads]\n"
+            "os.write(2, b'after\\n')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and sorted(r.stderr.splitlines()) == sorted(["after", *(f"line {i}" for i in range(8))])
