@@ -69,7 +69,7 @@ def test_slices_matching_no_image_are_refused(cli, portrait_data, tmp_path):
     csv = _slices(tmp_path / "sl2.csv", [f"synth_{i:06d}.png" for i in range(10)])
     line = assert_refused(cli, "eval", "default", "--data", portrait_data, "--slices", csv, watch=[tmp_path])
     assert "no id in the CSV matches" in line and "'synth_000000.png'" in line and "'synth_000009'" in line
-    assert "file stems" in line
+    assert "without its extension" in line
 
 
 def test_slices_matching_some_images_warn_with_the_count(cli, portrait_data, tmp_path):

@@ -268,5 +268,6 @@ def check_not_0_255(pairs: list[Pair], classes: tuple[str, ...]) -> None:
             suspect = p.mask
     if suspect is not None:
         raise DataError(f"{suspect}: mask holds only 0 and 255; edgeseg reads 255 as 'ignore' and class ids as "
-                        f"0..{len(classes) - 1}: save {classes[1]} as 1, e.g. mask // 255")
+                        f"0..{len(classes) - 1}: save {classes[1]} as 1"
+                        + (", e.g. mask // 255" if len(classes) == 2 else ", each class as its id"))
 

@@ -64,10 +64,11 @@ def check_slice_ids(slices: dict[str, dict[str, str]], ids: list[str]) -> None:
     if ids and len(missing) == len(ids):
         example = f"e.g. {next(iter(slices))!r}" if slices else "no rows"
         raise DataError(f"--slices: no id in the CSV matches an image (the CSV has {example}, the images e.g. "
-                        f"{ids[0]!r}); ids are file stems: the image's file name without its extension")
+                        f"{ids[0]!r}); ids are the image's path under images/ without its extension ('x' for images/x.jpg, "
+                        "'trip/x' for images/trip/x.jpg)")
     if missing:
         warnings.warn(SliceWarning(f"--slices: {len(missing)} of {len(ids)} images have no row in the CSV (e.g. "
-                                   f"{missing[0]!r}) and are left out of the slice table; ids are file stems"),
+                                   f"{missing[0]!r}) and are left out of the slice table; ids are paths under images/ without the extension"),
                       stacklevel=2)
 
 
