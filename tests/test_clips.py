@@ -275,7 +275,7 @@ def written(tmp_path):
 
 def test_open_clips_takes_matching_classes_and_refuses_others(written):
     assert clips.open_clips(written, synth.PORTRAIT_CLASSES)[0] == synth.PORTRAIT_CLASSES
-    with pytest.raises(DataError, match="background, person but the model.s are background, hair, skin") as info:
+    with pytest.raises(DataError, match=r"\[background, person\] but the model predicts \[background, hair, skin") as info:
         clips.open_clips(written, synth.PARTS_CLASSES)
     assert "\n" not in str(info.value) and "make them agree" not in str(info.value)
 

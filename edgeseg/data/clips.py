@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edgeseg.data import synth
-from edgeseg.data.datasets import FileSource, _folder_pairs, read_classes
+from edgeseg.data.datasets import FileSource, _folder_pairs, check_data_classes, read_classes
 from edgeseg.data.synth import BG, OCCLUDER, Sample
 from edgeseg.errors import DataError
 from edgeseg.fsutil import check_output, install_staged, staging_dir
@@ -495,11 +495,9 @@ def open_clips(root: str | Path, classes: tuple[str, ...] | None = None) -> tupl
 
 
 def _clip_classes(root: Path, classes: tuple[str, ...] | None) -> tuple[str, ...]:
-    listed = read_classes(root)
-    if classes is not None and listed is not None and tuple(classes) != listed:
-        raise DataError(f"{root / 'classes.txt'} lists classes {', '.join(listed)} but the model's are "
-                        f"{', '.join(classes)}; use clips labelled with the model's classes, or a model trained on these")
-    names = classes or listed
+    if classes is not None:
+        check_data_classes(root, classes, "the model")
+    names = classes or read_classes(root)
     if names is None:
         raise DataError(f"{root}: no classes.txt; add one (one class name per line, background first) "
                         "or give the class names")

@@ -271,3 +271,19 @@ def check_not_0_255(pairs: list[Pair], classes: tuple[str, ...]) -> None:
                         f"0..{len(classes) - 1}: save {classes[1]} as 1"
                         + (", e.g. mask // 255" if len(classes) == 2 else ", each class as its id"))
 
+
+def class_list(classes) -> str:
+    """A class list in one line, in order: ``[background, person]``."""
+    return f"[{', '.join(classes)}]"
+
+
+def check_data_classes(root: str | Path, classes, model: str) -> None:
+    """DataError (exit 2) when the dataset folder ``root`` lists classes (its classes.txt) other than
+    ``classes``, the classes of ``model`` in order: label k would be scored as the model's class k, which names
+    something else. A folder without a class list is taken as labelled with ``classes``."""
+    listed = read_classes(Path(root))
+    if listed is None or tuple(listed) == tuple(classes):
+        return
+    raise DataError(f"{Path(root) / 'classes.txt'} lists the classes {class_list(listed)} but {model} predicts "
+                    f"{class_list(classes)} (in that order); relabel the data with the model's classes, or fine-tune the "
+                    f"model on it (edgeseg train --weights MODEL --data {root})")

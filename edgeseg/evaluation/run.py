@@ -1,10 +1,9 @@
 """``edgeseg eval``: metrics of any model on a dataset or the built-in synthetic set (layer 3)."""
 from __future__ import annotations
 
-from edgeseg.evaluation.class_check import check_data_classes
 from edgeseg.evaluation.slices import check_slice_ids, read_slices, slice_report
 from edgeseg.data.clips import is_clip_dataset, open_clips
-from edgeseg.data.datasets import builtin_source, open_source
+from edgeseg.data.datasets import builtin_source, check_data_classes, open_source
 from edgeseg.errors import DataError
 from edgeseg.metrics import SegMetrics
 from edgeseg.runtime.base import Runner

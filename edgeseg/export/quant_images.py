@@ -11,11 +11,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from edgeseg.data.clips import is_clip_dataset
-from edgeseg.data.datasets import builtin_source, detect_layout, discover_pairs, open_source, split_names
+from edgeseg.data.datasets import builtin_source, check_data_classes, detect_layout, discover_pairs, open_source, split_names
 from edgeseg.data.images import IMAGE_SUFFIXES, load_image
 from edgeseg.data.transforms import photometric_steps, resize_pixels
 from edgeseg.errors import DataError
-from edgeseg.evaluation.class_check import check_data_classes
 from edgeseg.recipe import AugmentCfg, DataCfg
 
 AUGMENT_SEED = 0  # calibration augmentations come from their own seeded generator: every export sees the same pixels

@@ -27,7 +27,7 @@ from edgeseg.fsutil import atomic_path, check_output
 from edgeseg.models.checkpoint import Checkpoint, ModelInfo, checkpoint_bytes, load_fitting, upgrade_state
 from edgeseg.recipe import Recipe, recipe_with
 from edgeseg.evaluation.accumulate import evaluate
-from edgeseg.evaluation.class_check import shown
+from edgeseg.data.datasets import class_list
 from edgeseg.runtime.torch_runner import TorchRunner
 from edgeseg.train.losses import SegLoss
 from edgeseg.train.resume import DATA_ROOT_RECORDED, given_keys, resume_point, resumed_recipe
@@ -315,8 +315,8 @@ def check_resumed_classes(ckpt: Checkpoint, classes: tuple[str, ...]) -> None:
     """CheckpointError (exit 2) when the data's ``classes`` differ from those the run in last.pt trained on, in
     names or order: going on would give its outputs other meanings."""
     if tuple(ckpt.info.classes) != tuple(classes):
-        raise CheckpointError(f"--resume: the run in {ckpt.path.parent} trains the classes {shown(ckpt.info.classes)} "
-                              f"but its data now lists {shown(classes)}; resume with data labelled as the run's "
+        raise CheckpointError(f"--resume: the run in {ckpt.path.parent} trains the classes {class_list(ckpt.info.classes)} "
+                              f"but its data now lists {class_list(classes)}; resume with data labelled as the run's "
                               "(classes in that order), or train into a fresh --out (--weights "
                               f"{ckpt.path} to start from its weights)")
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from edgeseg.data.datasets import FileSource, open_source
+from edgeseg.data.datasets import FileSource, class_list, open_source
 from edgeseg.errors import CheckpointError, RecipeError
-from edgeseg.evaluation.class_check import shown
 from edgeseg.models.checkpoint import ModelInfo, is_packaged, load_checkpoint, packaged_path
 from edgeseg.models.registry import check_input_size, get_spec
 from edgeseg.models.weights import is_weights_name, load_arch_weights
@@ -79,7 +78,7 @@ def starting_weights(weights: str, classes: tuple[str, ...]) -> str | Path:
         return path
     if len(before) == len(classes) and tuple(before) != tuple(classes):
         warnings.warn(RenamedClassesWarning(
-            f"--weights {weights}: its outputs were the classes {shown(before)}; fine-tuning makes them "
-            f"{shown(classes)} (the data's, in that order); if the data means the same classes, relabel it in the "
+            f"--weights {weights}: its outputs were the classes {class_list(before)}; fine-tuning makes them "
+            f"{class_list(classes)} (the data's, in that order); if the data means the same classes, relabel it in the "
             "checkpoint's order instead"), stacklevel=2)
     return path
