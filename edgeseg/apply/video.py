@@ -77,9 +77,13 @@ def _start(container) -> float:
     return _seconds(first.start_time, first.time_base) if first is not None else 0.0
 
 
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's reason in one line (the exception's class name when it gives none)."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+
+
 def _unreadable(path: Path, exc: BaseException) -> DataError:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    return DataError(f"{path}: cannot read this video ({reason}); check that it is a complete video file "
+    return DataError(f"{path}: cannot read this video ({_reason(exc)}); check that it is a complete video file "
                      "FFmpeg can decode (e.g. re-encode it to H.264 MP4)")
 
 
@@ -294,5 +298,4 @@ def video_writer(dest: str | Path, width: int, height: int, rate: Fraction, *, r
                 yield writer
                 writer.finish()
         except av.FFmpegError as exc:  # e.g. a sound track whose packets FFmpeg cannot put into MP4
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise DataError(f"cannot be written as MP4 ({reason}); re-encode it to H.264 MP4 with AAC sound") from None
+            raise DataError(f"cannot be written as MP4 ({_reason(exc)}); re-encode it to H.264 MP4 with AAC sound") from None
