@@ -3,7 +3,7 @@
     python scripts/fold_input_normalization.py runs/portrait_default_s2/best.pt 114 58 runs/portrait_default_folded.pt
 
 An int8 TFLite file folds such a normalization into its uint8 input's quantization, so its graph has no
-normalization op (``edgeseg.export.tflite_convert.folds_into_uint8_input``); a per-channel one (ImageNet's)
+normalization op (``edgeseg.runtime.base.folds_into_uint8_input``); a per-channel one (ImageNet's)
 costs an op at full resolution. The model's first convolution absorbs the change: per input channel its
 weights scale by ``S / std_c`` and the offset ``(M - mean_c) / std_c`` moves into its bias, or into the
 running mean of the BatchNorm after it. Exact except where that convolution reads its zero padding (the

@@ -83,3 +83,42 @@ def test_missing_extra_names_the_extra(tiny_checkpoint, tmp_path):
     assert r.returncode == 2
     assert "pip install 'edgeseg[executorch]'" in one_line_error(r.stderr)
     assert not (tmp_path / "e").exists()
+
+
+def test_an_integer_mean_makes_the_int8_program_take_pixel_minus_128_with_the_same_logits(tiny_checkpoint, tmp_path,
+                                                                                        monkeypatch):
+    """One integer mean and std for all channels (the packaged default's 114 / 58): the int8 .pte takes the int8
+    its first quantize op made, ``pixel - 128``, and gives the logits of the float-input program bit for bit."""
+    from edgeseg.export import executorch_convert
+    from edgeseg.models.checkpoint import load_checkpoint
+    from edgeseg.runtime.base import int8_pixels_nchw
+    from edgeseg.runtime.executorch_runner import ExecuTorchRunner
+
+    model = load_checkpoint(tiny_checkpoint).model().eval()
+    rng = np.random.default_rng(0)
+    calib = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    mean, std = [114.0] * 3, [58.0] * 3
+
+    def program(name):
+        result = executorch_convert.convert_executorch(model, height=64, width=64, precision="int8", mean=mean,
+                                                       std=std, calib_images=calib)
+        (tmp_path / name).write_bytes(result.data)
+        return result, ExecuTorchRunner(str(tmp_path / name), input_size=(64, 64), mean=mean, std=std,
+                                        expects=result.input["expects"], threads=1)
+
+    folded, folded_runner = program("pixels.pte")
+    monkeypatch.setattr(executorch_convert, "folds_into_uint8_input", lambda mean, std: False)
+    plain, plain_runner = program("normalized.pte")
+    assert folded.input == {"name": "image", "shape": [1, 3, 64, 64], "dtype": "int8", "layout": "NCHW",
+                            "expects": "pixels_int8", "quantization": {"scale": pytest.approx(1 / 58), "zero_point": -14}}
+    assert plain.input["dtype"] == "float32" and plain.input["expects"] == "normalized"
+    assert "int8 input: pixel - 128" in folded.quantized and "int8 input" not in plain.quantized
+    assert folded.delegation["not_delegated"] == plain.delegation["not_delegated"]
+    images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    images[1, 0, :4, 0] = [0, 127, 128, 255]  # the extremes and the middle of the pixel range
+    try:
+        np.testing.assert_array_equal(folded_runner.run(images), plain_runner.run(images))
+    finally:
+        folded_runner.close()
+        plain_runner.close()
+    assert int8_pixels_nchw(images[1:])[0, 0, 0, :4].tolist() == [-128, -1, 0, 127]

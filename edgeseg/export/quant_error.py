@@ -381,7 +381,7 @@ def _measure_tflite(manifest: Manifest, entry: Artifact, images: list[np.ndarray
 
 def _reads_pixels(int8: bytes) -> bool:
     """Whether the int8 file's input values are raw pixels (scale 1, zero point 0), not normalized ones
-    (a normalization folded into its quantization, ``tflite_convert.folds_into_uint8_input``)."""
+    (a normalization folded into its quantization, ``runtime.base.folds_into_uint8_input``)."""
     from edgeseg.export.tflite_flatbuffer import io_details
 
     return io_details(int8)[0][0].get("quantization") == {"scale": 1.0, "zero_point": 0}

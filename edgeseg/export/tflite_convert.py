@@ -24,7 +24,7 @@ from edgeseg.compat import native_notices_dropped
 from edgeseg.errors import ArtifactError, EdgesegError, require
 from edgeseg.export.mediapipe_metadata import add_segmenter_metadata
 from edgeseg.export.tflite_flatbuffer import io_details, prepend_input_normalization, uint8_input_float_output
-from edgeseg.runtime.base import PIXEL_RANGE, normalize_nhwc, normalized_range
+from edgeseg.runtime.base import PIXEL_RANGE, folds_into_uint8_input, normalize_nhwc, normalized_range
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
 # --calib-method name -> what ai-edge-quantizer does. Its only activation statistic is min/max per image,
@@ -151,14 +151,6 @@ def _check_model(torch, model, height, width, mean, std, labels) -> None:
 
 def _uniform(mean, std) -> bool:
     return len({float(v) for v in mean}) == 1 and len({float(v) for v in std}) == 1
-
-
-def folds_into_uint8_input(mean, std) -> bool:
-    """One mean/std for all channels and an integer mean in 0..255 (``x / 255``, ``(x - 128) / 64``...):
-    ``(pixel - mean) / std`` is then exactly the dequantization of a uint8 input with scale ``1 / std``
-    and zero point ``mean``, so an int8 graph needs no normalization op (measured on the default model,
-    1 thread: the in-graph one costs 0.33 of 3.07 ms)."""
-    return _uniform(mean, std) and float(mean[0]).is_integer() and 0 <= float(mean[0]) <= 255 and float(std[0]) > 0
 
 
 def float_graph(torch, model, height: int, width: int, *, normalization: tuple | None = None,

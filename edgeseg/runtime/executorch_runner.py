@@ -14,7 +14,7 @@ import numpy as np
 from edgeseg.compat import install_log_filters
 from edgeseg.errors import ArtifactError, EdgesegError, require
 from edgeseg.manifest import Artifact, Manifest
-from edgeseg.runtime.base import Runner, check_batch, float_input_nchw
+from edgeseg.runtime.base import PIXELS_INT8, Runner, check_batch, float_input_nchw, int8_pixels_nchw
 from edgeseg.ui import folded_output
 
 _OPEN: dict[int, int | None] = {}  # id(runner) -> the pool size it asked for, for every open runner
@@ -57,7 +57,10 @@ class ExecuTorchRunner(Runner):
     def run(self, images: np.ndarray) -> np.ndarray:
         """Safe to call from several threads: one call at a time executes the method."""
         images = check_batch(images, self.height, self.width)
-        x = float_input_nchw(images, self.expects, self.mean, self.std)
+        if self.expects == PIXELS_INT8:
+            x = int8_pixels_nchw(images)
+        else:
+            x = float_input_nchw(images, self.expects, self.mean, self.std)
         with self._lock:  # execute returns outputs that own their memory (measured with executorch 1.5.1)
             outs = [self.method.execute([self._torch.from_numpy(x[i:i + 1])])[0].numpy() for i in range(len(x))]
         return np.ascontiguousarray(np.concatenate(outs), dtype=np.float32)
