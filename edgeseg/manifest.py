@@ -153,18 +153,31 @@ class Manifest(_RecordFields):
         return next((a for a in self.artifacts if a.format == fmt and a.precision == precision), None)
 
     def model_identity(self) -> dict:
-        """Which model the files were exported from: ``{"name", "sha256", "source"}``.
+        """Which model the files were exported from: ``{"name", "sha256", "source", "network"}``.
 
         ``sha256`` is the checkpoint's, as recorded at export; for a manifest without one, the
         sha256 of its ``model`` section (``source`` says which). Same model, same identity,
-        whichever directory it was exported into.
+        whichever directory it was exported into. ``network`` fingerprints what a file's speed
+        depends on and its weights' values do not change (``NETWORK_KEYS``): a retrained or
+        fine-tuned checkpoint of the same network has another ``sha256`` and the same ``network``.
         """
         ckpt = self.model.get("checkpoint")
         sha = ckpt.get("sha256") if isinstance(ckpt, dict) else None
+        network = {k: self.model.get(k) for k in NETWORK_KEYS}
+        network["classes"] = len(self.model.get("classes") or ())
+        network = hashlib.sha256(_canonical_json(network)).hexdigest()
         if sha:
-            return {"name": self.model.get("name"), "sha256": sha, "source": "checkpoint"}
-        section = json.dumps(self.model, sort_keys=True, separators=(",", ":"), default=str).encode()
-        return {"name": self.model.get("name"), "sha256": hashlib.sha256(section).hexdigest(), "source": "manifest model"}
+            return {"name": self.model.get("name"), "sha256": sha, "source": "checkpoint", "network": network}
+        return {"name": self.model.get("name"), "sha256": hashlib.sha256(_canonical_json(self.model)).hexdigest(),
+                "source": "manifest model", "network": network}
+
+
+#: the ``model`` fields that make up a network's shape and input (the class names count only by number)
+NETWORK_KEYS = ("architecture", "options", "classes", "input", "mean", "std", "params", "macs")
+
+
+def _canonical_json(value) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
 def check_relative(rel: object, where: Path) -> str:

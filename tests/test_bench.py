@@ -329,7 +329,10 @@ BAD_BASELINES = {
     "schema 99": (lambda d: d.update(schema_version=99), "schema_version 99, this edgeseg reads 2"),
     "schema 1, no model": (lambda d: (d.update(schema_version=1), d.pop("model")), "schema_version 1, this edgeseg reads 2"),
     "no model": (lambda d: d.pop("model"), "records no model identity"),
-    "another model": (lambda d: d["model"].update(name="other", sha256="0" * 64), "a baseline of model 'other'"),
+    "another network": (lambda d: d["model"].update(name="other", sha256="0" * 64, network="1" * 64),
+                        "a baseline of another network (architecture, options, input, classes or normalization): 'other'"),
+    "other weights, no network recorded": (lambda d: (d["model"].update(name="other", sha256="0" * 64),
+                                                      d["model"].pop("network")), "a baseline of another model: 'other'"),
     "results not a list": (lambda d: d.update(results={}), "not an edgeseg bench JSON (no results list)"),
     "no results": (lambda d: d.update(results=[]), "no results to gate against"),
     "row not an object": (lambda d: d["results"].__setitem__(1, "fast"), "result 1 is not an object"),
@@ -364,8 +367,23 @@ def test_baseline_of_another_real_model_is_refused(cli, baseline, tmp_path, no_t
     other = tmp_path / "other"
     shutil.copytree(ASSETS, other)
     line = assert_refused(cli, *bench_args(other, tmp_path / "out", "--baseline", baseline), watch=[tmp_path, baseline],
-                          match="a baseline of model 'tiny'")
+                          match="a baseline of another network (architecture, options, input, classes or normalization): 'tiny'")
     assert "this run benchmarks 'edgeseg-calibration-v1'" in line
+
+
+def test_a_retrained_checkpoint_of_the_same_network_is_gated_against_the_baseline(onnx_dir, baseline, cli, tmp_path):
+    """Other weights, same network (a PR that retrains the model): latency is compared, with a note."""
+    doc = json.loads(baseline.read_text())
+    assert len(doc["model"]["network"]) == 64
+    doc["model"].update(sha256="0" * 64)  # the baseline's checkpoint was another one of the same network
+    old = tmp_path / "before-retraining.json"
+    old.write_text(json.dumps(doc))
+    # a limit far above any timing noise: this checks the baseline is accepted, not the machine's speed
+    r = cli("bench", onnx_dir, "--threads", "1", "--runs", "3", "--warmup", "1", "--sessions", "1",
+            "--parity-images", "2", "--baseline", old, "--max-slowdown", "1000")
+    assert r.exit_code == 0, r.output
+    assert "note: the baseline was recorded from other weights of this network (checkpoint sha256 000000000000..." in r.output
+    assert "gate passed" in r.output and "ok" in r.output
 
 
 @pytest.mark.parametrize("option", ["--json", "--report", "--baseline"])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgeseg.bench import harness
-from edgeseg.bench.gate import check_options, compare, load_baseline, over_limit, parity_failures
+from edgeseg.bench.gate import check_options, compare, load_baseline, over_limit, parity_failures, weights_note
 from edgeseg.bench.report import COLUMNS, check_report_output, flicker_table, int8_summary, table_rows, write_report
 from edgeseg.bench.temporal import check_clips, clip_flicker
 from edgeseg.errors import EdgesegError, GateFailed
@@ -171,6 +171,9 @@ def gate(opts: BenchOptions, setup: BenchSetup, doc: dict, echo: Echo, write_jso
         write_json(opts.baseline, doc)
         echo(f"baseline updated: {opts.baseline}")
     elif opts.baseline:
+        note = weights_note(setup.old["model"], doc["model"])
+        if note:
+            echo(note)
         result = compare(setup.old, doc, opts.max_slowdown, setup.gated)
         print_table(f"gate vs {opts.baseline} (max slowdown {opts.max_slowdown:.2f}x, normalized p50)",
                     ["result", "old", "new", "ratio", "re-timed", "agreement", "status"],

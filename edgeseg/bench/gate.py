@@ -120,7 +120,8 @@ def row_problem(r) -> str:
 def check_baseline(doc: dict, path: str | Path, *, model: dict, threads, latency_threads=None) -> dict:
     """``doc`` when this run can be gated against it; EdgesegError naming ``path`` and the fix otherwise.
 
-    Refused: another ``schema_version``; no or another model identity (``model["sha256"]``); a
+    Refused: another ``schema_version``; no model identity, or another model of another network
+    (``model["sha256"]`` and ``model["network"]``, see ``same_network``); a
     malformed, skipped or repeated result; thread counts other than ``threads``; a gated thread
     count (``latency_threads``) with no timed result; no results at all.
     """
@@ -130,10 +131,12 @@ def check_baseline(doc: dict, path: str | Path, *, model: dict, threads, latency
     old = doc.get("model")
     if not isinstance(old, dict) or not isinstance(old.get("sha256"), str):
         raise EdgesegError(f"{path}: records no model identity; {RERECORD}")
-    if old["sha256"] != model["sha256"]:
-        raise EdgesegError(f"{path}: a baseline of model {old.get('name')!r} (sha256 {old['sha256'][:12]}...), this run "
+    if old["sha256"] != model["sha256"] and not same_network(old, model):
+        what = "another network (architecture, options, input, classes or normalization)" if old.get("network") else \
+            "another model"
+        raise EdgesegError(f"{path}: a baseline of {what}: {old.get('name')!r} (sha256 {old['sha256'][:12]}...), this run "
                            f"benchmarks {model.get('name')!r} (sha256 {model['sha256'][:12]}...); gate against a baseline "
-                           f"of the same model, or {RERECORD}")
+                           f"of the same network, or {RERECORD}")
     seen = set()
     for i, r in enumerate(doc["results"]):
         problem = row_problem(r) or ("repeats an earlier result" if result_key(r) in seen else "")
@@ -152,6 +155,22 @@ def check_baseline(doc: dict, path: str | Path, *, model: dict, threads, latency
         raise EdgesegError(f"--gate-threads {','.join(map(str, untimed))}: {path} has no timed result at that thread "
                            f"count; gate other thread counts, or {RERECORD}")
     return doc
+
+
+def same_network(old: dict, model: dict) -> bool:
+    """Whether two model identities (``Manifest.model_identity``) are one network, whatever its weights: a
+    retrained checkpoint is gated on latency against the baseline of the one before (a dense network's speed
+    does not depend on its weights' values); parity is each run's own, against its own PyTorch model."""
+    return isinstance(old.get("network"), str) and old["network"] == model.get("network")
+
+
+def weights_note(old: dict, model: dict) -> str:
+    """A line for a gate whose baseline was recorded from other weights of the same network ('' otherwise)."""
+    if old.get("sha256") == model.get("sha256"):
+        return ""
+    return (f"note: the baseline was recorded from other weights of this network (checkpoint sha256 "
+            f"{str(old.get('sha256'))[:12]}..., this run {str(model.get('sha256'))[:12]}...): latency is compared, "
+            "parity is this run's own")
 
 
 def load_baseline(path: str | Path, *, model: dict, threads, latency_threads=None) -> dict:
