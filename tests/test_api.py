@@ -20,7 +20,7 @@ import edgeseg
 from edgeseg.fsutil import JSON_MARK
 from edgeseg.manifest import read_manifest
 
-QUICK = {"parity_images": 4, "calib_count": 4}
+QUICK = {"parity_images": 4}  # calib_count only where int8 is made: refused elsewhere
 PORTRAIT = {"classes": ["background", "person"], "input_size": (64, 64), "mean": (127.5,) * 3, "std": (127.5,) * 3}
 EVAL_KEYS = {"model", "format", "precision", "data", "miou", "per_class_iou", "pixel_accuracy", "boundary_iou",
              "images"}
@@ -167,7 +167,7 @@ def test_failed_parity_gate_raises_with_the_manifest_and_keeps_the_files(tiny_ch
     out = tmp_path / "e"
     # int8 of a 40-step model flips some pixels, so demanding exact agreement fails (as in test_export_common)
     with edgeseg.load(tiny_checkpoint) as seg, pytest.raises(edgeseg.ParityFailed, match="tiny-int8.onnx") as failed:
-        seg.export(out, formats="onnx", precisions="int8", thresholds={"int8": 1.0}, stress="off", **QUICK)
+        seg.export(out, formats="onnx", precisions="int8", thresholds={"int8": 1.0}, stress="off", calib_count=4, **QUICK)
     (art,) = failed.value.manifest.artifacts
     assert art.parity.passed is False and art.parity.agreement_miou < 1
     assert (out / "tiny-int8.onnx").is_file() and read_manifest(out).artifacts[0].parity.passed is False
@@ -226,7 +226,10 @@ def test_a_model_whose_classes_match_no_builtin_set_gets_agreement_only_parity_a
     assert art.parity.gt_miou is None and art.parity.reference_gt_miou is None, "no labels: no accuracy numbers"
     assert "agreement only" in art.parity.data and "--data DIR" in art.parity.data
     assert manifest.model.task is None
-    assert "no built-in set has the model's classes" in manifest.model.calibration.source
+    assert "calibration" not in manifest.model, "fp32 only: nothing calibrated, none recorded"
+    from edgeseg.export.quant_images import calibration_images  # what an int8 file of it would be calibrated on
+
+    assert "no built-in set has the model's classes" in calibration_images(None, None, None, 1, (64, 64)).source
     with edgeseg.load(tmp_path / "net") as seg, pytest.raises(edgeseg.DataError) as refused:
         seg.evaluate(count=2)
     assert "classes (background, sky, road) match no built-in synthetic set" in str(refused.value)

@@ -531,7 +531,7 @@ def moved_export(tiny_checkpoint, tmp_path_factory):
     (work / "ckpt").mkdir(parents=True)
     shutil.copy(tiny_checkpoint, work / "ckpt" / "best.pt")
     r = invoke_cli("export", "ckpt/best.pt", "--out", "exp", "--formats", "onnx", "--precisions", "fp32,fp16",
-                   "--parity-images", "2", "--calib-count", "4", cwd=work)
+                   "--parity-images", "2", cwd=work)
     assert r.exit_code == 0, r.output
     (root / "ci").mkdir()
     shutil.move(work / "exp", root / "ci" / "exp")
@@ -580,7 +580,8 @@ def test_moved_export_is_checked_in_full_without_its_checkpoint(moved_export, mo
     r, doc = moved_bench
     assert r.exit_code == 0, r.output[-3000:]
     rows = {row["artifact"]: row for row in doc["results"]}
-    assert rows["pytorch-fp32"]["skipped"].startswith("not timed: its checkpoint ckpt/best.pt")
+    checkpoint = moved_export.parent.parent / "work" / "ckpt" / "best.pt"  # recorded absolute, then deleted
+    assert rows["pytorch-fp32"]["skipped"].startswith(f"not timed: its checkpoint {checkpoint} (sha256 ")
     assert "parity uses the stored reference" in rows["pytorch-fp32"]["skipped"]
     arts = read_manifest(moved_export).artifacts
     assert set(rows) == {"pytorch-fp32"} | {a.path for a in arts}
@@ -632,7 +633,7 @@ def test_export_without_a_stored_reference_fails_the_gate_naming_the_fix(cli, mo
 def test_data_without_the_checkpoint_is_refused_before_timing(cli, moved_export, tmp_path, no_timing):
     line = assert_refused(cli, "bench", moved_export, "--threads", "1", "--data", tmp_path, watch=[moved_export, tmp_path],
                           match=f"--data {tmp_path}: parity on other images needs the PyTorch model, and its checkpoint "
-                                "ckpt/best.pt")
+                                f"{moved_export.parent.parent / 'work' / 'ckpt' / 'best.pt'}")
     assert line.endswith("drop --data to check parity against the reference stored in the export")
 
 

@@ -126,14 +126,10 @@ def test_options_the_export_would_ignore_are_refused(cli, tmp_path, args, expect
     assert expected.format(**folders) in line, line
 
 
-def test_an_unused_calib_count_is_a_warning(tmp_path):
-    """--calib-count in an export without int8 did nothing, silently. A warning (not a refusal): scripts such as
-    benchmarks/run_bench.py pass one --calib-count to every export they run. Here the export then stops at the
-    --stress-threshold that --stress off leaves unused (nothing written)."""
-    from edgeseg.export.quant_images import CalibrationWarning
-
-    with pytest.warns(CalibrationWarning, match="--calib-count 4 is unused: --precisions has no int8"), \
-            pytest.raises(edgeseg.EdgesegError, match="--stress-threshold int8=0.9: stress parity is off"):
+def test_an_unused_calib_count_is_refused(tmp_path):
+    """--calib-count in an export without int8 did nothing, first silently, then with only a warning after a full
+    export, although the README says it is refused: refused like --calib, before any work (nothing written)."""
+    with pytest.raises(edgeseg.EdgesegError, match="--calib-count 4 would be unused: --precisions has no int8"):
         edgeseg.export_checkpoint(None, tmp_path / "out", "onnx", "fp32,fp16", calib_count=4, stress="off",
                                   stress_thresholds={"int8": 0.9})
     assert not (tmp_path / "out").exists()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from edgeseg.bench.parity import cannot_run, check_parity, reference_set, skippe
 from edgeseg.bench.stored_reference import store_reference
 from edgeseg.errors import ArtifactError, EdgesegError, MissingExtra, require
 from edgeseg.export.base import CALIBRATED_PRECISION, EXPORTERS, ExportJob, embedded_metadata
-from edgeseg.export.quant_images import CalibrationWarning, calibration_images, check_folder, parity_source
+from edgeseg.export.quant_images import calibration_images, check_folder, parity_source
 from edgeseg.fsutil import being_installed, check_output, install_staged, is_staging, staging_dir
 from edgeseg.manifest import MANIFEST_NAME, REFERENCE_NAME, SUFFIXES, Artifact, Manifest, file_digest
 from edgeseg.export.source import ExportSource, checkpoint_source
@@ -185,21 +184,38 @@ def calibrated_exporters(exporters: dict, precisions) -> dict:
 
 def check_unused_options(given: ExportRequest, req: ExportRequest, exporters: dict) -> None:
     """Refuse an option ``given`` (the request as the caller gave it, before the recipe's defaults) that this
-    export ``req`` would ignore: --calib when no file is calibrated, stress thresholds with the stress set off
-    (EdgesegError naming the option and the fix); --calib-count with no file calibrated is a CalibrationWarning."""
+    export ``req`` would ignore, with an EdgesegError naming the option and the fix, before any work: --calib,
+    --calib-count or --calib-method when no file is calibrated on images, stress thresholds with the stress set
+    off, and a --threshold or --stress-threshold of a precision this export makes no file of. Only what the
+    caller gave is checked: the recipe's ``export:`` section (or edgeseg's defaults) may set all of them."""
     if not calibrated_exporters(exporters, req.precisions):
         if given.calib_dir is not None:
             check_folder(given.calib_dir)  # a file or a missing folder says so first
-            raise EdgesegError(f"--calib {given.calib_dir} would be unused: "
-                               f"{_no_calibrated_file(exporters, req.precisions, drop='--calib')}")
-        if given.calib_count is not None:  # a warning: scripts pass one --calib-count to every export they run
-            warnings.warn(CalibrationWarning(f"--calib-count {given.calib_count} is unused: "
-                                             f"{_no_calibrated_file(exporters, req.precisions, drop='--calib-count')}"),
-                          stacklevel=3)
+        unused = [(flag, f"{flag} {value}") for flag, value in (("--calib", given.calib_dir),
+                                                                ("--calib-count", given.calib_count),
+                                                                ("--calib-method", given.calib_method))
+                  if value is not None]
+        if unused:
+            raise EdgesegError(f"{_and([shown for _, shown in unused])} would be unused: "
+                               f"{_no_calibrated_file(exporters, req.precisions, drop=_and([f for f, _ in unused]))}")
     if given.stress_thresholds and req.stress == "off":
         shown = ",".join(f"{k}={v:g}" for k, v in given.stress_thresholds.items())
         raise EdgesegError(f"--stress-threshold {shown}: stress parity is off (--stress off, or the recipe's "
                            "export.stress), so no threshold applies; drop --stress-threshold, or use --stress gate or report")
+    for option, thresholds in (("--threshold", given.thresholds), ("--stress-threshold", given.stress_thresholds)):
+        absent = {k: v for k, v in thresholds.items() if k not in req.precisions}
+        if absent:
+            shown = ",".join(f"{k}={v:g}" for k, v in absent.items())
+            names = _and(list(absent))
+            files = "file" if len(absent) == 1 else "files"
+            raise EdgesegError(f"{option} {shown}: this export makes no {_and(list(absent), 'or')} {files} "
+                               f"(--precisions {','.join(req.precisions)}); add {names} to --precisions, "
+                               f"or drop {option} {shown}")
+
+
+def _and(items: list[str], word: str = "and") -> str:
+    """'a', 'a and b', 'a, b and c' (``word``: 'or' for 'a or b')."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {word} {items[-1]}"
 
 
 _EXTRA_MODULES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "tflite": ("litert_torch", "ai_edge_litert", "ai_edge_quantizer", "mediapipe"),
@@ -231,8 +247,9 @@ def run_export(req: ExportRequest, on_artifact=None, *, model_source: ExportSour
     info, task, model = model_source.info, model_source.task, model_source.model
     names = {MANIFEST_NAME, REFERENCE_NAME} | {f"{info.name}-{p}{SUFFIXES[f]}" for f in exporters for p in req.precisions}
     owned = owned_by_earlier_export(dest, names, req.force)
+    # no file calibrated on images (no int8, or Core ML's weight-only int8): no images made or read, none recorded
     calib = calibration_images(req.calib_dir, model_source.recipe_root, task, req.calib_count, info.input_size,
-                               model_source.augment, model_source.val_fraction)
+                               model_source.augment, model_source.val_fraction) if methods else None
     source, described = parity_source(req.data_dir, task, req.parity_images, info.input_size, info.classes,
                                       model_source.val_fraction)
     for exporter in exporters.values():  # after the cheap input checks: these imports are slow and chatty
@@ -242,11 +259,13 @@ def run_export(req: ExportRequest, on_artifact=None, *, model_source: ExportSour
     staging = staging_dir(dest)
     try:
         manifest = Manifest(model=model_source.model_section(), tools=tool_versions())
-        manifest.model["calibration"] = {**calib.manifest_entry(), "methods": methods}
+        if calib is not None:  # model.calibration exists only when some file was calibrated on its images
+            manifest.model["calibration"] = {**calib.manifest_entry(), "methods": methods}
         meta = embedded_metadata(info, __version__)
+        images = [] if calib is None else calib.images
         for fmt, exporter in exporters.items():
             for precision in req.precisions:
-                job = ExportJob(model, info, precision, calib.images, staging, f"{info.name}-{precision}",
+                job = ExportJob(model, info, precision, images, staging, f"{info.name}-{precision}",
                                 metadata=meta, calib_method=methods.get(fmt, ExportCfg.calib_method))
                 art = exporter.export(job)
                 art.parity = gate.check(art, manifest)

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import hashlib
 import io
+import os
 from dataclasses import dataclass
 
 import torch
@@ -71,9 +72,13 @@ def recipe_export(ckpt: Checkpoint) -> ExportCfg:
 
 
 def checkpoint_source(ckpt: Checkpoint, model: nn.Module | None = None) -> ExportSource:
-    """The export source of an edgeseg checkpoint; ``model``: its weights already loaded (else loaded here)."""
+    """The export source of an edgeseg checkpoint; ``model``: its weights already loaded (else loaded here).
+
+    The manifest records the checkpoint's absolute path (as training records ``data.root``), not the path as
+    typed: ``edgeseg bench`` and ``inspect`` look for it there from any working directory (by its sha256)."""
+    path = None if ckpt.path is None else os.path.abspath(ckpt.path)
     return ExportSource(ckpt.model() if model is None else model, ckpt.info, synth_task_for(ckpt.info.classes),
-                        {"checkpoint": {"path": str(ckpt.path), "sha256": ckpt.sha256}},
+                        {"checkpoint": {"path": path, "sha256": ckpt.sha256}},
                         ckpt.recipe.get("data", {}).get("root"), training_augment(ckpt), recipe_export(ckpt),
                         ckpt.val_fraction)
 
