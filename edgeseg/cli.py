@@ -1,7 +1,7 @@
 """The ``edgeseg`` command line: thin click commands over the Python API and library calls (layer 6).
 
 Exit codes: 0 success, 1 a gate failed (parity or latency), 2 bad usage or bad input, 130 interrupted,
-141 stdout closed by its reader (``edgeseg models | head -1``).
+141 stdout closed by its reader (``edgeseg models | head -1``), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import functools
 import io
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -21,7 +23,7 @@ from edgeseg.recipe import CALIB_METHODS, STRESS_MODES, ExportCfg
 
 
 def handle_errors(fn):
-    """Map EdgesegError to a one-line message and exit 2, GateFailed to exit 1, Ctrl-C to 130.
+    """Map EdgesegError to a one-line message and exit 2, GateFailed to exit 1, Ctrl-C to 130, SIGTERM to 143.
 
     An OSError from the machine rather than from edgeseg (disk full, quota, read-only or
     permission-denied location, a name too long) is bad input too: one line naming what the
@@ -78,9 +80,8 @@ def handle_errors(fn):
         except GateFailed as exc:
             click.echo(f"FAILED: {exc}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            sys.exit(report_interrupt(exc))
         except OSError as exc:
             if exc.errno not in fixes:
                 raise
@@ -90,6 +91,47 @@ def handle_errors(fn):
 
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a process killed by SIGPIPE
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what CI sends a cancelled job), raised in the main thread like Ctrl-C: the same unwinding
+    removes staging folders and temporaries; the CLI prints ``terminated`` and exits 143 (128 + SIGTERM)."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises ``Terminated`` while the CLI runs (the previous handler is put back after). Only in the main
+    thread, and not where SIGTERM was ignored when the process started (whoever started it meant that)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def report_interrupt(exc: BaseException) -> int:
+    """Print the one line for Ctrl-C or SIGTERM (``interrupted``, ``terminated``, or what an install that finished
+    first says: ``interrupted after OUT was written (it is complete)``); the exit code, 128 + the signal."""
+    from edgeseg.fsutil import InstallInterrupted
+
+    if isinstance(exc, click.Abort) and isinstance(exc.__cause__, KeyboardInterrupt):
+        exc = exc.__cause__
+    signum = getattr(exc, "signum", signal.SIGINT)
+    if isinstance(exc, InstallInterrupted):
+        line = str(exc)
+    else:
+        line = "terminated" if signum == signal.SIGTERM else "interrupted"
+    click.echo(line, err=True)
+    return 128 + signum
 
 
 @contextlib.contextmanager
@@ -123,11 +165,11 @@ class Group(click.Group):
             return super().invoke(ctx)
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
-        """click's usage errors as one ``error:`` line too (exit 2), Ctrl-C anywhere as exit 130, a closed stdout
-        as a quiet exit 141 (``quiet_broken_pipe``)."""
+        """click's usage errors as one ``error:`` line too (exit 2), Ctrl-C anywhere as exit 130 and SIGTERM as 143
+        (``sigterm_as_interrupt``), a closed stdout as a quiet exit 141 (``quiet_broken_pipe``)."""
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
-        with quiet_broken_pipe():
+        with sigterm_as_interrupt(), quiet_broken_pipe():
             self._main(*args, **kwargs)
 
     def _main(self, *args, **kwargs):
@@ -144,9 +186,8 @@ class Group(click.Group):
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
-        except (click.Abort, KeyboardInterrupt):
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except (click.Abort, KeyboardInterrupt) as exc:
+            sys.exit(report_interrupt(exc))
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -10,7 +10,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -263,6 +265,64 @@ def is_staging(path: str | os.PathLike) -> bool:
 INSTALLING = f"{STAGING_PREFIX}installing.json"
 
 
+class InstallInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) that arrived while ``install_staged`` was putting files in place: held until the install
+    had finished, then raised. ``dest`` is complete; ``signum`` is the signal; the message says both in one line
+    (``interrupted after DEST was written (it is complete)``)."""
+
+    def __init__(self, dest: Path, signum: int):
+        self.dest, self.signum = Path(dest), signum
+        verb = "interrupted" if signum == signal.SIGINT else "terminated"
+        super().__init__(f"{verb} after {dest} was written (it is complete)")
+
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class HeldSignals:
+    """What ``signals_deferred`` held: ``arrived`` (signal numbers, in order) and ``handed`` (the last one handed
+    to its previous handler after the block: the one whose handler raised, when one did)."""
+
+    def __init__(self) -> None:
+        self.arrived: list[int] = []
+        self.handed: int | None = None
+
+
+@contextlib.contextmanager
+def signals_deferred(signums: Iterable[int] = DEFERRED_SIGNALS) -> Iterator[HeldSignals]:
+    """Hold Ctrl-C and SIGTERM for a short critical section that must not stop half-way.
+
+    Only in the main thread (the only one that runs Python signal handlers; elsewhere nothing is held), and
+    only a signal whose handler was set from Python (``signal.getsignal`` is not None: another cannot be put
+    back). When the block ends (also when it raised), the previous handlers are restored and each signal that
+    arrived is handed to its previous handler once, in order: ``default_int_handler`` raises KeyboardInterrupt,
+    a handler the CLI set raises its own, SIG_DFL gets the signal again (its default action), SIG_IGN nothing.
+    """
+    held = HeldSignals()
+    previous: dict = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in signums:
+            handler = signal.getsignal(signum)
+            if handler is None:
+                continue
+            try:
+                signal.signal(signum, lambda s, _frame: held.arrived.append(s))
+            except (ValueError, OSError):  # e.g. not the main interpreter
+                continue
+            previous[signum] = handler
+    try:
+        yield held
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held.arrived):
+            held.handed, handler = signum, previous[signum]
+            if handler is signal.SIG_DFL:
+                signal.raise_signal(signum)
+            elif callable(handler):
+                handler(signum, None)
+
+
 def install_staged(staging: Path, dest: Path, *, owned: Iterable[str] = (), last: str | None = None) -> None:
     """Move everything in ``staging`` into ``dest`` and remove ``staging``.
 
@@ -272,18 +332,42 @@ def install_staged(staging: Path, dest: Path, *, owned: Iterable[str] = (), last
     Each entry is replaced by a rename; ``last`` (e.g. the manifest) is moved after all others, so
     a reader that trusts it never sees it before the files it describes. Into an existing ``dest``, the
     files being installed are recorded first (``INSTALLING``, see ``being_installed``).
+
+    Ctrl-C and SIGTERM are held while the files are put in place (``signals_deferred``: the record, the
+    renames, the removals, the record's removal) and raised once the install has finished, as
+    ``InstallInterrupted`` (``dest`` is complete); as they are when the install itself failed.
     """
     staging, dest = Path(staging), Path(dest)
     names = sorted(p.name for p in staging.iterdir())
-    if not dest.exists() and staging.parent == dest.parent:
-        staging.chmod(folder_mode())
-        os.replace(staging, dest)
-        return
+    fresh = not dest.exists() and staging.parent == dest.parent
+    files = {} if fresh else {p.relative_to(staging).as_posix(): sha256_file(p)
+                              for p in sorted(staging.rglob("*")) if p.is_file()}
+    installed, interrupted = False, None
+    try:
+        with signals_deferred() as held:
+            if fresh:
+                staging.chmod(folder_mode())
+                os.replace(staging, dest)
+            else:
+                _install_into(staging, dest, names, files, owned, last)
+            installed = True
+    except KeyboardInterrupt as exc:
+        if not installed:
+            raise
+        # the held signal's (or one that came as the handlers were put back: its own signum, else Ctrl-C)
+        interrupted = getattr(exc, "signum", None) or held.handed or signal.SIGINT
+    if not fresh:
+        shutil.rmtree(staging, ignore_errors=True)
+    if interrupted is not None:
+        raise InstallInterrupted(dest, interrupted) from None
+
+
+def _install_into(staging: Path, dest: Path, names: list[str], files: dict, owned: Iterable[str], last: str | None) -> None:
+    """``install_staged`` into a folder that may hold other files: the record, the renames, the removals."""
     dest.mkdir(parents=True, exist_ok=True)
     record = dest / INSTALLING
-    files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
     # an earlier killed install's entries stay listed until one install finishes (its files may still be there)
-    write_bytes_atomic(record, json.dumps({"files": {**_installing(dest), **files}}).encode())
+    write_bytes_atomic(record, json.dumps({"files": {**_installing(dest), **files}, "pid": os.getpid()}).encode())
     order = [n for n in names if n != last] + ([last] if last in names else [])
     for name in order:
         src, dst = staging / name, dest / name
@@ -293,7 +377,6 @@ def install_staged(staging: Path, dest: Path, *, owned: Iterable[str] = (), last
     for name in set(owned) - set(names):
         _remove(dest / name)
     record.unlink(missing_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _installing(dest: str | os.PathLike) -> dict:
@@ -303,6 +386,24 @@ def _installing(dest: str | os.PathLike) -> dict:
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(files, dict) else {}
+
+
+def unfinished_install(dest: str | os.PathLike) -> dict | None:
+    """The ``INSTALLING`` record in ``dest``, left by an install that was stopped (killed, power loss) or one still
+    under way: ``{"files": relative path -> sha256, or None when the record cannot be read, "running": whether
+    the process that wrote it is another one that still runs}``; None when there is no record."""
+    record = Path(dest) / INSTALLING
+    if not (record.exists() or record.is_symlink()):
+        return None
+    try:
+        doc = json.loads(record.read_text(encoding="utf-8"))
+        files, pid = doc["files"], doc.get("pid")
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"files": None, "running": False}
+    if not (isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
+        files = None
+    running = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and pid != os.getpid() and _alive(pid)
+    return {"files": files, "running": running}
 
 
 def being_installed(dest: str | os.PathLike, rel: str) -> bool:

@@ -244,13 +244,30 @@ def _digest(root: str, is_dir: bool, stamps: tuple) -> tuple[int, str]:
 
 
 def read_manifest(directory: str | Path) -> Manifest:
-    """Read ``directory/manifest.json``; ArtifactError naming the file on any problem."""
+    """Read ``directory/manifest.json``; ArtifactError naming the file on any problem.
+
+    Refused too: a directory where an export's install did not finish (``fsutil.INSTALLING`` is there and the
+    manifest is not the one that install was putting in place): its files may be newer than the manifest.
+    The exporter reads an earlier manifest without this function (``export.pipeline``), so a re-export into
+    such a directory, the fix, still works.
+    """
     directory = Path(directory)
     path = directory / MANIFEST_NAME
     if not path.is_file():
         raise ArtifactError(f"{directory}: no {MANIFEST_NAME} (is this an edgeseg export directory?)")
+    from edgeseg.fsutil import INSTALLING, unfinished_install
+
+    data = path.read_bytes()
+    left = unfinished_install(directory)
+    digest = hashlib.sha256(data).hexdigest()
+    if left is not None and (left["files"] is None or left["files"].get(MANIFEST_NAME, digest) != digest):
+        if left["running"]:
+            raise ArtifactError(f"{directory}: an edgeseg run is installing files here now ({INSTALLING} is there); "
+                                "try again when it has finished (or, if it was stopped, re-run the export into it)")
+        raise ArtifactError(f"{directory}: an edgeseg run was stopped while installing files here ({INSTALLING} is "
+                            "left, so its files may not match the manifest); re-run the export into it")
     try:
-        raw: dict[str, Any] = json.loads(path.read_text())
+        raw: dict[str, Any] = json.loads(data.decode("utf-8"))
         arts = [Artifact(**{k: v for k, v in a.items()}, root=directory) for a in raw["artifacts"]]
         manifest = Manifest(model=raw["model"], tools=raw.get("tools", {}), artifacts=arts,
                             schema_version=raw.get("schema_version", 0), root=directory,
@@ -383,4 +400,20 @@ def find_artifact_for_file(path: str | Path) -> tuple[Manifest, Artifact]:
     for a in manifest.artifacts:
         if a.path == path.name:
             return manifest, a
-    raise ArtifactError(f"{path}: not listed in {path.parent / MANIFEST_NAME}")
+    listed = path.parent / MANIFEST_NAME
+    try:  # a renamed (or copied) exported file: the manifest records every file's sha256 (and size: hash only then)
+        size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        same = [a for a in manifest.artifacts if a.bytes == size]
+        digest = file_digest(path)[1] if same else None
+    except OSError:
+        same, digest = [], None
+    match = next((a for a in same if a.sha256 == digest), None)
+    why = "the manifest, parity reference and bench find files by their exported names"
+    if match is not None and (path.parent / match.path).exists():
+        raise ArtifactError(f"{path}: not listed in {listed}; it holds the bytes of {match.path!r}, which is there: "
+                            f"give {path.parent / match.path} instead ({why})")
+    if match is not None:
+        raise ArtifactError(f"{path}: not listed in {listed}; it holds the bytes of {match.path!r}: rename it back "
+                            f"to {match.path} ({why})")
+    raise ArtifactError(f"{path}: not listed in {listed}; give a file listed there, or the export folder "
+                        f"{path.parent}")
