@@ -334,7 +334,9 @@ def data_convert_labelme(folder, out_dir, classes):
 
 
 @main.command()
-@click.option("--recipe", "recipe_path", required=True, type=click.Path(), help="recipes/<name>.yaml")
+@click.option("--recipe", "recipe_path", type=click.Path(),
+              help="A recipe .yaml file, or a bundled recipe's name (e.g. portrait_unet_mnv3min_s2_256); with --resume "
+                   "optional (the run's own recipe), and when given it must match the run's.")
 @click.option("--data", "data_root", type=click.Path(), help="Dataset folder (overrides data.root).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory [runs/<recipe name>].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.epochs=3.")
@@ -345,22 +347,29 @@ def data_convert_labelme(folder, out_dir, classes):
 @click.option("--resume", is_flag=True,
               help="Continue from <out>/last.pt with the settings the run was started with; only train.epochs "
                    "(to train further), train.device, train.workers and --data may differ.")
-@click.option("--force", is_flag=True, help="Start over in a run folder that holds a run (replaces its best.pt, last.pt, metrics.csv).")
+@click.option("--force", is_flag=True, help="Start over in a run folder that holds a run (replaces its best.pt, last.pt, "
+                                           "metrics.csv when an edgeseg run wrote them).")
 def train(recipe_path, data_root, out_dir, overrides, weights, resume, force):
     """Train or fine-tune a segmenter from a recipe.
 
-    An --out folder that already holds a run is refused unless --resume or --force.
+    An --out folder that already holds a run is refused unless --resume or --force; files there that
+    an edgeseg run did not write are never replaced.
     """
     from edgeseg.export.report import warning_lines
-    from edgeseg.recipe import load_recipe
+    from edgeseg.recipe import bundled_recipes, load_recipe
     from edgeseg.train.loop import train as run_training
-    from edgeseg.train.setup import RenamedClassesWarning
+    from edgeseg.train.setup import TrainWarning
 
-    extra = (f"model.weights={weights}",) if weights else ()
-    recipe = load_recipe(recipe_path, tuple(overrides) + extra)
-    with warning_lines(RenamedClassesWarning):
-        result = run_training(recipe, out_dir=out_dir or Path("runs") / recipe.name, data_root=data_root,
-                              resume=resume, force=force, overrides=tuple(overrides) + extra)
+    sets = tuple(overrides) + ((f"model.weights={weights}",) if weights else ())
+    if recipe_path is None and not (resume and out_dir):
+        raise EdgesegError("--resume without --recipe goes on with the recipe stored in the run: give its folder with "
+                           "--out RUN" if resume else
+                           f"--recipe is needed: a recipe .yaml file or a bundled recipe's name ({', '.join(bundled_recipes())})")
+    recipe = load_recipe(recipe_path, sets) if recipe_path is not None else None
+    with warning_lines(TrainWarning):
+        # a resumed run compares every setting of a --recipe given with the run's (another recipe is refused)
+        result = run_training(recipe, out_dir=out_dir or Path("runs") / recipe.name, data_root=data_root, resume=resume,
+                              force=force, overrides=None if resume and recipe is not None else sets)
     click.echo(f"done: {result.steps} steps; best val mIoU {result.best.get('miou', float('nan')):.4f}; "
                f"checkpoints in {result.out_dir}")
 

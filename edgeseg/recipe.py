@@ -1,7 +1,9 @@
 """Training/export recipes: frozen dataclasses loaded from YAML (layer 1).
 
 Unknown keys are errors naming the key; ``--set a.b=v`` overrides any field. Model options
-left unset (None) take the architecture's defaults; mean/std unset take the encoder's.
+left unset (None) take the architecture's defaults; mean/std unset take the encoder's, or, for a run
+starting from an edgeseg checkpoint, the checkpoint's (``train.setup.weights_normalization``).
+``load_recipe`` takes a file or a shipped recipe's name (``bundled_recipes``).
 Every field has a valid range (``RULES``), checked when the recipe is built, so a bad value
 is refused before any data is read or file written.
 """
@@ -377,11 +379,49 @@ def val_fraction_or_default(value: object) -> float:
     return float(value) if ok else DataCfg.val_fraction
 
 
+#: where the shipped recipes are installed (``[tool.setuptools.data-files]`` in pyproject.toml: the wheel carries
+#: the repository's ``recipes/*.yaml`` there, relative to the installation's data prefix)
+BUNDLED_RECIPES_DIR = ("share", "edgeseg", "recipes")
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """The recipes shipped with edgeseg, by name (file stem) -> file: a source checkout's ``recipes/`` folder
+    (editable installs), else the files the installed distribution lists under ``BUNDLED_RECIPES_DIR``."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "recipes").is_dir():
+        files = list((checkout / "recipes").glob("*.yaml"))
+    else:
+        from importlib import metadata
+
+        try:
+            dist = metadata.distribution("edgeseg")
+        except metadata.PackageNotFoundError:
+            return {}
+        files = [Path(dist.locate_file(f)).resolve() for f in dist.files or ()
+                 if f.suffix == ".yaml" and tuple(f.parts[-4:-1]) == BUNDLED_RECIPES_DIR]
+    return {f.stem: f for f in sorted(files) if f.is_file()}
+
+
+def recipe_file(spec: str | Path) -> Path:
+    """The recipe file ``spec`` names: a file path (it wins), else a bundled recipe's name (``bundled_recipes``,
+    with or without ``.yaml``); RecipeError listing the bundled names otherwise."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    bundled = bundled_recipes()
+    name = path.name[:-len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if str(spec) in (name, f"{name}.yaml") and name in bundled:
+        return bundled[name]
+    if path.is_dir():
+        raise RecipeError(f"recipe {path} is a folder, not a recipe file; give a .yaml file or a bundled recipe's name "
+                          f"({', '.join(bundled) or 'none installed'})")
+    raise RecipeError(f"recipe file not found: {path}; give a recipe .yaml file or a bundled recipe's name "
+                      f"({', '.join(bundled) or 'none installed'})")
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Load a YAML recipe file; errors name the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
+    """Load a YAML recipe file, or a bundled recipe by name (``recipe_file``); errors name the file and the key."""
+    path = recipe_file(path)
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:

@@ -14,6 +14,7 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +25,15 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from edgeseg.data.transforms import SegDataset, eval_transform, normalize, train_transform
 from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.fsutil import atomic_path, check_output
+from edgeseg.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from edgeseg.models.checkpoint import Checkpoint, ModelInfo, checkpoint_bytes, load_fitting, upgrade_state
 from edgeseg.recipe import Recipe, recipe_with
 from edgeseg.evaluation.accumulate import evaluate
 from edgeseg.data.datasets import class_list
 from edgeseg.runtime.torch_runner import TorchRunner
 from edgeseg.train.losses import SegLoss
-from edgeseg.train.resume import DATA_ROOT_RECORDED, given_keys, resume_point, resumed_recipe
-from edgeseg.train.setup import build_for_training, model_info, open_splits
+from edgeseg.train.resume import DATA_ROOT_RECORDED, given_keys, resume_point, resumed_recipe, stored_recipe
+from edgeseg.train.setup import build_for_training, model_info, open_splits, weights_normalization
 
 
 @dataclass
@@ -67,42 +69,87 @@ def cosine_lambda(total: int, warmup: int):
 
 
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv")
+#: metrics.csv's columns before the per-class ``iou_<class>`` ones (the header every edgeseg run has written)
+METRICS_COLUMNS = ("epoch", "step", "train_loss", "miou", "pixel_accuracy", "boundary_iou")
+
+
+def is_run_file(path: Path) -> bool:
+    """Whether ``path`` (one of ``RUN_FILES``) is a file an edgeseg run writes: a checkpoint carrying edgeseg's
+    checkpoint marker, or a metrics.csv whose header starts ``epoch,step`` and names only metrics.csv's columns.
+    Nothing else (a user's own model or log, a file that cannot be read) is ever replaced by a run."""
+    if not path.is_file():
+        return False
+    if path.suffix == ".csv":
+        try:
+            with path.open(encoding="utf-8", newline="") as f:
+                header = next(csv.reader([f.readline(4096)]), [])
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return False
+        return header[:2] == ["epoch", "step"] and all(c in METRICS_COLUMNS or c.startswith("iou_") for c in header)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip-format torch file, or not one that loads as weights: not a checkpoint of ours
+        return False
+    return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
 
 
 def check_run_dir(out_dir: str | Path, *, resume: bool, force: bool) -> Path:
     """Refuse (exit 2) a run folder that cannot be written, or that holds a run, unless ``resume`` or ``force``.
 
     Only ``RUN_FILES`` are ever written there; with ``force`` an earlier run's files are replaced
-    (metrics.csv starts over), and other files in the folder are left alone.
+    (metrics.csv starts over), and other files in the folder are left alone. A folder in a run file's place,
+    or a file there that an edgeseg run did not write (``is_run_file``), is refused whatever the flags: edgeseg
+    only replaces what it wrote.
     """
     if resume and force:
         raise EdgesegError("--resume continues a run and --force starts it over; give one of them")
     out_dir = check_output(out_dir, is_dir=True, what="--out")
-    present = [n for n in RUN_FILES if (out_dir / n).exists()]
+    present = [n for n in RUN_FILES if (out_dir / n).exists() or (out_dir / n).is_symlink()]
+    for name in present:
+        if (out_dir / name).is_dir():
+            raise EdgesegError(f"{out_dir / name} is a folder; edgeseg train writes its {name} there and never replaces "
+                               "a folder: move it away or choose another --out")
+    foreign = [n for n in present if not is_run_file(out_dir / n)]
+    if foreign:
+        what, them = ("is not an edgeseg run file", "it") if len(foreign) == 1 else ("are not edgeseg run files", "them")
+        raise EdgesegError(f"--out {out_dir}: {', '.join(foreign)} {what} (edgeseg train writes {', '.join(RUN_FILES)} "
+                           f"and only replaces its own); move {them} away or choose another --out")
     if present and not (resume or force):
         raise EdgesegError(f"--out {out_dir} already holds a run ({', '.join(present)}); pass --resume to continue it, "
                            "--force to start over (replaces those files), or choose a new --out")
     return out_dir
 
 
-def train(recipe: Recipe, *, out_dir: str | Path, data_root: str | None = None, resume: bool = False,
+def train(recipe: Recipe | None, *, out_dir: str | Path, data_root: str | None = None, resume: bool = False,
           force: bool = False, progress: bool = True, overrides: list[str] | tuple[str, ...] | None = None
           ) -> TrainResult:
     """Train ``recipe``; writes last.pt, best.pt and metrics.csv into ``out_dir`` (see ``check_run_dir``).
 
     The data folder (``data_root``, else ``data.root``) is stored in the checkpoints' recipe as an absolute
-    path. With ``resume`` the run goes on as it was started, with the recipe stored in last.pt
-    (``resumed_recipe``): ``overrides`` are the ``a.b=v`` settings given on top of the recipe file (the CLI's
-    --set), compared with the run's; None compares every field of ``recipe``. A run that already trained
-    all its epochs trains nothing and says so.
+    path. A new run from an edgeseg checkpoint (``model.weights``) takes the checkpoint's mean/std where the
+    recipe sets none (``weights_normalization``). With ``resume`` the run goes on as it was started, with the
+    recipe stored in last.pt (``resumed_recipe``): ``overrides`` are the ``a.b=v`` settings given on top of the
+    recipe file (the CLI's --set), compared with the run's; None compares every field of ``recipe``. ``recipe``
+    None (``resume`` only): the run's own recipe with ``overrides`` applied. A run that already trained all its
+    epochs trains nothing and says so.
     """
+    if recipe is None and not resume:
+        raise EdgesegError("a new run needs a recipe: --recipe FILE.yaml, or a bundled recipe's name")
     out_dir = check_run_dir(out_dir, resume=resume, force=force)
-    recipe = with_absolute_root(recipe, data_root)
     ckpt = resume_point(out_dir / "last.pt") if resume else None
+    if recipe is None:
+        recipe = stored_recipe(ckpt, overrides or ())
+    recipe = with_absolute_root(recipe, data_root)
     if ckpt is not None:
         recipe = resumed_recipe(ckpt, recipe, given_keys(overrides, data_root))
         if int(ckpt.train_state["epoch"]) >= recipe.train.epochs:
             return _finished(ckpt, progress)
+    else:
+        recipe, note = weights_normalization(recipe)
+        if note and progress and int(os.environ.get("RANK", "0")) == 0:
+            _progress(False).console.print(note, soft_wrap=True, markup=False, highlight=False)
     fresh = not out_dir.exists()
     try:
         return _run(_setup(recipe, out_dir, ckpt), progress)
@@ -354,7 +401,7 @@ def _csv_text(path: Path, row: dict, classes, *, start_over: bool) -> str:
     ``start_over``), any of this epoch or later dropped (a resumed run replays the epoch it was stopped in)."""
     flat = {k: v for k, v in row.items() if k != "per_class_iou"}
     flat.update({f"iou_{c}": row["per_class_iou"].get(c) for c in classes})
-    cols = ["epoch", "step", "train_loss", "miou", "pixel_accuracy", "boundary_iou"] + [f"iou_{c}" for c in classes]
+    cols = [*METRICS_COLUMNS] + [f"iou_{c}" for c in classes]
     earlier = []
     if not start_over and path.exists():
         with path.open(newline="", encoding="utf-8") as f:

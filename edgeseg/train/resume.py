@@ -3,7 +3,9 @@
 A run's settings are the recipe stored in its last.pt (the recipe file with the ``--set`` overrides
 and the data folder the run was started with). Settings given again on ``--resume`` must agree with
 it, except ``RESUME_MAY_CHANGE``; ``model.weights`` is not compared (a resumed run's weights come
-from last.pt, the starting weights are neither read nor downloaded).
+from last.pt, the starting weights are neither read nor downloaded), nor are data.root, data.mean and
+data.std left unset. ``edgeseg train --resume`` compares every setting of a ``--recipe`` it is given (so
+another recipe is refused, naming the differences); without one it goes on with the stored recipe.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ RESUME_MAY_CHANGE = ("train.epochs", "train.device", "train.workers", "data.root
 #: train_state key of a last.pt whose stored recipe names the run's data folder (data.root None: the built-in set);
 #: runs from before it stored data.root None whatever they trained on
 DATA_ROOT_RECORDED = "data_root_recorded"
+MAX_SHOWN = 6  # differing settings a refused resume names (then "and N more")
 
 
 def resume_point(path: Path) -> Checkpoint:
@@ -34,6 +37,15 @@ def resume_point(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: holds no recipe, so the run it continues is unknown; start a new run from "
                               f"its weights with --weights {path} --out NEW_DIR")
     return ckpt
+
+
+def stored_recipe(ckpt: Checkpoint, overrides: Iterable[str]) -> Recipe:
+    """The recipe stored in ``ckpt`` (a run's last.pt) with the ``a.b=v`` ``overrides`` set on top: what a resume
+    without a recipe file continues (``resumed_recipe`` then checks the overrides against the run)."""
+    try:
+        return recipe_with(ckpt.recipe, [parse_override(text) for text in overrides])
+    except RecipeError as exc:
+        raise RecipeError(f"--resume: {ckpt.path}: the run's recipe with the --set options: {exc}") from None
 
 
 def given_keys(overrides: Iterable[str] | None, data_root: str | None) -> tuple[str, ...] | None:
@@ -55,8 +67,9 @@ def resumed_recipe(ckpt: Checkpoint, given: Recipe, keys: tuple[str, ...] | None
     if keys is not None:
         values = {k: v for k, v in values.items() if any(k == g or k.startswith(g + ".") for g in keys)}
     values.pop("model.weights", None)
-    if values.get("data.root") is None:  # not given: the run's own data folder
-        values.pop("data.root", None)
+    for key in ("data.root", "data.mean", "data.std"):
+        if values.get(key, 0) is None:  # not set: the run's own data folder, and the normalization it started with
+            values.pop(key)              # (a run from an edgeseg checkpoint records that checkpoint's mean/std)
     data = ckpt.recipe.get("data")
     stored_root = data.get("root") if isinstance(data, dict) else None
     if ckpt.train_state.get(DATA_ROOT_RECORDED):
@@ -73,10 +86,12 @@ def resumed_recipe(ckpt: Checkpoint, given: Recipe, keys: tuple[str, ...] | None
     now = dict(recipe_fields(run))
     differ = [k for k, v in values.items() if v != now[k]]
     if differ:
-        shown = ", ".join(f"{k}={_show(values[k])} (the run has {_show(now[k])})" for k in differ)
+        shown = ", ".join(f"{k}={_show(values[k])} (the run has {_show(now[k])})" for k in differ[:MAX_SHOWN])
+        more = f" and {len(differ) - MAX_SHOWN} more" if len(differ) > MAX_SHOWN else ""
+        own = " (without --recipe, the run goes on with its own recipe)" if keys is None else ""
         raise RecipeError(f"--resume goes on with the settings {ckpt.path} was started with, and these differ from "
-                          f"them: {shown}; leave them out, or train into a new --out to use them (on resume only "
-                          f"{', '.join(RESUME_MAY_CHANGE[:-1])} and --data may change)")
+                          f"them: {shown}{more}; leave them out{own}, or train into a new --out to use them (on resume "
+                          f"only {', '.join(RESUME_MAY_CHANGE[:-1])} and --data may change)")
     done = int(ckpt.train_state["epoch"])
     if run.train.epochs < done:
         raise EdgesegError(f"--resume: train.epochs={run.train.epochs} but the run in {ckpt.path.parent} has already "

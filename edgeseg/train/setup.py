@@ -9,7 +9,7 @@ from edgeseg.errors import CheckpointError, RecipeError
 from edgeseg.models.checkpoint import ModelInfo, is_packaged, load_checkpoint, packaged_path
 from edgeseg.models.registry import check_input_size, get_spec
 from edgeseg.models.weights import is_weights_name, load_arch_weights
-from edgeseg.recipe import Recipe
+from edgeseg.recipe import Recipe, recipe_with
 
 
 def open_splits(recipe: Recipe):
@@ -31,7 +31,8 @@ def open_splits(recipe: Recipe):
 
 
 def model_info(recipe: Recipe, classes: tuple[str, ...]) -> ModelInfo:
-    """Architecture, classes and preprocessing for a recipe (mean/std default to the encoder's)."""
+    """Architecture, classes and preprocessing for a recipe (mean/std default to the encoder's; a run starting from
+    an edgeseg checkpoint has them set to the checkpoint's by ``weights_normalization`` first)."""
     spec = get_spec(recipe.model.arch)
     h, w = recipe.data.input_size
     check_input_size(spec, h, w)
@@ -45,8 +46,55 @@ def model_info(recipe: Recipe, classes: tuple[str, ...]) -> ModelInfo:
     )
 
 
-class RenamedClassesWarning(UserWarning):
+class TrainWarning(UserWarning):
+    """What ``edgeseg train`` prints as a ``warning:`` line (the CLI catches this category)."""
+
+
+class RenamedClassesWarning(TrainWarning):
     """Fine-tuning a checkpoint onto data whose classes have other names (``edgeseg train`` prints a ``warning:`` line)."""
+
+
+class NormalizationWarning(TrainWarning):
+    """Fine-tuning a checkpoint with a data.mean/data.std other than the one it was trained with."""
+
+
+def _shown(values) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def weights_normalization(recipe: Recipe) -> tuple[Recipe, str]:
+    """``recipe`` with the mean/std its starting weights were trained with, and a line saying so ('' when none).
+
+    When ``model.weights`` is an edgeseg checkpoint (a packaged model's name, or a file carrying edgeseg's
+    checkpoint marker), each of data.mean/data.std the recipe leaves unset is set to the checkpoint's: the
+    packaged default takes (pixel - 114) / 58 on every channel, and ImageNet's per-channel values in its place
+    would feed its first layer other inputs (and cost its int8 files their integer-only input). One the recipe
+    sets to other values is kept, with a NormalizationWarning. Other weights (named, a plain state dict, or a file
+    that cannot be read, refused later by ``build_for_training``) leave the recipe as it is.
+    """
+    weights = recipe.model.weights
+    if not weights or is_weights_name(weights):
+        return recipe, ""
+    try:
+        info = load_checkpoint(packaged_path(weights) if is_packaged(weights) else Path(weights)).info
+    except CheckpointError:
+        return recipe, ""
+    fields = (("data.mean", recipe.data.mean, info.mean), ("data.std", recipe.data.std, info.std))
+    unset = [(key, value) for key, given, value in fields if given is None]
+    differ = [f"{key} {_shown(given)}" for key, given, value in fields
+              if given is not None and tuple(map(float, given)) != tuple(map(float, value))]
+    trained = f"mean {_shown(info.mean)}, std {_shown(info.std)}"
+    if differ:
+        warnings.warn(NormalizationWarning(
+            f"--weights {weights} was trained with {trained} (0-255 pixel units) but the recipe sets "
+            f"{' and '.join(differ)}: fine-tuning starts from inputs the weights were not trained on; leave "
+            "data.mean/data.std unset to keep the weights' own"), stacklevel=2)
+    if not unset:
+        return recipe, ""
+    keys = " and ".join(key for key, _ in unset)
+    return (recipe_with(recipe.to_dict(), [(key, list(value)) for key, value in unset]),
+            f"note: --weights {weights} was trained with {trained} (0-255 pixel units); the recipe sets no {keys}, "
+            f"so fine-tuning uses the weights' own")
 
 
 def build_for_training(info: ModelInfo, weights: str | None):
