@@ -227,5 +227,5 @@ def test_labelme_shapes_of_labels_not_in_classes_are_reported(cli, tmp_path):
     (folder / "a.json").write_text(json.dumps(doc))
     r = cli("data", "convert", "labelme", folder, "--out", tmp_path / "out", "--classes", "person,dog")
     assert r.exit_code == 0, r.output
-    assert ('warning: 2 shapes with labels not in --classes ("person " x1, "tree" x1): drawn as background'
-            in r.stderr)
+    assert ('warning: 2 shapes with labels not in --classes ("person " x1, "tree" x1): not drawn (their pixels keep '
+            'the class of a named shape there, else background; name a label in --classes to draw it)' in r.stderr)

@@ -105,9 +105,9 @@ def test_a_background_for_another_output_and_a_folder_without_images_are_refused
     res = cli("predict", tiny_checkpoint, photos / "odd.png", "--out", tmp_path / "o", "--background", photos / "odd.png")
     assert res.exit_code == 2 and "--background is used only by --output replace, not --output mask" in res.output
     (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "a.gif").write_bytes(b"GIF89a")
+    (tmp_path / "notes" / "a.heic").write_bytes(b"\0\0\0\x18ftypheic")
     res = cli("predict", tiny_checkpoint, tmp_path / "notes", "--out", tmp_path / "o")
-    assert res.exit_code == 2 and ".jpg .jpeg .png" in one_line_error(res.output) and "GIF" in res.output
+    assert res.exit_code == 2 and ".jpg .jpeg .png" in one_line_error(res.output) and "HEIC" in res.output
     assert not (tmp_path / "o").exists()
 
 

@@ -38,7 +38,7 @@ from edgeseg.apply import compose
 from edgeseg.apply.refine import refine_alpha
 from edgeseg.apply.video import (OUTPUT_SUFFIX, VIDEO_SUFFIXES, VideoInfo, is_video, probe_video, read_frames,
                                  video_writer)
-from edgeseg.data.images import IMAGE_SUFFIXES, load_image
+from edgeseg.data.images import IMAGE_SUFFIXES, in_profile, read_image
 from edgeseg.data.transforms import resize_pixels
 from edgeseg.errors import DataError, EdgesegError
 from edgeseg.fsutil import check_output, folder_lock, is_inside, is_staging, sha256_file, staging_dir
@@ -47,6 +47,9 @@ from edgeseg.runtime.loader import LoadedModel, load_model
 from edgeseg.runtime.stabilizer import SmoothCfg, frame_run, softmax
 
 OUTPUTS = ("mask", "alpha", "cutout", "blur", "replace", "overlay")
+#: The outputs that show the photo's own pixels: written with the photo's colour profile (ICC), if it has one.
+#: ``mask`` and ``alpha`` hold labels and a matte, not colours: they carry none.
+PHOTO_OUTPUTS = ("cutout", "blur", "replace", "overlay")
 #: The ledger of what ``edgeseg predict`` wrote into an output folder.
 LEDGER_NAME = ".edgeseg-predict.json"
 LEDGER_SCHEMA = 1
@@ -82,8 +85,10 @@ class PredictPlan:
     jobs: list[Job]
     output: str = "mask"
     background: np.ndarray | None = None  # uint8 HxWx3 for --output replace
+    background_profile: bytes | None = None  # the background's ICC profile (None: sRGB)
     ledger: dict[str, str | list[str]] = field(default_factory=dict)  # output name -> sha256(s) edgeseg wrote
     held: dict[str, str] = field(default_factory=dict)  # output name -> sha256 of the file there now (ours)
+    converted_backgrounds: dict = field(default_factory=dict, repr=False)  # ICC profile -> background in it
 
     @property
     def units(self) -> int:
@@ -203,10 +208,13 @@ def read_ledger(out_dir: Path, *, force: bool = False) -> dict[str, str | list[s
     """The names and sha256 of the files edgeseg predict wrote in ``out_dir`` ({} when none): one sha256, or
     a list of them when the file holds one of those (it was being replaced).
 
-    A ledger file that is not ours is refused (it would be replaced) unless ``force``.
+    A ledger file that is not ours is refused (it would be replaced) unless ``force``; a folder in its place is
+    refused even then (edgeseg never replaces a folder).
     """
     path = out_dir / LEDGER_NAME
-    if not path.exists():
+    if path.is_dir():
+        raise EdgesegError(f"{path} is a folder; edgeseg never replaces a folder: move it away or choose another --out")
+    if not path.exists() and not path.is_symlink():
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -281,7 +289,7 @@ def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", backgroun
     jobs = input_jobs(inputs)
     if not jobs:
         raise DataError(f"no images found in {', '.join(map(str, inputs))}; edgeseg predict reads "
-                        f"{' '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)} files (convert others, e.g. GIF or HEIC, to PNG)")
+                        f"{' '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)} files (convert others, e.g. HEIC, to PNG)")
     _refuse_outputs_in_input_folders(jobs, inputs, out_dir)
     _refuse_collisions(jobs)
     _refuse_writing_inputs(jobs, out_dir, [background] if background else [])
@@ -289,9 +297,9 @@ def plan_predict(inputs, out_dir: str | Path, *, output: str = "mask", backgroun
     ledger, held = read_ledger(out_dir, force=force), {}
     if not force:
         _refuse_foreign_files(jobs, out_dir, ledger, held)
-    bg = load_image(background) if output == "replace" else None
+    bg, bg_profile = read_image(background) if output == "replace" else (None, None)
     jobs = [Job(j.source, j.name, probe_video(j.source)) if is_video(j.source) else j for j in jobs]
-    return PredictPlan(out_dir, jobs, output, bg, ledger, held)
+    return PredictPlan(out_dir, jobs, output, bg, bg_profile, ledger, held)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,19 +376,27 @@ def predict_image(run: Callable[[np.ndarray], np.ndarray], image: np.ndarray, in
     return Prediction(classes, alpha)
 
 
-def render(mode: str, image: np.ndarray, pred: Prediction, background: np.ndarray | None):
-    """The PIL image for one output mode."""
+def render(mode: str, image: np.ndarray, pred: Prediction, background: np.ndarray | None, *,
+           icc_profile: bytes | None = None):
+    """The PIL image for one output mode. ``icc_profile``: the colour profile ``image``'s pixels are in (None:
+    sRGB); an output that shows them (``PHOTO_OUTPUTS``) carries it in ``info["icc_profile"]``, which Pillow
+    embeds when the picture is saved as PNG, JPEG or WebP. ``background`` must be in that profile too
+    (``in_profile``)."""
     if mode == "mask":
         return compose.palette_mask(pred.classes)
     if mode == "alpha":
         return compose.alpha_matte(pred.alpha)
     if mode == "cutout":
-        return compose.cutout(image, pred.alpha)
-    if mode == "blur":
-        return compose.blur_background(image, pred.alpha)
-    if mode == "replace":
-        return compose.replace_background(image, pred.alpha, background)
-    return compose.overlay(image, pred.classes)
+        picture = compose.cutout(image, pred.alpha)
+    elif mode == "blur":
+        picture = compose.blur_background(image, pred.alpha)
+    elif mode == "replace":
+        picture = compose.replace_background(image, pred.alpha, background)
+    else:
+        picture = compose.overlay(image, pred.classes)
+    if icc_profile and mode in PHOTO_OUTPUTS:
+        picture.info["icc_profile"] = icc_profile
+    return picture
 
 
 # ----------------------------------------------------------------------------------------------
@@ -535,14 +551,25 @@ def predict_plan(run: Callable[[np.ndarray], np.ndarray], input_size, plan: Pred
 def _predict_file(job: Job, plan: PredictPlan, run, input_size, refine: bool, on_progress, place) -> None:
     """One image: read it, segment it, write its output as PNG through ``place`` (``_Placer.place``)."""
     try:
-        image = load_image(job.source)
+        image, profile = read_image(job.source)
         pred = predict_image(run, image, input_size, refine=refine)
-        picture = render(plan.output, image, pred, plan.background)
+        picture = render(plan.output, image, pred, _background_in(plan, profile), icc_profile=profile)
         with place(plan.out_dir / job.name) as tmp:
-            picture.save(tmp, format="PNG")
+            picture.save(tmp, format="PNG", icc_profile=picture.info.get("icc_profile"))
     finally:
         if on_progress:
             on_progress(job.source)
+
+
+def _background_in(plan: PredictPlan, profile: bytes | None) -> np.ndarray | None:
+    """``--background``'s pixels in the colour profile ``profile`` (a photo's), converted once per profile: an
+    sRGB background composited into a Display P3 photo looks as it did once the output carries P3."""
+    if plan.background is None or profile == plan.background_profile:
+        return plan.background
+    converted = plan.converted_backgrounds.get(profile)
+    if converted is None:
+        converted = plan.converted_backgrounds[profile] = in_profile(plan.background, plan.background_profile, profile)
+    return converted
 
 
 def video_frame(mode: str, image: np.ndarray, pred: Prediction, background: np.ndarray | None) -> np.ndarray:
@@ -555,11 +582,12 @@ def video_frame(mode: str, image: np.ndarray, pred: Prediction, background: np.n
 def _predict_video(job: Job, plan: PredictPlan, run, input_size, refine: bool, on_progress, place) -> None:
     """One video, frame by frame (memory independent of its length), written through ``place``."""
     info = job.video
+    background = _background_in(plan, None)  # video frames carry no ICC profile: sRGB
     with video_writer(plan.out_dir / job.name, info.width, info.height, info.rate, rotation=info.rotation,
                       aspect=info.aspect, audio_from=job.source, place=place) as writer:
         for seconds, image in read_frames(job.source, expected=info.frames, duration_frames=info.duration_frames):
             pred = predict_image(run, image, input_size, refine=refine)
-            writer.write(video_frame(plan.output, image, pred, plan.background), seconds)
+            writer.write(video_frame(plan.output, image, pred, background), seconds)
             if on_progress:
                 on_progress(job.source)
 

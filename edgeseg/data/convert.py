@@ -360,7 +360,9 @@ def plan_labelme(folder: str | os.PathLike, classes: Sequence[str], out: str | o
     if unnamed:
         n = sum(unnamed.values())
         labels = ", ".join(f'"{label}" x{c}' for label, c in sorted(unnamed.items()))
-        skipped.append(f"{n} shape{'s' if n != 1 else ''} with labels not in --classes ({labels}): drawn as background")
+        skipped.append(f"{n} shape{'s' if n != 1 else ''} with labels not in --classes ({labels}): not drawn (their "
+                       "pixels keep the class of a named shape there, else background; name a label in --classes to "
+                       "draw it)")
     if no_area:
         skipped.append(f"{no_area} polygon{'s' if no_area != 1 else ''} of named classes with fewer than 3 points: not drawn")
     nested = sum(1 for p in folder.rglob("*.json") if p.parent != folder and p.is_file())

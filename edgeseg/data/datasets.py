@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from edgeseg.data import synth
-from edgeseg.data.images import IMAGE_SUFFIXES, ignore_is_filled, load_image, load_mask
+from edgeseg.data.images import IMAGE_SUFFIXES, ignore_is_filled, load_image, load_mask, quarter_turned_size
 from edgeseg.errors import DataError
 
 # Masks read up front by ``check_not_0_255`` (evenly spaced over the split): bounded, whatever the dataset's size
@@ -175,6 +175,18 @@ def _empty_split(root: Path, split: str) -> DataError:
                      "or raise data.val_fraction")
 
 
+def _size_mismatch(p: Pair, mask: tuple[int, int], image: tuple[int, int]) -> DataError:
+    """The error for a mask of another size than its image ((height, width) each, the image as shown); when the
+    image is EXIF-rotated and the mask has its stored size, it says so: the mask follows the stored pixels."""
+    sizes = f"{p.mask}: mask size {mask[1]}x{mask[0]} != image size {image[1]}x{image[0]}"
+    stored = quarter_turned_size(p.image)
+    if stored == (mask[1], mask[0]):
+        return DataError(f"{sizes}: {p.image.name} is EXIF-rotated (stored {stored[0]}x{stored[1]}, shown "
+                         f"{image[1]}x{image[0]}); masks must follow the shown orientation: rotate the mask, or save "
+                         "the photo upright")
+    return DataError(f"{sizes} ({p.image.name}); a mask has its image's size: check that it is this image's mask")
+
+
 class FileSource:
     """Image/mask pairs read from disk, validated on read."""
 
@@ -192,7 +204,7 @@ class FileSource:
             return image, None, p.id
         mask = load_mask(p.mask, len(self.classes))
         if mask.shape != image.shape[:2]:
-            raise DataError(f"{p.mask}: mask size {mask.shape[1]}x{mask.shape[0]} != image size {image.shape[1]}x{image.shape[0]} ({p.image.name})")
+            raise _size_mismatch(p, mask.shape, image.shape[:2])
         return image, mask, p.id
 
     def validate(self) -> None:

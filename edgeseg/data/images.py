@@ -5,6 +5,7 @@ raises DataError naming the file.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -15,7 +16,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from edgeseg.errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: The image files edgeseg reads from a folder (predict, datasets, calibration, conversions): the one list of them.
+#: A GIF is read as its first frame.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # JPEG-compressed (MPO: a camera's multi-picture JPEG): never a label mask, whatever the file's name
 LOSSY_FORMATS = ("JPEG", "MPO")
 # Pillow converts premultiplied-alpha modes only to their straight-alpha twins, not to RGB
@@ -87,7 +90,43 @@ def load_image(path: str | Path) -> np.ndarray:
     ``PIL.Image.MAX_IMAGE_PIXELS`` (then nothing is decoded). Memory: the decoded image once
     plus the returned array; no further full-size copy.
     """
-    return to_rgb_array(_upright(_open(Path(path)), in_place=True))
+    return read_image(path)[0]
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, bytes | None]:
+    """``load_image``'s pixels and the colour profile they are in: the file's embedded ICC profile when it
+    describes RGB (a Display P3 phone photo's, say), else None (sRGB). Outputs that show the photo's pixels
+    carry it on (``edgeseg predict``), so a colour-managed viewer shows them as it shows the photo."""
+    img = _open(Path(path))
+    profile = rgb_profile(img)
+    return to_rgb_array(_upright(img, in_place=True)), profile
+
+
+def rgb_profile(img: Image.Image) -> bytes | None:
+    """The ICC profile embedded in ``img`` when its colour space is RGB, else None. A gray or CMYK profile
+    does not describe the RGB pixels edgeseg makes of such an image, so it is not carried on."""
+    icc = img.info.get("icc_profile")
+    return icc if isinstance(icc, bytes) and len(icc) >= 128 and icc[16:20] == b"RGB " else None
+
+
+def in_profile(pixels: np.ndarray, source: bytes | None, target: bytes | None) -> np.ndarray:
+    """uint8 RGB ``pixels`` in the ICC profile ``source`` converted to ``target`` (None: sRGB), so they look the
+    same once tagged with ``target`` (e.g. an sRGB background composited into a Display P3 photo). Returned
+    as they are when the profiles are the same, or when Pillow's colour management cannot read one of them."""
+    if source == target:
+        return pixels
+    try:
+        from PIL import ImageCms
+    except ImportError:  # a Pillow built without littlecms
+        return pixels
+
+    def profile(icc: bytes | None):
+        return ImageCms.ImageCmsProfile(io.BytesIO(icc)) if icc else ImageCms.createProfile("sRGB")
+    try:
+        transform = ImageCms.buildTransform(profile(source), profile(target), "RGB", "RGB")
+        return np.asarray(ImageCms.applyTransform(Image.fromarray(pixels, "RGB"), transform), dtype=np.uint8)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return pixels
 
 
 def _upright(img: Image.Image, *, in_place: bool) -> Image.Image:
@@ -100,6 +139,23 @@ def _upright(img: Image.Image, *, in_place: bool) -> Image.Image:
     except (OSError, ValueError, TypeError):
         return img
     return img if turned is None else turned
+
+
+#: EXIF orientations that turn the photo a quarter: it is shown with its stored width and height swapped
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def quarter_turned_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of the image file ``path`` as stored, when its EXIF orientation turns it a quarter (edgeseg
+    reads it with width and height swapped, as it is shown), else None; None too when the file cannot be read.
+    Reads the header only."""
+    try:
+        with Image.open(path) as img:
+            if img.getexif().get(ExifTags.Base.Orientation, 1) in QUARTER_TURNS:
+                return img.size
+    except (OSError, ValueError, SyntaxError, TypeError, Image.DecompressionBombError):
+        pass
+    return None
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
@@ -149,7 +205,7 @@ def as_rgb_array(image) -> np.ndarray:
 
 
 def load_mask(path: str | Path, num_classes: int | None = None) -> np.ndarray:
-    """Read a class-index mask [H, W] uint8 (palette or gray PNG; 255 = ignore).
+    """Read a class-index mask [H, W] uint8 (palette, gray or 1-bit PNG; 255 = ignore).
 
     Values outside 0..num_classes-1 (other than 255) and JPEG-compressed files (whatever their name)
     raise DataError naming the file.
@@ -159,19 +215,22 @@ def load_mask(path: str | Path, num_classes: int | None = None) -> np.ndarray:
     if img.format in LOSSY_FORMATS:
         raise DataError(f"{path}: mask is stored as {img.format}, whose compression changes label values (bogus "
                         "classes at every edge); save masks as PNG from the original label array")
-    if img.mode in ("P", "L"):
-        mask = np.asarray(img, dtype=np.uint8)
+    if img.mode in ("P", "L", "1"):  # "1": a 1-bit mask (Image.fromarray(bool array)), class ids 0 and 1
+        mask = np.asarray(img, dtype=np.uint8)  # not img.convert("L"), which makes 1 into 255 (ignore)
     elif img.mode in ("I", "I;16"):
         mask = np.asarray(img)
         if mask.max() > 255:
-            raise DataError(f"{path}: mask values up to {int(mask.max())}; expected class indices 0..255")
+            raise DataError(f"{path}: mask values up to {int(mask.max())}; expected class indices 0..255: save it as "
+                            "an 8-bit L or P PNG of class ids (255 = ignore)")
         mask = mask.astype(np.uint8)
     else:
-        raise DataError(f"{path}: mask has mode {img.mode}; expected a single-channel (L or P) PNG of class indices")
+        raise DataError(f"{path}: mask has mode {img.mode}; expected a single-channel PNG of class indices: save it "
+                        "as an 8-bit L or P PNG, one class id per pixel (Image.fromarray(ids.astype(np.uint8)))")
     if num_classes is not None:
         bad = np.unique(mask[(mask >= num_classes) & (mask != 255)])
         if bad.size:
-            raise DataError(f"{path}: mask value {int(bad[0])} is outside the class range 0..{num_classes - 1} (255 = ignore)")
+            raise DataError(f"{path}: mask value {int(bad[0])} is outside the class range 0..{num_classes - 1} "
+                            "(255 = ignore); relabel it, or list every class in id order (classes.txt or data.classes)")
     return mask
 
 
