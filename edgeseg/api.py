@@ -48,9 +48,10 @@ __all__ = ["load", "Segmenter", "FrameStream", "StreamFrame", "export_checkpoint
 #: Keyword options of ``Segmenter.export``, ``export_checkpoint`` and ``export_module``, named after
 #: ``edgeseg export``'s flags: calib (--calib folder), calib_method, calib_count, data (--data folder),
 #: parity_images, thresholds ({"int8": 0.97} or ["int8=0.97"]), stress_thresholds (likewise),
-#: max_gt_drop, stress ("gate" | "report" | "off"), force. Each one left out (or None) takes the CLI's default.
+#: max_gt_drop, stress ("gate" | "report" | "off"), force, verbose (True: show the converters' own output, which
+#: is otherwise folded away as the CLI folds it). Each one left out (or None) takes the CLI's default.
 EXPORT_OPTIONS = ("calib", "calib_method", "calib_count", "data", "parity_images", "thresholds", "stress_thresholds",
-                  "max_gt_drop", "stress", "force")
+                  "max_gt_drop", "stress", "force", "verbose")
 
 
 def load(spec: str | Path = "default", *, format: str | None = None, precision: str | None = None,
@@ -388,7 +389,8 @@ def _request(out, formats, precisions, options: dict, checkpoint: str | None = N
               "calib_count": _count("calib_count", given.get("calib_count")),
               "parity_images": _count("parity_images", given.get("parity_images")),
               "calib_method": _calib_method_text(given.get("calib_method")), "stress": given.get("stress"),
-              "max_gt_drop": given.get("max_gt_drop"), "force": bool(given.get("force", False))}
+              "max_gt_drop": given.get("max_gt_drop"), "force": bool(given.get("force", False)),
+              "verbose": bool(given.get("verbose", False))}
     for key, option in (("thresholds", "--threshold"), ("stress_thresholds", "--stress-threshold")):
         if key in given:
             fields[key] = parse_thresholds(_threshold_items(given[key]), option=option)

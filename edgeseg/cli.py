@@ -471,7 +471,7 @@ def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_
                                              calib_count=calib_count, calib_method=calib_method,
                                              parity_images=parity_images, thresholds=thresholds,
                                              stress_thresholds=stress_thresholds, stress=stress, force=force,
-                                             on_artifact=lambda a: print(artifact_line(a), file=progress, flush=True))
+                                             verbose=verbose, on_artifact=lambda a: print(artifact_line(a), file=progress, flush=True))
         except ParityFailed as exc:
             export_table(exc.manifest)
             raise

@@ -311,3 +311,21 @@ def test_an_exports_manifest_opens_the_export_and_its_other_files_are_named_for_
         assert seg.format == "onnx"
     with pytest.raises(edgeseg.EdgesegError, match=f"is a file of the export in {out}, not a checkpoint or model"):
         edgeseg.load(out / "parity-reference.npz")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_export_folds_the_converters_output_away_unless_verbose(tiny_checkpoint, tmp_path, verbose):
+    """``edgeseg.export_checkpoint`` printed ~40 lines of LiteRT conversion stages, absl/oneDNN logs and warnings
+    into the caller's terminal; the CLI folded them, the API did not. Real file descriptors: a subprocess."""
+    code = ("import edgeseg, sys; m = edgeseg.export_checkpoint(sys.argv[1], sys.argv[2], formats='tflite', "
+            "precisions='int8', parity_images=2, calib_count=4, stress='off', check=False, "
+            "verbose=sys.argv[3] == 'True'); "
+            "print('exported', [a.path for a in m.artifacts])")
+    r = subprocess.run([sys.executable, "-c", code, str(tiny_checkpoint), str(tmp_path / "e"), str(verbose)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.splitlines()[-1] == "exported ['tiny-int8.tflite']"
+    if verbose:
+        assert "LiteRT-Torch Convert" in r.stdout + r.stderr
+    else:
+        assert r.stdout == "exported ['tiny-int8.tflite']\n" and r.stderr == ""

@@ -33,6 +33,7 @@ from edgeseg.models.checkpoint import resolve_checkpoint
 from edgeseg.recipe import CALIB_METHODS, FORMATS, STRESS_MODES, ExportCfg
 from edgeseg.runtime.loader import runner_for_artifact
 from edgeseg.runtime.torch_runner import TorchRunner
+from edgeseg.ui import folded_output
 
 TOOL_PACKAGES = ("torch", "torchvision", "timm", "onnx", "onnxscript", "onnxruntime", "litert-torch", "ai-edge-litert",
                  "ai-edge-quantizer", "mediapipe", "coremltools", "executorch", "torchao")
@@ -57,6 +58,7 @@ class ExportRequest:
     stress_thresholds: dict = field(default_factory=dict)
     stress: str | None = None  # stress set (corruptions + real photos): "gate" | "report" (measured, not gated) | "off"
     calib_method: str | None = None  # METHOD, FORMAT=METHOD,... or both (see calib_methods_for)
+    verbose: bool = False  # show the converters' own output (else folded away: ``converter_output``)
 
     def resolved(self, cfg: ExportCfg) -> "ExportRequest":
         """This request with every unset field taken from ``cfg`` (the recipe's export section or the defaults)."""
@@ -252,8 +254,9 @@ def run_export(req: ExportRequest, on_artifact=None, *, model_source: ExportSour
                                model_source.augment, model_source.val_fraction) if methods else None
     source, described = parity_source(req.data_dir, task, req.parity_images, info.input_size, info.classes,
                                       model_source.val_fraction)
-    for exporter in exporters.values():  # after the cheap input checks: these imports are slow and chatty
-        _check_extra(exporter)
+    with converter_output(req.verbose):
+        for exporter in exporters.values():  # after the cheap input checks: these imports are slow and chatty
+            _check_extra(exporter)
     gate = ParityGate.build(TorchRunner(model, input_size=info.input_size, mean=info.mean, std=info.std), req,
                             reference_set_args=(source, info.input_size, req.parity_images, info.classes, described))
     staging = staging_dir(dest)
@@ -267,8 +270,9 @@ def run_export(req: ExportRequest, on_artifact=None, *, model_source: ExportSour
             for precision in req.precisions:
                 job = ExportJob(model, info, precision, images, staging, f"{info.name}-{precision}",
                                 metadata=meta, calib_method=methods.get(fmt, ExportCfg.calib_method))
-                art = exporter.export(job)
-                art.parity = gate.check(art, manifest)
+                with converter_output(req.verbose):
+                    art = exporter.export(job)
+                    art.parity = gate.check(art, manifest)
                 manifest.artifacts.append(art)
                 if on_artifact:
                     on_artifact(art)
@@ -281,6 +285,13 @@ def run_export(req: ExportRequest, on_artifact=None, *, model_source: ExportSour
         a.root = dest
     manifest.root = dest
     return ExportResult(manifest, dest)
+
+
+def converter_output(verbose: bool):
+    """Fold what the converters and runtimes print (conversion stages, calibration progress bars, C++ logs) away
+    from the caller, the Python API's as the CLI's; replayed on stderr when the block fails unexpectedly, shown
+    as it comes with ``verbose``. edgeseg's one-line errors, a failed gate and Ctrl-C pass through as they are."""
+    return folded_output(verbose, keep=(EdgesegError, KeyboardInterrupt))
 
 
 @dataclass
