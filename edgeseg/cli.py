@@ -457,14 +457,14 @@ def export(checkpoint, out_dir, formats, precisions, calib_dir, data_dir, calib_
     """
     from edgeseg.api import export_checkpoint
     from edgeseg.errors import ParityFailed
-    from edgeseg.export.quant_images import CalibrationWarning
+    from edgeseg.export.quant_images import ExportWarning
     from edgeseg.export.report import artifact_line, export_table, warning_lines
     from edgeseg.models.checkpoint import is_packaged
     from edgeseg.ui import folded_output
 
     if out_dir is None:
         out_dir = f"out/{checkpoint if is_packaged(checkpoint) and checkpoint else 'default'}"
-    with warning_lines(CalibrationWarning):
+    with warning_lines(ExportWarning):
         try:
             with folded_output(verbose, keep=(EdgesegError, GateFailed, KeyboardInterrupt)) as progress:
                 manifest = export_checkpoint(checkpoint, out_dir, formats, precisions, calib=calib_dir, data=data_dir,

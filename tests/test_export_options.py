@@ -99,3 +99,26 @@ def test_the_manifest_records_the_checkpoints_absolute_path_and_bench_finds_it_f
     monkeypatch.chdir("/")  # `cd / && edgeseg bench /tmp/x/prexp`: the PyTorch row's checkpoint is found
     found = reference_checkpoint(read_manifest(out))
     assert found is not None and found.sha256 == checkpoint["sha256"]
+
+
+def test_fewer_parity_images_than_asked_say_so(tiny_checkpoint, tmp_path, cli):
+    """A small --data set's val split gave 1 parity image where 4 were asked, and the table said PASS silently."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "ds"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):  # the val split: 10% of them
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / "images" / f"im{i}.png")
+        Image.fromarray((rng.random((64, 64)) > 0.5).astype(np.uint8)).save(data / "masks" / f"im{i}.png")
+    (data / "classes.txt").write_text("background\nperson\n")
+    r = cli("export", tiny_checkpoint, "--out", tmp_path / "e", *FP32_ONLY, "--data", data, "--parity-images", "4",
+            "--stress", "off")
+    assert r.exit_code == 0, r.output[-3000:]
+    (art,) = json.loads((tmp_path / "e" / "manifest.json").read_text())["artifacts"]
+    n = art["parity"]["images"]
+    assert 1 <= n < 4 and art["parity"]["data"] == f"{data} (val split, {n} image{'s' * (n != 1)})"
+    assert (f"warning: --data {data}: its val split has {n} image{'s' * (n != 1)}, fewer than --parity-images 4: "
+            "parity and stress parity are checked on those only") in r.stderr

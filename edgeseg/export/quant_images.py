@@ -115,9 +115,16 @@ def augment_pixels(images: list[np.ndarray], augment: AugmentCfg, seed: int = AU
     return out
 
 
-class CalibrationWarning(UserWarning):
-    """Calibration images fewer than asked for, or a calibration option this export leaves unused (``edgeseg
-    export`` prints it as a ``warning:`` line)."""
+class ExportWarning(UserWarning):
+    """Something an export does less well than asked, not refused (``edgeseg export`` prints a ``warning:`` line)."""
+
+
+class CalibrationWarning(ExportWarning):
+    """Calibration images fewer than asked for."""
+
+
+class ParityImagesWarning(ExportWarning):
+    """Fewer parity images than ``--parity-images`` asks for (a small --data val split)."""
 
 
 def _warn_if_few(images: list, count: int, folder: str) -> None:
@@ -181,7 +188,14 @@ def parity_source(data_dir: str | None, task: str | None, count: int, size: tupl
     """
     if data_dir:
         check_still_images(data_dir, classes)
-        return open_source(data_dir, "val", classes=tuple(classes), val_fraction=val_fraction), f"{data_dir} (val split)"
+        source = open_source(data_dir, "val", classes=tuple(classes), val_fraction=val_fraction)
+        if len(source) < count:
+            warnings.warn(ParityImagesWarning(
+                f"--data {data_dir}: its val split has {len(source)} image{'s' * (len(source) != 1)}, fewer than "
+                f"--parity-images {count}: parity and stress parity are checked on those only; add labelled images "
+                "(or val/ images) for a firmer check"), stacklevel=2)
+        used = min(len(source), count)
+        return source, f"{data_dir} (val split, {used} image{'s' * (used != 1)})"
     if task is None:
         return (Unlabelled(builtin_source("eval", FALLBACK_TASK, count, size)),
                 f"built-in synthetic {FALLBACK_TASK} images, agreement only: no built-in set has the model's classes "
