@@ -42,15 +42,20 @@ def profile(paths: dict, runs: int, warmup: int) -> dict:
             for session in sessions.values():
                 session.run(None, {session.get_inputs()[0].name: feed})
         events = {key: json.loads(Path(s.end_profiling()).read_text()) for key, s in sessions.items()}
-    return {key: _summary(ev, warmup + runs) for key, ev in events.items()}
+    return {key: _summary(ev, warmup, runs) for key, ev in events.items()}
 
 
-def _summary(events: list, runs: int) -> dict:
-    """Kernel time per run by op type and by node (the profiler records every run, warm-up included)."""
+def _summary(events: list, warmup: int, runs: int) -> dict:
+    """Kernel time per timed run by op type and by node (the profiler records every run: each node's first
+    ``warmup`` events, the warm-up runs', are left out)."""
     ops: dict = defaultdict(float)
     nodes: dict = defaultdict(float)
+    seen: dict = defaultdict(int)
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        seen[e["name"]] += 1
+        if seen[e["name"]] <= warmup:
             continue
         args = e["args"]
         ops[args["op_name"]] += e["dur"]

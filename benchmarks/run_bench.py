@@ -79,8 +79,13 @@ def ensure_export(job: dict) -> int:
         print(f"re-using export {job['dir']} (packaged checkpoint, all files present)")
         return 0
     print(f"exporting to {job['dir']} ({why})")
+    from edgeseg.export.pipeline import calibrated_exporters, load_exporters
+
+    # --calib-count only where a file is calibrated on images: export refuses an option it would leave unused
+    calibrates = calibrated_exporters(load_exporters(job["formats"], job["precisions"]), job["precisions"])
+    calib = ("--calib-count", str(job["calib_count"])) if calibrates else ()
     return edgeseg("export", "--out", job["dir"], "--formats", ",".join(job["formats"]),
-                   "--precisions", ",".join(job["precisions"]), "--calib-count", str(job["calib_count"]),
+                   "--precisions", ",".join(job["precisions"]), *calib,
                    "--parity-images", str(job["parity_images"]), "--stress", job.get("stress", "gate"))
 
 

@@ -294,19 +294,27 @@ def signals_deferred(signums: Iterable[int] = DEFERRED_SIGNALS) -> Iterator[Held
 
     Only in the main thread (the only one that runs Python signal handlers; elsewhere nothing is held), and
     only a signal whose handler was set from Python (``signal.getsignal`` is not None: another cannot be put
-    back). When the block ends (also when it raised), the previous handlers are restored and each signal that
-    arrived is handed to its previous handler once, in order: ``default_int_handler`` raises KeyboardInterrupt,
+    back). A second signal while held ends the process by its default action (as a second Ctrl-C should). When
+    the block ends (also when it raised), the previous handlers are restored and the signal that arrived is
+    handed to its previous handler: ``default_int_handler`` raises KeyboardInterrupt,
     a handler the CLI set raises its own, SIG_DFL gets the signal again (its default action), SIG_IGN nothing.
     """
     held = HeldSignals()
     previous: dict = {}
+
+    def hold(signum, _frame):
+        if held.arrived:  # a second signal: the user insists, so the default action (the process ends now)
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        held.arrived.append(signum)
+
     if threading.current_thread() is threading.main_thread():
         for signum in signums:
             handler = signal.getsignal(signum)
             if handler is None:
                 continue
             try:
-                signal.signal(signum, lambda s, _frame: held.arrived.append(s))
+                signal.signal(signum, hold)
             except (ValueError, OSError):  # e.g. not the main interpreter
                 continue
             previous[signum] = handler

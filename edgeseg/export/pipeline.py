@@ -13,9 +13,11 @@ is not an earlier export is refused unless ``force``.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import shutil
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -290,7 +292,12 @@ def run_export(req: ExportRequest, on_artifact=None, *, model_source: ExportSour
 def converter_output(verbose: bool):
     """Fold what the converters and runtimes print (conversion stages, calibration progress bars, C++ logs) away
     from the caller, the Python API's as the CLI's; replayed on stderr when the block fails unexpectedly, shown
-    as it comes with ``verbose``. edgeseg's one-line errors, a failed gate and Ctrl-C pass through as they are."""
+    as it comes with ``verbose``. edgeseg's one-line errors, a failed gate and Ctrl-C pass through as they are.
+
+    Only in the main thread: folding swaps the process's stdout/stderr (and file descriptors 1 and 2), which an
+    export in a worker thread (a web app's) must not do under the other threads' feet, nor two at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
     return folded_output(verbose, keep=(EdgesegError, KeyboardInterrupt))
 
 
