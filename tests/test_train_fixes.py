@@ -145,3 +145,28 @@ def test_shipped_recipes_are_installed_where_the_name_lookup_reads_them():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert config["data-files"]["/".join(BUNDLED_RECIPES_DIR)] == ["recipes/*.yaml"]
     assert bundled_recipes() == {p.stem: p for p in sorted((ROOT / "recipes").glob("*.yaml"))}
+
+
+def test_resume_with_the_recipe_file_keeps_the_data_folder_the_run_was_given(cli, tmp_path):
+    """A run started with --data A from a recipe whose data.root is B: resuming with that --recipe (no --data)
+    silently moved the run to B. The recipe file's data.root is compared; only --data moves a run."""
+    import numpy as np
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / name / "images").mkdir(parents=True)
+        (tmp_path / name / "masks").mkdir()
+        for i in range(10):
+            Image.fromarray(np.full((64, 64, 3), 20 * i, np.uint8)).save(tmp_path / name / "images" / f"{i}.png")
+            Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 2).astype(np.uint8)).save(tmp_path / name / "masks" / f"{i}.png")
+        (tmp_path / name / "classes.txt").write_text("background\nperson\n")
+    recipe = write_recipe(tmp_path / "r.yaml", {**QUICK, "data": {"root": str(tmp_path / "b")}})
+    run = tmp_path / "run"
+    r = cli("train", "--recipe", recipe, "--out", run, "--data", tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    line = assert_refused(cli, "train", "--recipe", recipe, "--out", run, "--resume", "--set", "train.epochs=2",
+                          watch=[run])
+    assert f"data.root={tmp_path / 'b'}" in line and f"(the run has {tmp_path / 'a'})" in line
+    r = cli("train", "--out", run, "--resume", "--set", "train.epochs=2")  # without --recipe: its own folder
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(run / "last.pt").recipe["data"]["root"] == str(tmp_path / "a")

@@ -140,10 +140,13 @@ def train(recipe: Recipe | None, *, out_dir: str | Path, data_root: str | None =
     out_dir = check_run_dir(out_dir, resume=resume, force=force)
     ckpt = resume_point(out_dir / "last.pt") if resume else None
     if recipe is None:
+        if data_root is None and not ckpt.train_state.get(DATA_ROOT_RECORDED):
+            raise EdgesegError(f"--resume: {ckpt.path} was saved before runs recorded their data folder; give --data "
+                               "DIR (the folder it trained on), or the --recipe it was started with")
         recipe = stored_recipe(ckpt, overrides or ())
     recipe = with_absolute_root(recipe, data_root)
     if ckpt is not None:
-        recipe = resumed_recipe(ckpt, recipe, given_keys(overrides, data_root))
+        recipe = resumed_recipe(ckpt, recipe, given_keys(overrides, data_root), data_given=data_root is not None)
         if int(ckpt.train_state["epoch"]) >= recipe.train.epochs:
             return _finished(ckpt, progress)
     else:

@@ -56,9 +56,10 @@ def given_keys(overrides: Iterable[str] | None, data_root: str | None) -> tuple[
     return tuple(parse_override(text)[0] for text in overrides) + (("data.root",) if data_root is not None else ())
 
 
-def resumed_recipe(ckpt: Checkpoint, given: Recipe, keys: tuple[str, ...] | None) -> Recipe:
+def resumed_recipe(ckpt: Checkpoint, given: Recipe, keys: tuple[str, ...] | None, data_given: bool = True) -> Recipe:
     """The recipe a resumed run goes on with: the one stored in ``ckpt`` with the ``RESUME_MAY_CHANGE`` settings of
-    ``given`` applied; ``keys``: which fields of ``given`` were given (None: all).
+    ``given`` applied; ``keys``: which fields of ``given`` were given (None: all); ``data_given``: False when
+    ``given``'s data.root comes from a recipe file rather than --data (then it must match the run's).
 
     RecipeError naming every other given field whose value differs from the run's, and the fix; EdgesegError
     when train.epochs is below the epochs already trained.
@@ -73,8 +74,10 @@ def resumed_recipe(ckpt: Checkpoint, given: Recipe, keys: tuple[str, ...] | None
     data = ckpt.recipe.get("data")
     stored_root = data.get("root") if isinstance(data, dict) else None
     if ckpt.train_state.get(DATA_ROOT_RECORDED):
+        # a whole recipe given again (keys None) moves the run to another data folder only through --data: the
+        # recipe file's data.root is compared like any other field (a relative one may mean another folder now)
         changes = [(k, v) for k, v in values.items()
-                   if k in RESUME_MAY_CHANGE and not (k == "data.root" and stored_root is None)]
+                   if k in RESUME_MAY_CHANGE and not (k == "data.root" and (stored_root is None or not data_given))]
     else:  # an older run: its data is what this command names (--data, the recipe file's data.root, else the
         # built-in set), as resuming took it before runs recorded their data
         values.pop("data.root", None)
