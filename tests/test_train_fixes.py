@@ -170,3 +170,16 @@ def test_resume_with_the_recipe_file_keeps_the_data_folder_the_run_was_given(cli
     r = cli("train", "--out", run, "--resume", "--set", "train.epochs=2")  # without --recipe: its own folder
     assert r.exit_code == 0, r.output
     assert load_checkpoint(run / "last.pt").recipe["data"]["root"] == str(tmp_path / "a")
+
+
+def test_a_run_saved_before_runs_recorded_their_data_needs_data_or_its_recipe(cli, tiny_run, tmp_path):
+    """Such a run stored data.root None whatever it trained on: `train --out RUN --resume` (the README's form)
+    resumed it on the built-in synthetic set without a word."""
+    from edgeseg.train.resume import DATA_ROOT_RECORDED
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    payload = torch.load(run / "last.pt", weights_only=True)
+    del payload["train_state"][DATA_ROOT_RECORDED]
+    torch.save(payload, run / "last.pt")
+    line = assert_refused(cli, "train", "--out", run, "--resume", "--set", "train.epochs=2", watch=[run])
+    assert "was saved before runs recorded their data folder; give --data DIR" in line
