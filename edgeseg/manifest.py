@@ -152,6 +152,15 @@ class Manifest(_RecordFields):
     def find(self, fmt: str, precision: str) -> Artifact | None:
         return next((a for a in self.artifacts if a.format == fmt and a.precision == precision), None)
 
+    def checkpoint_paths(self) -> list[Path]:
+        """Where the checkpoint the files were exported from may be: its recorded absolute ``path``, then the path
+        as it was typed (``given``, relative to the working directory: a checkout moved elsewhere). Callers check
+        the sha256 ``model.checkpoint`` records before trusting either."""
+        ckpt = self.model.get("checkpoint")
+        if not isinstance(ckpt, dict):
+            return []
+        return [Path(str(ckpt[k])) for k in ("path", "given") if ckpt.get(k)]
+
     def model_identity(self) -> dict:
         """Which model the files were exported from: ``{"name", "sha256", "source", "network"}``.
 

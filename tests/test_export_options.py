@@ -122,3 +122,23 @@ def test_fewer_parity_images_than_asked_say_so(tiny_checkpoint, tmp_path, cli):
     assert 1 <= n < 4 and art["parity"]["data"] == f"{data} (val split, {n} image{'s' * (n != 1)})"
     assert (f"warning: --data {data}: its val split has {n} image{'s' * (n != 1)}, fewer than --parity-images 4: "
             "parity and stress parity are checked on those only") in r.stderr
+
+
+def test_a_moved_checkout_still_finds_the_checkpoint_by_the_path_as_typed(fp32_export, tmp_path, monkeypatch):
+    """Only the absolute path was recorded: a CI job whose checkout lives elsewhere lost the PyTorch row."""
+    from edgeseg.bench.harness import reference_checkpoint
+    from edgeseg.manifest import read_manifest
+
+    work, out, _ = fp32_export
+    moved = shutil.copytree(work, tmp_path / "elsewhere")
+    doc = json.loads((moved / "prexp" / "manifest.json").read_text())
+    assert doc["model"]["checkpoint"]["given"] == "pr_ck.pt"
+    doc["model"]["checkpoint"]["path"] = str(tmp_path / "gone" / "pr_ck.pt")  # the old checkout is not here
+    (moved / "prexp" / "manifest.json").write_text(json.dumps(doc))
+    monkeypatch.chdir(moved)
+    manifest = read_manifest(moved / "prexp")
+    assert [str(p) for p in manifest.checkpoint_paths()] == [str(tmp_path / "gone" / "pr_ck.pt"), "pr_ck.pt"]
+    found = reference_checkpoint(manifest)
+    assert found is not None and found.sha256 == doc["model"]["checkpoint"]["sha256"]
+    (moved / "pr_ck.pt").write_bytes(b"other bytes")  # a file of that name that is not the checkpoint: not trusted
+    assert reference_checkpoint(manifest) is None

@@ -236,7 +236,7 @@ def reference_checkpoint(manifest: Manifest):
     """The checkpoint an export was made from, found by the sha256 its manifest records: at its
     recorded path, or a packaged model; None when none has those bytes."""
     rec = manifest.model.get("checkpoint") or {}
-    for path in (Path(rec.get("path") or ""), *PACKAGED.values()):
+    for path in (*manifest.checkpoint_paths(), *PACKAGED.values()):
         if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == rec.get("sha256"):
             return load_checkpoint(path)
     return None

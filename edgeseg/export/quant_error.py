@@ -401,8 +401,8 @@ def _tflite_float_model(manifest: Manifest, entry: Artifact, pixels: bool) -> tu
         return (prepend_input_normalization(data, m["mean"], m["std"]),
                 f"{twin.path} with the input normalization in front, as export quantized it")
     ckpt = manifest.model.get("checkpoint") if isinstance(manifest.model.get("checkpoint"), dict) else {}
-    path = Path(str(ckpt.get("path") or ""))
-    if not ckpt.get("path") or not path.is_file():
+    path = next((p for p in manifest.checkpoint_paths() if p.is_file()), None)
+    if path is None:
         raise ArtifactError(f"{entry.file}: no float model to compare with: {manifest.root} has no fp32 TFLite file, "
                             f"and the checkpoint to rebuild the float graph from is not available at "
                             f"{ckpt.get('path') or '(not recorded)'}; export fp32 too (edgeseg export --formats tflite "

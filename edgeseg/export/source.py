@@ -74,11 +74,14 @@ def recipe_export(ckpt: Checkpoint) -> ExportCfg:
 def checkpoint_source(ckpt: Checkpoint, model: nn.Module | None = None) -> ExportSource:
     """The export source of an edgeseg checkpoint; ``model``: its weights already loaded (else loaded here).
 
-    The manifest records the checkpoint's absolute path (as training records ``data.root``), not the path as
-    typed: ``edgeseg bench`` and ``inspect`` look for it there from any working directory (by its sha256)."""
-    path = None if ckpt.path is None else os.path.abspath(ckpt.path)
+    The manifest records the checkpoint's absolute path (as training records ``data.root``), and a relative path
+    as typed too (``given``): ``edgeseg bench`` and ``inspect`` look for it at either (``Manifest.checkpoint_paths``),
+    trusting only the sha256 recorded with them."""
+    record = {"path": None if ckpt.path is None else os.path.abspath(ckpt.path), "sha256": ckpt.sha256}
+    if ckpt.path is not None and not os.path.isabs(ckpt.path):
+        record["given"] = str(ckpt.path)  # also looked for as typed: a checkout moved, or a CI runner's other path
     return ExportSource(ckpt.model() if model is None else model, ckpt.info, synth_task_for(ckpt.info.classes),
-                        {"checkpoint": {"path": path, "sha256": ckpt.sha256}},
+                        {"checkpoint": record},
                         ckpt.recipe.get("data", {}).get("root"), training_augment(ckpt), recipe_export(ckpt),
                         ckpt.val_fraction)
 
