@@ -37,7 +37,7 @@ import numpy as np
 
 from edgeseg.apply.predict import OUTPUTS, plan_predict, predict_image, predict_plan, predict_proba_image, render
 from edgeseg.evaluation.run import evaluate_runner
-from edgeseg.data.images import as_rgb_array
+from edgeseg.data.images import as_rgb_array, in_profile, rgb_and_profile
 from edgeseg.errors import DataError, EdgesegError, ParityFailed
 from edgeseg.manifest import FORMATS, Artifact, Manifest
 from edgeseg.runtime.loader import PRECISION_ORDER, LoadedModel, load_model
@@ -321,9 +321,9 @@ def _render(run, input_size, image, output: str, background, refine: bool):
         raise EdgesegError("output='replace' needs background= (an image: a path, a PIL image or an array)")
     if output != "replace" and background is not None:
         raise EdgesegError(f"background= is used only by output='replace', not {output!r}; drop it")
-    pixels = as_rgb_array(image)
-    behind = as_rgb_array(background) if output == "replace" else None
-    return render(output, pixels, predict_image(run, pixels, input_size, refine=refine), behind)
+    pixels, profile = rgb_and_profile(image)  # the picture carries the photo's colour profile, as predict writes it
+    behind = in_profile(*rgb_and_profile(background), profile) if output == "replace" else None
+    return render(output, pixels, predict_image(run, pixels, input_size, refine=refine), behind, icc_profile=profile)
 
 
 def export_checkpoint(checkpoint: str | Path | None, out: str | Path, formats: str | Iterable[str] | None = None,

@@ -17,7 +17,7 @@ from edgeseg.data.datasets import discover_pairs, open_source
 from edgeseg.data.images import load_mask
 from edgeseg.errors import DataError
 
-from conftest import assert_refused, one_line_error
+from conftest import assert_refused, invoke_cli, one_line_error
 
 
 def _photo(path: Path, size=(40, 32), seed: int = 0, **save) -> Path:
@@ -234,3 +234,25 @@ def test_a_folder_scan_reads_gif_like_a_single_gif_path(cli, tmp_path):
     (tmp_path / "ds" / "masks").mkdir()
     Image.fromarray(np.zeros((40, 32), np.uint8)).save(tmp_path / "ds" / "masks" / "x.png")
     assert [p.image.name for p in discover_pairs(tmp_path / "ds", "train", val_fraction=0)] == ["x.gif"]
+
+
+def test_the_apis_render_carries_the_profile_as_predict_writes_it(tmp_path):
+    """``Segmenter.render`` dropped the photo's profile (and composited an sRGB background unconverted), so its
+    picture differed from what `edgeseg predict --output` writes for the same photo."""
+    import edgeseg
+
+    profile = _wide_gamut_profile()
+    tagged = _photo(tmp_path / "p3.jpg", quality=95, icc_profile=profile)
+    background = tmp_path / "bg.png"
+    Image.new("RGB", (16, 16), (20, 200, 40)).save(background)
+    with edgeseg.load("default") as seg:
+        for source in (tagged, Image.open(tagged)):  # a path and a PIL image carry it; an array has none
+            for mode in ("blur", "replace", "mask"):
+                picture = seg.render(source, mode, background=background if mode == "replace" else None)
+                assert picture.info.get("icc_profile") == (None if mode == "mask" else profile), mode
+        cli_like = seg.render(tagged, "replace", background=background)
+        assert "icc_profile" not in seg.render(np.asarray(Image.open(tagged)), "blur").info
+    res = invoke_cli("predict", "default", tagged, "--out", tmp_path / "out", "--output", "replace",
+                     "--background", background)
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "p3.png")), np.asarray(cli_like))

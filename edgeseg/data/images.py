@@ -171,6 +171,14 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
                         "(or its pixels as a uint8 RGB array)") from None
 
 
+def rgb_and_profile(image) -> tuple[np.ndarray, bytes | None]:
+    """``as_rgb_array(image)`` and the ICC profile its pixels are in (``rgb_profile``: a file's or a PIL image's
+    embedded RGB profile; None for an array, or sRGB)."""
+    if isinstance(image, (str, os.PathLike)) and "://" not in os.fsdecode(image):
+        return read_image(os.fsdecode(image))
+    return as_rgb_array(image), rgb_profile(image) if isinstance(image, Image.Image) else None
+
+
 def as_rgb_array(image) -> np.ndarray:
     """Any one image a caller may hold, as uint8 RGB [H, W, 3].
 
