@@ -93,6 +93,20 @@ def run_edgeseg(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedP
     return run_command([sys.executable, "-m", "edgeseg.cli", *args], cwd=cwd, timeout=timeout, env=env)
 
 
+def signal_an_export(checkpoint: Path, out: Path, signum: int, *extra: str) -> dict:
+    """``edgeseg export CHECKPOINT --out OUT`` (ONNX fp32, fp16, int8 of a tiny model) sent ``signum`` once its
+    first file is written into staging: {first stdout line, exit code, stderr, whether OUT exists, what is left
+    in OUT's parent folder}."""
+    with subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "export", str(checkpoint), "--out", str(out),
+                           "--formats", "onnx", "--precisions", "fp32,fp16,int8", "--parity-images", "2", *extra],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        first = proc.stdout.readline()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=300)
+    return {"first": first, "code": proc.returncode, "stderr": err, "out_exists": out.exists(),
+            "left": sorted(p.name for p in out.parent.iterdir())}
+
+
 def run_edgeseg_without(module: str, folder: Path, *args) -> subprocess.CompletedProcess:
     """``run_edgeseg`` in a process where ``import module`` fails, exactly as for a user without its extra
     (a package of that name that raises ImportError, first on PYTHONPATH; made under ``folder``)."""

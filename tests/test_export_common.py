@@ -13,7 +13,7 @@ import pytest
 
 from edgeseg.manifest import file_digest, read_manifest
 
-from conftest import copy_export, one_line_error, prefetched, run_edgeseg, run_edgeseg_without
+from conftest import copy_export, one_line_error, prefetched, run_edgeseg, run_edgeseg_without, signal_an_export
 
 MANIFEST_MODEL_KEYS = {"name", "architecture", "classes", "input", "mean", "std", "params", "macs", "checkpoint", "stabilizer"}
 ARTIFACT_KEYS = {"format", "precision", "path", "bytes", "sha256", "input", "output", "parity", "quantized"}
@@ -218,17 +218,15 @@ def test_missing_extra_names_the_extra(tiny_checkpoint, tmp_path):
 
 @prefetched("ctrl_c_export", seconds=10)
 def _interrupt_an_export(prefetch, folder):
-    """``edgeseg export`` sent SIGINT (Ctrl-C) once its first file is written into staging (run ahead: ~10 s):
-    (exit code, stderr, whether the output folder exists, what is left in the parent folder)."""
-    out = folder / "e"
-    with subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "export", str(prefetch.get("tiny_checkpoint")),
-                           "--out", str(out), "--formats", "onnx", "--precisions", "fp32,fp16,int8", "--parity-images", "2"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        first = proc.stdout.readline()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=300)
-    return {"first": first, "code": proc.returncode, "stderr": err, "out_exists": out.exists(),
-            "left": sorted(p.name for p in folder.iterdir())}
+    """``edgeseg export`` sent SIGINT (Ctrl-C) once its first file is written into staging (run ahead: ~10 s)."""
+    return signal_an_export(prefetch.get("tiny_checkpoint"), folder / "e", signal.SIGINT)
+
+
+@prefetched("sigterm_export", seconds=10)
+def _terminate_an_export(prefetch, folder):
+    """The same with SIGTERM (a cancelled CI job), which killed the process outright (exit -15), leaving its
+    .edgeseg-staging-<pid>-* folder beside --out."""
+    return signal_an_export(prefetch.get("tiny_checkpoint"), folder / "new", signal.SIGTERM, "--stress", "off")
 
 
 @pytest.fixture
@@ -236,13 +234,18 @@ def ctrl_c_export(prefetch):
     return prefetch.get("ctrl_c_export")
 
 
-def test_ctrl_c_exits_130_with_one_line_and_no_export(ctrl_c_export):
-    run = ctrl_c_export
-    assert "exported" in run["first"], run  # interrupted after its first file was written into staging
-    assert run["code"] == 130, run["stderr"]
-    assert run["stderr"].strip().splitlines()[-1] == "interrupted" and "Traceback" not in run["stderr"]
-    assert not run["out_exists"]  # nothing half-written where the export was going
-    assert run["left"] == []  # and the staging folder is gone
+@pytest.fixture
+def sigterm_export(prefetch):
+    return prefetch.get("sigterm_export")
+
+
+def test_ctrl_c_and_sigterm_exit_130_and_143_with_one_line_and_no_export(ctrl_c_export, sigterm_export):
+    for run, code, line in ((ctrl_c_export, 130, "interrupted"), (sigterm_export, 143, "terminated")):
+        assert "exported" in run["first"], run  # stopped after its first file was written into staging
+        assert run["code"] == code, run["stderr"]
+        assert run["stderr"].strip().splitlines()[-1] == line and "Traceback" not in run["stderr"]
+        assert not run["out_exists"]  # nothing half-written where the export was going
+        assert run["left"] == []  # and the staging folder is gone
 
 
 STRESS_KEYS = {"agreement_miou", "images", "corruptions", "threshold", "passed", "per_corruption", "gated", "real_photos"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_export, one_line_error, prefetched
+from conftest import copy_export, one_line_error
 
 
 def _signal_on_first_rename(monkeypatch, dest: Path, signum: int) -> list:
@@ -115,35 +115,6 @@ def test_the_cli_says_the_output_is_complete_when_the_signal_came_during_its_ins
     assert [len(list((out / d).iterdir())) for d in ("images", "masks")] == [3, 3]
     assert not (out / fsutil.INSTALLING).exists() and not [p for p in out.iterdir() if fsutil.is_staging(p)]
     assert cli("data", "synth", out, "--count", "3", "--size", "32").exit_code == 0  # the next run knows it as its own
-
-
-@prefetched("sigterm_export", seconds=10)
-def _terminate_an_export(prefetch, folder):
-    """``edgeseg export`` sent SIGTERM (a cancelled CI job) once its first file is written into staging:
-    (first stdout line, exit code, stderr, whether the output folder exists, what is left in the parent folder)."""
-    out = folder / "new"
-    with subprocess.Popen([sys.executable, "-m", "edgeseg.cli", "export", str(prefetch.get("tiny_checkpoint")),
-                           "--out", str(out), "--formats", "onnx", "--precisions", "fp32,fp16,int8", "--parity-images", "2",
-                           "--stress", "off"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        first = proc.stdout.readline()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=300)
-    return {"first": first, "code": proc.returncode, "stderr": err, "out_exists": out.exists(),
-            "left": sorted(p.name for p in folder.iterdir())}
-
-
-@pytest.fixture
-def sigterm_export(prefetch):
-    return prefetch.get("sigterm_export")
-
-
-def test_sigterm_cleans_up_like_ctrl_c_and_exits_143(sigterm_export):
-    """SIGTERM killed the process outright (exit -15), leaving its .edgeseg-staging-<pid>-* folder beside --out."""
-    run = sigterm_export
-    assert "exported" in run["first"], run  # terminated after its first file was written into staging
-    assert run["code"] == 143, run
-    assert run["stderr"].strip().splitlines()[-1] == "terminated" and "Traceback" not in run["stderr"], run["stderr"]
-    assert not run["out_exists"] and run["left"] == []  # no export, and the staging folder is gone
 
 
 def _killed_install(monkeypatch, staging: Path, dest: Path, after: str) -> None:
