@@ -14,7 +14,6 @@ import io
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from edgeseg.data.transforms import SegDataset, eval_transform, normalize, train_transform
 from edgeseg.errors import CheckpointError, EdgesegError
 from edgeseg.fsutil import atomic_path, check_output
-from edgeseg.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from edgeseg.models.checkpoint import Checkpoint, ModelInfo, checkpoint_bytes, load_fitting, upgrade_state
+from edgeseg.models.checkpoint import (Checkpoint, ModelInfo, checkpoint_bytes, load_checkpoint, load_fitting,
+                                       upgrade_state)
 from edgeseg.recipe import Recipe, recipe_with
 from edgeseg.evaluation.accumulate import evaluate
 from edgeseg.data.datasets import class_list
@@ -87,12 +86,10 @@ def is_run_file(path: Path) -> bool:
             return False
         return header[:2] == ["epoch", "step"] and all(c in METRICS_COLUMNS or c.startswith("iou_") for c in header)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip-format torch file, or not one that loads as weights: not a checkpoint of ours
+        load_checkpoint(path)
+    except CheckpointError:  # not a torch file, not edgeseg's format, or not one that loads as weights
         return False
-    return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
+    return True
 
 
 def check_run_dir(out_dir: str | Path, *, resume: bool, force: bool) -> Path:
