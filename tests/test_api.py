@@ -313,13 +313,12 @@ def test_an_exports_manifest_opens_the_export_and_its_other_files_are_named_for_
         edgeseg.load(out / "parity-reference.npz")
 
 
-def test_export_folds_the_converters_output_away(tiny_checkpoint, tmp_path):
+def test_export_folds_the_converters_output_away(tiny_checkpoint, tmp_path, capfd):
     """``edgeseg.export_checkpoint`` printed ~40 lines of LiteRT conversion stages, absl/oneDNN logs and warnings
     into the caller's terminal; the CLI folded them, the API did not (``verbose=True`` shows them: see
-    test_export_common's --verbose test). Real file descriptors: a subprocess."""
-    code = ("import edgeseg, sys; m = edgeseg.export_checkpoint(sys.argv[1], sys.argv[2], formats='tflite', "
-            "precisions='fp32', parity_images=2, stress='off'); print('exported', [a.path for a in m.artifacts])")
-    r = subprocess.run([sys.executable, "-c", code, str(tiny_checkpoint), str(tmp_path / "e")],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout == "exported ['tiny-fp32.tflite']\n" and r.stderr == ""
+    test_export_common's --verbose test). capfd: what reaches the process's file descriptors 1 and 2."""
+    capfd.readouterr()
+    manifest = edgeseg.export_checkpoint(tiny_checkpoint, tmp_path / "e", formats="tflite", precisions="fp32",
+                                         parity_images=2, stress="off")
+    assert [a.path for a in manifest.artifacts] == ["tiny-fp32.tflite"]
+    assert capfd.readouterr() == ("", "")
