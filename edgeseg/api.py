@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg.apply.predict import OUTPUTS, plan_predict, predict_image, predict_plan, predict_proba_image, render
+from edgeseg.apply.video import is_video
 from edgeseg.evaluation.run import evaluate_runner
 from edgeseg.data.images import as_rgb_array, in_profile, rgb_and_profile
 from edgeseg.errors import DataError, EdgesegError, ParityFailed
@@ -155,19 +156,18 @@ class Segmenter:
         accepted too). ``refine``: refine edges on the full-resolution image, as ``edgeseg predict
         --refine`` (two-class models: the refined matte thresholded at 0.5).
         """
-        pixels = as_rgb_array(image)
-        return predict_image(self._model.runner.run, pixels, self.input_size, refine=refine).classes
+        return predict_image(self._model.runner.run, _pixels(image), self.input_size, refine=refine).classes
 
     def predict_proba(self, image) -> np.ndarray:
         """Class probabilities, float32 [C, H, W] (channels first, C = ``len(classes)``) at the image's
         own size: the softmax of the same upsampled logits ``predict`` takes the arg-max of."""
-        return predict_proba_image(self._model.runner.run, as_rgb_array(image), self.input_size)
+        return predict_proba_image(self._model.runner.run, _pixels(image), self.input_size)
 
     def matte(self, image, *, refine: bool = False) -> np.ndarray:
         """The foreground matte, float32 [H, W] in 0-1 at the image's own size: 1 - the probability of class
         0 (background), as ``edgeseg predict --output alpha`` writes it; ``refine``: edges refined on the
         full-resolution image (``--refine``), a soft matte for compositing."""
-        return predict_image(self._model.runner.run, as_rgb_array(image), self.input_size, refine=refine).alpha
+        return predict_image(self._model.runner.run, _pixels(image), self.input_size, refine=refine).alpha
 
     def render(self, image, output: str = "cutout", *, background=None, refine: bool = False):
         """The picture ``edgeseg predict --output OUTPUT`` writes for one image, as a PIL image at the image's
@@ -178,6 +178,8 @@ class Segmenter:
     def stream(self, *, smooth: bool = True) -> "FrameStream":
         """A ``FrameStream`` for the frames of one video or camera feed, given in order: with ``smooth``
         (the default) each frame goes through the temporal stabilizer (``edgeseg predict --smooth``)."""
+        if not isinstance(smooth, bool):
+            raise EdgesegError(f"smooth={smooth!r}: give True (stabilize the frames) or False")
         return FrameStream(self, smooth)
 
     def predict_video(self, video: str | Path, out: str | Path, *, output: str = "mask", smooth: bool = False,
@@ -313,6 +315,18 @@ class _Once:
         return self._out.copy()
 
 
+def _pixels(image) -> np.ndarray:
+    """``as_rgb_array(image)``; a video file given as an image says where videos go."""
+    _not_a_video(image)
+    return as_rgb_array(image)
+
+
+def _not_a_video(image) -> None:
+    if isinstance(image, (str, os.PathLike)) and is_video(os.fsdecode(image)):
+        raise DataError(f"{os.fsdecode(image)} is a video, not an image: use Segmenter.predict_video(video, out), "
+                        "or Segmenter.stream() for its frames one by one")
+
+
 def _render(run, input_size, image, output: str, background, refine: bool):
     """``Segmenter.render`` / ``FrameStream.render`` with the model's ``run``."""
     if output not in OUTPUTS:
@@ -321,6 +335,7 @@ def _render(run, input_size, image, output: str, background, refine: bool):
         raise EdgesegError("output='replace' needs background= (an image: a path, a PIL image or an array)")
     if output != "replace" and background is not None:
         raise EdgesegError(f"background= is used only by output='replace', not {output!r}; drop it")
+    _not_a_video(image)
     pixels, profile = rgb_and_profile(image)  # the picture carries the photo's colour profile, as predict writes it
     behind = in_profile(*rgb_and_profile(background), profile) if output == "replace" else None
     return render(output, pixels, predict_image(run, pixels, input_size, refine=refine), behind, icc_profile=profile)

@@ -322,3 +322,16 @@ def test_export_folds_the_converters_output_away(tiny_checkpoint, tmp_path, capf
                                          parity_images=2, stress="off")
     assert [a.path for a in manifest.artifacts] == ["tiny-fp32.tflite"]
     assert capfd.readouterr() == ("", "")
+
+
+def test_a_video_given_as_an_image_and_a_smooth_that_is_not_a_bool_say_what_to_do(tmp_path):
+    """`seg.predict('clip.mp4')` said 'cannot identify image file'; `stream(smooth='yes')` was taken as True."""
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\0\0\0\x18ftypmp42")
+    with edgeseg.load("default") as seg:
+        for call in (seg.predict, seg.predict_proba, seg.matte, seg.render):
+            with pytest.raises(edgeseg.DataError, match=r"clip.mp4 is a video, not an image: use "
+                                                        r"Segmenter.predict_video\(video, out\), or Segmenter.stream\(\)"):
+                call(clip)
+        with pytest.raises(edgeseg.EdgesegError, match="smooth='yes': give True"):
+            seg.stream(smooth="yes")
